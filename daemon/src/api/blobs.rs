@@ -1,0 +1,60 @@
+//! `GET`/`HEAD`/`DELETE /v2/<name>/blobs/<digest>`.
+
+use super::range::{parse_range, RangeRequest};
+use super::{set, ApiResult};
+use crate::digest::Digest;
+use crate::names::RepoName;
+use crate::registry::{Error, Registry};
+use axum::body::Body;
+use axum::http::request::Parts;
+use axum::http::{header, Method, StatusCode};
+use axum::response::{IntoResponse, Response};
+use tokio::io::AsyncReadExt;
+
+pub async fn get(reg: &Registry, repo: &RepoName, digest: &Digest, req: &Parts) -> ApiResult {
+    let info = reg.stat_blob(repo, digest).await?;
+    let etag = format!("\"{digest}\"");
+    let range_header = req.headers.get(header::RANGE).and_then(|v| v.to_str().ok());
+    let (status, start, len) = match parse_range(range_header, info.size) {
+        RangeRequest::Whole => (StatusCode::OK, 0, info.size),
+        RangeRequest::Partial(r) => (StatusCode::PARTIAL_CONTENT, r.start, r.len),
+        RangeRequest::Unsatisfiable => return Err(Error::RangeNotSatisfiable { size: info.size }.into()),
+    };
+    let not_modified = req
+        .headers
+        .get(header::IF_NONE_MATCH)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.split(',').any(|t| t.trim() == etag));
+    let mut resp = if not_modified {
+        StatusCode::NOT_MODIFIED.into_response()
+    } else if req.method == Method::HEAD {
+        let mut r = status.into_response();
+        set(r.headers_mut(), header::CONTENT_LENGTH, &len.to_string());
+        r
+    } else {
+        let stream = reg.read_blob(digest, start).await?;
+        let reader = tokio_util::io::StreamReader::new(stream).take(len);
+        let body = Body::from_stream(tokio_util::io::ReaderStream::with_capacity(reader, 256 * 1024));
+        let mut r = Response::new(body);
+        *r.status_mut() = status;
+        set(r.headers_mut(), header::CONTENT_LENGTH, &len.to_string());
+        r
+    };
+    let h = resp.headers_mut();
+    set(h, "docker-content-digest", &digest.to_string());
+    set(h, header::ETAG, &etag);
+    set(h, header::CONTENT_TYPE, "application/octet-stream");
+    set(h, header::ACCEPT_RANGES, "bytes");
+    set(h, header::CACHE_CONTROL, "max-age=31536000");
+    if status == StatusCode::PARTIAL_CONTENT {
+        set(h, header::CONTENT_RANGE, &format!("bytes {}-{}/{}", start, start + len - 1, info.size));
+    }
+    Ok(resp)
+}
+
+pub async fn delete(reg: &Registry, repo: &RepoName, digest: &Digest) -> ApiResult {
+    reg.delete_blob(repo, digest).await?;
+    let mut r = StatusCode::ACCEPTED.into_response();
+    set(r.headers_mut(), "docker-content-digest", &digest.to_string());
+    Ok(r)
+}

@@ -1,0 +1,107 @@
+//! One table from errors to HTTP: status code, OCI error code and a JSON body
+//! whose message says what went wrong and what to do.
+
+use crate::registry::Error;
+use crate::storage::StorageError;
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+
+/// Errors the HTTP layer returns: registry errors plus a few of its own.
+#[derive(Debug)]
+pub enum ApiError {
+    Registry(Error),
+    /// No such endpoint.
+    NotFound(String),
+    /// Endpoint exists, method does not.
+    MethodNotAllowed(String),
+    /// A malformed request parameter (`n`, `Content-Range`, …).
+    BadRequest {
+        code: &'static str,
+        message: String,
+    },
+}
+
+impl From<Error> for ApiError {
+    fn from(e: Error) -> Self {
+        ApiError::Registry(e)
+    }
+}
+
+impl ApiError {
+    pub fn bad_request(code: &'static str, message: impl Into<String>) -> ApiError {
+        ApiError::BadRequest { code, message: message.into() }
+    }
+
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ApiError::Registry(e) => registry_status(e),
+            ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
+            ApiError::BadRequest { .. } => StatusCode::BAD_REQUEST,
+        }
+    }
+
+    pub fn code(&self) -> &'static str {
+        match self {
+            ApiError::Registry(e) => e.code(),
+            ApiError::NotFound(_) => "NOT_FOUND",
+            ApiError::MethodNotAllowed(_) => "UNSUPPORTED",
+            ApiError::BadRequest { code, .. } => code,
+        }
+    }
+
+    pub fn message(&self) -> String {
+        match self {
+            ApiError::Registry(e) => e.to_string(),
+            ApiError::NotFound(m) | ApiError::MethodNotAllowed(m) => m.clone(),
+            ApiError::BadRequest { message, .. } => message.clone(),
+        }
+    }
+}
+
+fn registry_status(e: &Error) -> StatusCode {
+    match e {
+        Error::BlobUnknown(_) | Error::BlobUploadUnknown(_) | Error::ManifestUnknown(_) | Error::NameUnknown(_) => {
+            StatusCode::NOT_FOUND
+        }
+        Error::BlobUploadInvalid(_)
+        | Error::DigestInvalid(_)
+        | Error::ManifestBlobUnknown(_)
+        | Error::ManifestInvalid(_)
+        | Error::NameInvalid(_)
+        | Error::SizeInvalid(_) => StatusCode::BAD_REQUEST,
+        Error::UploadOutOfOrder { .. } | Error::RangeNotSatisfiable { .. } => StatusCode::RANGE_NOT_SATISFIABLE,
+        Error::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+        Error::Unsupported(_) => StatusCode::METHOD_NOT_ALLOWED,
+        Error::Storage(StorageError::Full { .. }) => StatusCode::INSUFFICIENT_STORAGE,
+        Error::Storage(StorageError::Unavailable { .. }) => StatusCode::SERVICE_UNAVAILABLE,
+        Error::Storage(_) => StatusCode::INTERNAL_SERVER_ERROR,
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = self.status();
+        if status.is_server_error() {
+            tracing::error!(code = self.code(), error = %self.message(), "request failed");
+        }
+        let detail = match &self {
+            ApiError::Registry(Error::UploadOutOfOrder { expected, .. }) => {
+                serde_json::json!({ "expected_offset": expected })
+            }
+            ApiError::Registry(Error::RangeNotSatisfiable { size }) => serde_json::json!({ "size": size }),
+            _ => serde_json::Value::Null,
+        };
+        let body = serde_json::json!({
+            "errors": [{ "code": self.code(), "message": self.message(), "detail": detail }]
+        });
+        let mut resp = (status, body.to_string()).into_response();
+        resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        if let ApiError::Registry(Error::RangeNotSatisfiable { size }) = &self {
+            if let Ok(v) = HeaderValue::from_str(&format!("bytes */{size}")) {
+                resp.headers_mut().insert(header::CONTENT_RANGE, v);
+            }
+        }
+        resp
+    }
+}

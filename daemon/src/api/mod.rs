@@ -1,0 +1,146 @@
+//! The HTTP layer: parses each request once into a [`route::Route`], calls
+//! the registry, and renders the result or the error. It never touches a
+//! storage backend.
+
+mod blobs;
+mod discovery;
+pub mod error;
+mod manifests;
+pub mod range;
+pub mod route;
+mod uploads;
+
+use crate::registry::Registry;
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::http::request::Parts;
+use axum::http::{header, HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Router;
+use error::ApiError;
+use route::{Route, RouteError};
+use std::sync::Arc;
+use std::time::Instant;
+
+/// Everything a request handler needs.
+pub struct AppState {
+    pub registry: Arc<Registry>,
+    /// Extra headers from `http.headers`, added to every response.
+    pub headers: Vec<(HeaderName, HeaderValue)>,
+    pub access_log: bool,
+}
+
+pub type Shared = Arc<AppState>;
+pub type ApiResult = Result<Response, ApiError>;
+
+/// The `/v2` API as an axum router (one fallback: routing is ours).
+pub fn router(state: Shared) -> Router {
+    Router::new().fallback(dispatch).with_state(state)
+}
+
+async fn dispatch(State(state): State<Shared>, req: Request) -> Response {
+    let started = Instant::now();
+    let method = req.method().clone();
+    let path = req.uri().path().to_string();
+    let mut resp = match route::parse(&path) {
+        Ok(route) => handle(&state, route, req).await.unwrap_or_else(IntoResponse::into_response),
+        Err(RouteError::NotFound) => {
+            ApiError::NotFound(format!("no API endpoint at {path}; the registry API is under /v2/")).into_response()
+        }
+        Err(RouteError::Invalid(e)) => ApiError::from(e).into_response(),
+    };
+    let h = resp.headers_mut();
+    h.insert("docker-distribution-api-version", HeaderValue::from_static("registry/2.0"));
+    for (name, value) in &state.headers {
+        h.append(name.clone(), value.clone());
+    }
+    if state.access_log {
+        tracing::info!(
+            target: "berthd::access",
+            method = %method,
+            path = %path,
+            status = resp.status().as_u16(),
+            ms = started.elapsed().as_millis() as u64,
+            "request"
+        );
+    }
+    resp
+}
+
+async fn handle(state: &AppState, route: Route, req: Request) -> ApiResult {
+    let reg = &state.registry;
+    let (parts, body) = req.into_parts();
+    let req = &parts;
+    let method = req.method.clone();
+    let not_allowed = || ApiError::MethodNotAllowed(format!("{method} is not supported on {}", req.uri.path()));
+    match (route, &method) {
+        (Route::Base, &Method::GET | &Method::HEAD) => {
+            Ok(json_response(StatusCode::OK, "{}".into(), "application/json"))
+        }
+        (Route::Catalog, &Method::GET) => discovery::catalog(reg, req).await,
+        (Route::Tags { repo }, &Method::GET) => discovery::tags(reg, &repo, req).await,
+        (Route::Referrers { repo, subject }, &Method::GET) => discovery::referrers(reg, &repo, &subject, req).await,
+        (Route::Manifest { repo, reference }, &Method::GET | &Method::HEAD) => {
+            manifests::get(reg, &repo, &reference, req).await
+        }
+        (Route::Manifest { repo, reference }, &Method::PUT) => manifests::put(reg, &repo, &reference, req, body).await,
+        (Route::Manifest { repo, reference }, &Method::DELETE) => manifests::delete(reg, &repo, &reference).await,
+        (Route::Blob { repo, digest }, &Method::GET | &Method::HEAD) => blobs::get(reg, &repo, &digest, req).await,
+        (Route::Blob { repo, digest }, &Method::DELETE) => blobs::delete(reg, &repo, &digest).await,
+        (Route::UploadStart { repo }, &Method::POST) => uploads::start(reg, &repo, req, body).await,
+        (Route::Upload { repo, id }, &Method::GET) => uploads::status(reg, &repo, &id).await,
+        (Route::Upload { repo, id }, &Method::PATCH) => uploads::patch(reg, &repo, &id, req, body).await,
+        (Route::Upload { repo, id }, &Method::PUT) => uploads::finish(reg, &repo, &id, req, body).await,
+        (Route::Upload { repo, id }, &Method::DELETE) => uploads::cancel(reg, &repo, &id).await,
+        _ => Err(not_allowed()),
+    }
+}
+
+/// A response with a body and content type.
+pub(crate) fn json_response(status: StatusCode, body: String, content_type: &'static str) -> Response {
+    let mut r = (status, body).into_response();
+    r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    r
+}
+
+/// Sets a header from a string the registry produced (digests, paths).
+pub(crate) fn set(h: &mut HeaderMap, name: impl axum::http::header::IntoHeaderName, value: &str) {
+    if let Ok(v) = HeaderValue::from_str(value) {
+        h.insert(name, v);
+    }
+}
+
+/// Decoded query parameters.
+pub(crate) fn query(req: &Parts) -> Vec<(String, String)> {
+    req.uri.query().map(|q| form_urlencoded::parse(q.as_bytes()).into_owned().collect()).unwrap_or_default()
+}
+
+pub(crate) fn query_param<'a>(q: &'a [(String, String)], key: &str) -> Option<&'a str> {
+    q.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
+}
+
+/// The request body as a stream for the registry.
+pub(crate) fn body_stream(body: Body) -> crate::registry::BodyStream {
+    use futures_util::TryStreamExt;
+    Box::pin(body.into_data_stream().map_err(std::io::Error::other))
+}
+
+/// The `http.debug.addr` endpoint: `/debug/health` (and `/healthz`) answer
+/// 200 when the storage backend answers, 503 with the reason otherwise.
+pub fn debug_router(registry: Arc<Registry>) -> Router {
+    Router::new().fallback(move |req: Request| {
+        let registry = registry.clone();
+        async move {
+            match req.uri().path() {
+                "/debug/health" | "/healthz" => match registry.check_storage().await {
+                    Ok(()) => json_response(StatusCode::OK, "{}".into(), "application/json"),
+                    Err(e) => {
+                        let body = serde_json::json!({ "storage": e.to_string() }).to_string();
+                        json_response(StatusCode::SERVICE_UNAVAILABLE, body, "application/json")
+                    }
+                },
+                _ => StatusCode::NOT_FOUND.into_response(),
+            }
+        }
+    })
+}

@@ -1,0 +1,448 @@
+//! Configuration: registry:2's `config.yml` keys and `REGISTRY_*`
+//! environment overrides, so users bring the files they already have.
+//!
+//! The YAML is read into a tree, environment overrides are applied to it
+//! (`REGISTRY_STORAGE_FILESYSTEM_ROOTDIRECTORY` sets
+//! `storage.filesystem.rootdirectory`, the value parsed as YAML like
+//! registry:2 does), keys Berth does not know are collected as warnings, and
+//! then each known key is read with an error that names it when its value is
+//! invalid.
+
+use serde_yaml::{Mapping, Value};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+/// Where berthd listens when `http.addr` is not set: loopback only, so a
+/// fresh install exposes nothing.
+pub const DEFAULT_ADDR: &str = "127.0.0.1:5000";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone)]
+pub struct LogConfig {
+    pub level: String,
+    pub format: LogFormat,
+    pub access_log: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct StorageConfig {
+    /// Filesystem root; defaults to a data directory chosen at start-up.
+    pub root: PathBuf,
+    /// Whether the root came from the configuration (else the default).
+    pub root_configured: bool,
+    pub delete_enabled: bool,
+    pub read_only: bool,
+    /// Blob reads are always proxied by the filesystem backend; kept for
+    /// backends that can redirect.
+    pub redirect_disable: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct TlsFiles {
+    pub certificate: PathBuf,
+    pub key: PathBuf,
+}
+
+#[derive(Debug, Clone)]
+pub struct HttpConfig {
+    pub addr: SocketAddr,
+    pub host: Option<String>,
+    pub headers: Vec<(String, String)>,
+    pub tls: Option<TlsFiles>,
+    pub debug_addr: Option<SocketAddr>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub log: LogConfig,
+    pub storage: StorageConfig,
+    pub http: HttpConfig,
+}
+
+/// A configuration and what was noticed while reading it.
+#[derive(Debug)]
+pub struct Loaded {
+    pub config: Config,
+    pub warnings: Vec<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("config file {path} is not valid YAML: {source}")]
+    Yaml {
+        path: PathBuf,
+        #[source]
+        source: serde_yaml::Error,
+    },
+    #[error("config key `{key}`: {message}")]
+    Invalid { key: String, message: String },
+}
+
+fn invalid(key: &str, message: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid { key: key.to_string(), message: message.into() }
+}
+
+/// Keys whose value Berth reads. A key below a `*` entry may be anything
+/// (e.g. header names).
+const KNOWN: &[&str] = &[
+    "version",
+    "log",
+    "log.level",
+    "log.formatter",
+    "log.fields",
+    "log.fields.*",
+    "log.accesslog",
+    "log.accesslog.disabled",
+    "storage",
+    "storage.filesystem",
+    "storage.filesystem.rootdirectory",
+    "storage.filesystem.maxthreads",
+    "storage.delete",
+    "storage.delete.enabled",
+    "storage.maintenance",
+    "storage.maintenance.readonly",
+    "storage.maintenance.readonly.enabled",
+    "storage.redirect",
+    "storage.redirect.disable",
+    "http",
+    "http.addr",
+    "http.net",
+    "http.host",
+    "http.headers",
+    "http.headers.*",
+    "http.tls",
+    "http.tls.certificate",
+    "http.tls.key",
+    "http.debug",
+    "http.debug.addr",
+];
+
+/// registry:2 features Berth does not implement yet. Starting without them
+/// would silently weaken security or send data elsewhere, so they stop
+/// start-up instead of being ignored.
+const REFUSED: &[(&str, &str)] = &[
+    ("auth", "authentication is not implemented in this berthd version; remove `auth` (berthd listens on loopback by default)"),
+    ("storage.s3", "the S3 storage driver is not implemented in this berthd version; use storage.filesystem"),
+    ("storage.azure", "the azure storage driver is not supported; use storage.filesystem"),
+    ("storage.gcs", "the gcs storage driver is not supported; use storage.filesystem"),
+    ("storage.swift", "the swift storage driver is not supported; use storage.filesystem"),
+    ("storage.oss", "the oss storage driver is not supported; use storage.filesystem"),
+    ("storage.inmemory", "the inmemory storage driver is not supported; use storage.filesystem"),
+    ("http.tls.clientcas", "client certificate authentication is not implemented in this berthd version"),
+    ("http.tls.letsencrypt", "Let's Encrypt is not supported; give http.tls.certificate and http.tls.key"),
+];
+
+fn is_known(path: &str) -> bool {
+    KNOWN.contains(&path)
+        || KNOWN.iter().any(|k| k.strip_suffix(".*").is_some_and(|parent| path.starts_with(&format!("{parent}."))))
+}
+
+fn collect_unknown(v: &Value, prefix: &str, out: &mut Vec<String>) {
+    let Value::Mapping(m) = v else { return };
+    for (k, child) in m {
+        let key = match k {
+            Value::String(s) => s.clone(),
+            other => serde_yaml::to_string(other).unwrap_or_default().trim().to_string(),
+        };
+        let path = if prefix.is_empty() { key } else { format!("{prefix}.{key}") };
+        if !is_known(&path) {
+            out.push(format!("config key `{path}` is not used by berthd and is ignored"));
+            continue;
+        }
+        collect_unknown(child, &path, out);
+    }
+}
+
+fn lookup<'a>(root: &'a Value, path: &str) -> Option<&'a Value> {
+    let mut cur = root;
+    for part in path.split('.') {
+        cur = cur.as_mapping()?.get(part)?;
+    }
+    match cur {
+        Value::Null => None,
+        v => Some(v),
+    }
+}
+
+/// Sets `path` (dot-separated) in the tree, creating mappings on the way.
+fn set_path(root: &mut Value, path: &[String], value: Value) {
+    let mut cur = root;
+    for (i, part) in path.iter().enumerate() {
+        if !cur.is_mapping() {
+            *cur = Value::Mapping(Mapping::new());
+        }
+        let map = cur.as_mapping_mut().expect("just made a mapping");
+        let key = Value::String(part.clone());
+        if i == path.len() - 1 {
+            map.insert(key, value);
+            return;
+        }
+        cur = map.entry(key).or_insert(Value::Mapping(Mapping::new()));
+    }
+}
+
+fn get_str(root: &Value, key: &str) -> Result<Option<String>, ConfigError> {
+    match lookup(root, key) {
+        None => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s.clone())),
+        Some(Value::Number(n)) => Ok(Some(n.to_string())),
+        Some(Value::Bool(b)) => Ok(Some(b.to_string())),
+        Some(_) => Err(invalid(key, "expected a string")),
+    }
+}
+
+fn get_bool(root: &Value, key: &str, default: bool) -> Result<bool, ConfigError> {
+    match lookup(root, key) {
+        None => Ok(default),
+        Some(Value::Bool(b)) => Ok(*b),
+        Some(Value::String(s)) if s.eq_ignore_ascii_case("true") => Ok(true),
+        Some(Value::String(s)) if s.eq_ignore_ascii_case("false") => Ok(false),
+        Some(other) => Err(invalid(key, format!("expected true or false, got {}", show(other)))),
+    }
+}
+
+fn show(v: &Value) -> String {
+    serde_yaml::to_string(v).unwrap_or_default().trim().to_string()
+}
+
+/// Parses registry:2 style listen addresses: `:5000`, `0.0.0.0:5000`,
+/// `127.0.0.1:5000`, `[::1]:5000`, `localhost:5000`.
+pub fn parse_addr(key: &str, s: &str) -> Result<SocketAddr, ConfigError> {
+    let s = s.trim();
+    let candidate = if let Some(port) = s.strip_prefix(':') {
+        format!("0.0.0.0:{port}")
+    } else if let Some(port) = s.strip_prefix("localhost:") {
+        format!("127.0.0.1:{port}")
+    } else {
+        s.to_string()
+    };
+    candidate.parse().map_err(|_| {
+        invalid(key, format!("{s:?} is not a listen address; use host:port such as 127.0.0.1:5000 or :5000"))
+    })
+}
+
+/// The data directory used when `storage.filesystem.rootdirectory` is unset:
+/// `/var/lib/berth` for root, else `$XDG_DATA_HOME/berth` or
+/// `~/.local/share/berth`.
+pub fn default_root(env: &dyn Fn(&str) -> Option<String>) -> PathBuf {
+    if env("USER").as_deref() == Some("root") || env("HOME").as_deref() == Some("/root") {
+        return PathBuf::from("/var/lib/berth");
+    }
+    if let Some(x) = env("XDG_DATA_HOME").filter(|x| !x.is_empty()) {
+        return Path::new(&x).join("berth");
+    }
+    match env("HOME") {
+        Some(h) if !h.is_empty() => Path::new(&h).join(".local/share/berth"),
+        _ => PathBuf::from("/var/lib/berth"),
+    }
+}
+
+/// Reads the config file (if any), applies `REGISTRY_*` overrides from
+/// `vars`, and validates the result.
+pub fn load(path: Option<&Path>, vars: &[(String, String)]) -> Result<Loaded, ConfigError> {
+    let mut tree = match path {
+        None => Value::Mapping(Mapping::new()),
+        Some(p) => {
+            let text =
+                std::fs::read_to_string(p).map_err(|source| ConfigError::Read { path: p.to_path_buf(), source })?;
+            match serde_yaml::from_str::<Value>(&text) {
+                Ok(Value::Null) => Value::Mapping(Mapping::new()),
+                Ok(v @ Value::Mapping(_)) => v,
+                Ok(_) => return Err(invalid("(root)", "the config file must be a YAML mapping")),
+                Err(source) => return Err(ConfigError::Yaml { path: p.to_path_buf(), source }),
+            }
+        }
+    };
+    let mut overrides: Vec<&(String, String)> = vars.iter().filter(|(k, _)| k.starts_with("REGISTRY_")).collect();
+    overrides.sort();
+    for (k, v) in overrides {
+        let parts: Vec<String> = k["REGISTRY_".len()..].split('_').map(|p| p.to_ascii_lowercase()).collect();
+        if parts.iter().any(|p| p.is_empty()) {
+            continue;
+        }
+        let value = serde_yaml::from_str::<Value>(v).unwrap_or_else(|_| Value::String(v.clone()));
+        let value = if value.is_null() { Value::String(v.clone()) } else { value };
+        set_path(&mut tree, &parts, value);
+    }
+    for (key, why) in REFUSED {
+        if lookup(&tree, key).is_some() {
+            return Err(invalid(key, *why));
+        }
+    }
+    let mut warnings = Vec::new();
+    collect_unknown(&tree, "", &mut warnings);
+    if let Some(v) = get_str(&tree, "version")? {
+        if v != "0.1" {
+            warnings.push(format!("config key `version` is {v:?}; registry:2 configs use 0.1"));
+        }
+    }
+    let env_lookup = |k: &str| vars.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
+
+    let level = get_str(&tree, "log.level")?.unwrap_or_else(|| "info".into()).to_ascii_lowercase();
+    let level = match level.as_str() {
+        "error" | "warn" | "info" | "debug" | "trace" => level,
+        "warning" => "warn".into(),
+        "panic" | "fatal" => "error".into(),
+        other => return Err(invalid("log.level", format!("{other:?} is not one of error, warn, info, debug, trace"))),
+    };
+    let format = match get_str(&tree, "log.formatter")?.as_deref() {
+        None | Some("text") => LogFormat::Text,
+        Some("json") | Some("logstash") => LogFormat::Json,
+        Some(other) => return Err(invalid("log.formatter", format!("{other:?} is not one of text, json, logstash"))),
+    };
+    let access_log = !get_bool(&tree, "log.accesslog.disabled", false)?;
+
+    let configured_root = get_str(&tree, "storage.filesystem.rootdirectory")?;
+    if configured_root.as_deref().is_some_and(|r| !Path::new(r).is_absolute()) {
+        return Err(invalid("storage.filesystem.rootdirectory", "must be an absolute path"));
+    }
+    let storage = StorageConfig {
+        root_configured: configured_root.is_some(),
+        root: configured_root.map(PathBuf::from).unwrap_or_else(|| default_root(&env_lookup)),
+        delete_enabled: get_bool(&tree, "storage.delete.enabled", false)?,
+        read_only: get_bool(&tree, "storage.maintenance.readonly.enabled", false)?,
+        redirect_disable: get_bool(&tree, "storage.redirect.disable", true)?,
+    };
+
+    if let Some(net) = get_str(&tree, "http.net")? {
+        if net != "tcp" {
+            return Err(invalid("http.net", format!("{net:?} is not supported; berthd listens on tcp")));
+        }
+    }
+    let addr = parse_addr("http.addr", &get_str(&tree, "http.addr")?.unwrap_or_else(|| DEFAULT_ADDR.into()))?;
+    let debug_addr = get_str(&tree, "http.debug.addr")?.map(|a| parse_addr("http.debug.addr", &a)).transpose()?;
+    let host = get_str(&tree, "http.host")?;
+    if let Some(h) = &host {
+        if !(h.starts_with("http://") || h.starts_with("https://")) {
+            return Err(invalid("http.host", format!("{h:?} must be a URL such as https://registry.example.com")));
+        }
+    }
+    let mut headers = Vec::new();
+    if let Some(v) = lookup(&tree, "http.headers") {
+        let map = v
+            .as_mapping()
+            .ok_or_else(|| invalid("http.headers", "expected a mapping of header names to lists of values"))?;
+        for (name, values) in map {
+            let name = name.as_str().ok_or_else(|| invalid("http.headers", "header names must be strings"))?;
+            let key = format!("http.headers.{name}");
+            if axum::http::HeaderName::from_bytes(name.as_bytes()).is_err() {
+                return Err(invalid(&key, "is not a valid HTTP header name"));
+            }
+            let list: Vec<String> = match values {
+                Value::Sequence(s) => s
+                    .iter()
+                    .map(|x| x.as_str().map(str::to_string).ok_or_else(|| invalid(&key, "values must be strings")))
+                    .collect::<Result<_, _>>()?,
+                Value::String(s) => vec![s.clone()],
+                _ => return Err(invalid(&key, "expected a list of strings")),
+            };
+            for value in list {
+                if axum::http::HeaderValue::from_str(&value).is_err() {
+                    return Err(invalid(&key, format!("{value:?} is not a valid header value")));
+                }
+                headers.push((name.to_string(), value));
+            }
+        }
+    } else {
+        // registry:2's shipped config sets this; keep the same default.
+        headers.push(("X-Content-Type-Options".into(), "nosniff".into()));
+    }
+    let tls = match (get_str(&tree, "http.tls.certificate")?, get_str(&tree, "http.tls.key")?) {
+        (None, None) => None,
+        (Some(c), Some(k)) => Some(TlsFiles { certificate: c.into(), key: k.into() }),
+        (Some(_), None) => return Err(invalid("http.tls.key", "is required when http.tls.certificate is set")),
+        (None, Some(_)) => return Err(invalid("http.tls.certificate", "is required when http.tls.key is set")),
+    };
+    Ok(Loaded {
+        config: Config {
+            log: LogConfig { level, format, access_log },
+            storage,
+            http: HttpConfig { addr, host, headers, tls, debug_addr },
+        },
+        warnings,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load_str(yaml: &str, vars: &[(&str, &str)]) -> Result<Loaded, ConfigError> {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("config.yml");
+        std::fs::write(&p, yaml).unwrap();
+        let vars: Vec<(String, String)> = vars.iter().map(|(a, b)| (a.to_string(), b.to_string())).collect();
+        load(Some(&p), &vars)
+    }
+
+    #[test]
+    fn defaults_listen_on_loopback() {
+        let l = load(None, &[("HOME".into(), "/home/u".into()), ("USER".into(), "u".into())]).unwrap();
+        assert_eq!(l.config.http.addr.to_string(), "127.0.0.1:5000");
+        assert_eq!(l.config.storage.root, PathBuf::from("/home/u/.local/share/berth"));
+        assert!(!l.config.storage.delete_enabled);
+        assert!(l.config.log.access_log);
+        assert!(l.warnings.is_empty());
+    }
+
+    #[test]
+    fn registry2_config_is_read() {
+        let l = load_str(
+            "version: 0.1\nlog:\n  level: debug\n  formatter: json\n  accesslog:\n    disabled: true\nstorage:\n  filesystem:\n    rootdirectory: /data\n  delete:\n    enabled: true\n  cache:\n    blobdescriptor: inmemory\nhttp:\n  addr: :5001\n  headers:\n    X-Content-Type-Options: [nosniff]\n",
+            &[],
+        )
+        .unwrap();
+        let c = l.config;
+        assert_eq!(c.log.level, "debug");
+        assert_eq!(c.log.format, LogFormat::Json);
+        assert!(!c.log.access_log);
+        assert_eq!(c.storage.root, PathBuf::from("/data"));
+        assert!(c.storage.delete_enabled);
+        assert_eq!(c.http.addr.to_string(), "0.0.0.0:5001");
+        assert_eq!(c.http.headers, vec![("X-Content-Type-Options".to_string(), "nosniff".to_string())]);
+        assert_eq!(l.warnings.len(), 1, "{:?}", l.warnings);
+        assert!(l.warnings[0].contains("storage.cache"));
+    }
+
+    #[test]
+    fn env_overrides_win() {
+        let l = load_str(
+            "http:\n  addr: :5000\n",
+            &[
+                ("REGISTRY_HTTP_ADDR", "127.0.0.1:6000"),
+                ("REGISTRY_STORAGE_FILESYSTEM_ROOTDIRECTORY", "/srv/r"),
+                ("REGISTRY_STORAGE_DELETE_ENABLED", "true"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(l.config.http.addr.to_string(), "127.0.0.1:6000");
+        assert_eq!(l.config.storage.root, PathBuf::from("/srv/r"));
+        assert!(l.config.storage.delete_enabled);
+    }
+
+    #[test]
+    fn invalid_values_name_the_key() {
+        let e = load_str("storage:\n  delete:\n    enabled: maybe\n", &[]).unwrap_err();
+        assert!(e.to_string().contains("storage.delete.enabled"), "{e}");
+        let e = load_str("http:\n  addr: nowhere\n", &[]).unwrap_err();
+        assert!(e.to_string().contains("http.addr"), "{e}");
+        let e = load_str("log:\n  level: loud\n", &[]).unwrap_err();
+        assert!(e.to_string().contains("log.level"), "{e}");
+        let e = load_str("storage:\n  filesystem:\n    rootdirectory: relative/dir\n", &[]).unwrap_err();
+        assert!(e.to_string().contains("rootdirectory"), "{e}");
+        let e = load_str("auth:\n  htpasswd:\n    realm: x\n    path: /p\n", &[]).unwrap_err();
+        assert!(e.to_string().contains("`auth`"), "{e}");
+        assert!(matches!(load_str("a: [", &[]), Err(ConfigError::Yaml { .. })));
+    }
+}

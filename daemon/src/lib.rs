@@ -1,0 +1,21 @@
+//! Berth's daemon, `berthd`: a per-node OCI registry.
+//!
+//! Requests flow one way: [`api`] (HTTP, routing, error rendering) →
+//! [`registry`] (the OCI distribution rules) → [`storage`] (a narrow
+//! object-store trait) → a backend ([`storage::fs`] is the embedded
+//! default). See `docs/architecture.md`.
+
+pub mod api;
+pub mod config;
+pub mod digest;
+pub mod error;
+pub mod logging;
+pub mod names;
+pub mod registry;
+pub mod server;
+pub mod storage;
+
+pub use error::{Error, Result};
+
+/// The version printed by `berthd --version` and in the first log line.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");

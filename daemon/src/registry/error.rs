@@ -1,0 +1,81 @@
+//! The registry's one error type. Each variant is an OCI distribution error
+//! code (or a storage failure); the HTTP layer maps them to status codes in
+//! one table, and every message says what to do next.
+
+use crate::digest::{Digest, DigestError};
+use crate::names::{NameError, RepoName};
+use crate::storage::StorageError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("blob {0} is not in this repository; push it first or mount it from a repository that has it")]
+    BlobUnknown(Digest),
+    #[error("upload {0} is unknown: it was finished, cancelled or never started; start a new upload with POST /v2/<name>/blobs/uploads/")]
+    BlobUploadUnknown(String),
+    #[error("{0}")]
+    BlobUploadInvalid(String),
+    #[error("chunk starts at byte {got} but the upload has {expected} bytes; send chunks in order, resuming at byte {expected}")]
+    UploadOutOfOrder { expected: u64, got: u64 },
+    #[error("requested range is not satisfiable for a blob of {size} bytes")]
+    RangeNotSatisfiable { size: u64 },
+    #[error("{0}")]
+    DigestInvalid(String),
+    #[error("manifest references {0}, which is not in this repository; push the blob (or child manifest) before the manifest")]
+    ManifestBlobUnknown(Digest),
+    #[error("manifest invalid: {0}")]
+    ManifestInvalid(String),
+    #[error("manifest {0} is not in this repository")]
+    ManifestUnknown(String),
+    #[error("{0}")]
+    NameInvalid(String),
+    #[error("repository {0} is not known to this registry")]
+    NameUnknown(RepoName),
+    #[error("{0}")]
+    SizeInvalid(String),
+    #[error("{0}")]
+    TooLarge(String),
+    #[error("{0}")]
+    Unsupported(String),
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+}
+
+impl Error {
+    /// The OCI error code for the JSON error body.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Error::BlobUnknown(_) => "BLOB_UNKNOWN",
+            Error::BlobUploadUnknown(_) => "BLOB_UPLOAD_UNKNOWN",
+            Error::BlobUploadInvalid(_) | Error::UploadOutOfOrder { .. } => "BLOB_UPLOAD_INVALID",
+            Error::RangeNotSatisfiable { .. } => "RANGE_INVALID",
+            Error::DigestInvalid(_) => "DIGEST_INVALID",
+            Error::ManifestBlobUnknown(_) => "MANIFEST_BLOB_UNKNOWN",
+            Error::ManifestInvalid(_) => "MANIFEST_INVALID",
+            Error::ManifestUnknown(_) => "MANIFEST_UNKNOWN",
+            Error::NameInvalid(_) => "NAME_INVALID",
+            Error::NameUnknown(_) => "NAME_UNKNOWN",
+            Error::SizeInvalid(_) | Error::TooLarge(_) => "SIZE_INVALID",
+            Error::Unsupported(_) => "UNSUPPORTED",
+            Error::Storage(StorageError::Unavailable { .. }) => "UNAVAILABLE",
+            Error::Storage(_) => "UNKNOWN",
+        }
+    }
+}
+
+impl From<NameError> for Error {
+    fn from(e: NameError) -> Error {
+        match e {
+            NameError::Digest(d) => d.into(),
+            NameError::Tag(_) => Error::ManifestInvalid(e.to_string()),
+            other => Error::NameInvalid(other.to_string()),
+        }
+    }
+}
+
+impl From<DigestError> for Error {
+    fn from(e: DigestError) -> Error {
+        Error::DigestInvalid(e.to_string())
+    }
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;

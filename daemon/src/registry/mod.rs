@@ -1,0 +1,122 @@
+//! The registry: the OCI distribution rules, with no HTTP in here. It turns
+//! typed requests (repository, digest, tag) into operations on a
+//! [`StorageDriver`], in registry:2's layout (see [`paths`]).
+
+pub mod error;
+pub mod manifest;
+pub mod paths;
+
+mod blobs;
+mod discovery;
+mod manifests;
+mod uploads;
+
+pub use blobs::BlobInfo;
+pub use discovery::{Page, Referrer};
+pub use error::{Error, Result};
+pub use manifests::{PushedManifest, StoredManifest};
+pub use uploads::{BodyStream, UploadStatus};
+
+use crate::digest::Digest;
+use crate::names::RepoName;
+use crate::storage::{StorageDriver, StorageError};
+use bytes::Bytes;
+use std::sync::Arc;
+
+/// What the registry allows, from `storage.delete` and
+/// `storage.maintenance.readonly`.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Policy {
+    pub delete_enabled: bool,
+    pub read_only: bool,
+}
+
+pub struct Registry {
+    driver: Arc<dyn StorageDriver>,
+    policy: Policy,
+    uploads: uploads::Sessions,
+}
+
+impl Registry {
+    pub fn new(driver: Arc<dyn StorageDriver>, policy: Policy) -> Registry {
+        Registry { driver, policy, uploads: uploads::Sessions::default() }
+    }
+
+    pub fn backend_name(&self) -> &'static str {
+        self.driver.name()
+    }
+
+    /// Checks the storage answers (used at start-up and by health checks).
+    pub async fn check_storage(&self) -> Result<()> {
+        match self.driver.stat(paths::ROOT).await {
+            Ok(_) => Ok(()),
+            Err(e) if e.is_not_found() => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    fn ensure_writable(&self) -> Result<()> {
+        if self.policy.read_only {
+            return Err(Error::Unsupported(
+                "the registry is in read-only mode (storage.maintenance.readonly.enabled); writes are refused until it is turned off".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    fn ensure_deletable(&self) -> Result<()> {
+        self.ensure_writable()?;
+        if !self.policy.delete_enabled {
+            return Err(Error::Unsupported(
+                "deletes are disabled on this registry; set storage.delete.enabled: true to allow them".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Reads a link file; `Ok(None)` when it does not exist.
+    async fn read_link(&self, path: &str) -> Result<Option<Digest>> {
+        match self.driver.get_content(path).await {
+            Ok(b) => {
+                let text = String::from_utf8_lossy(&b);
+                let d = text.trim().parse().map_err(|e| {
+                    Error::Storage(StorageError::Io {
+                        path: path.to_string(),
+                        source: std::io::Error::new(std::io::ErrorKind::InvalidData, format!("corrupt link file: {e}")),
+                    })
+                })?;
+                Ok(Some(d))
+            }
+            Err(e) if e.is_not_found() => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    async fn write_link(&self, path: &str, d: &Digest) -> Result<()> {
+        self.driver.put_content(path, Bytes::from(d.to_string())).await?;
+        Ok(())
+    }
+
+    async fn exists(&self, path: &str) -> Result<bool> {
+        match self.driver.stat(path).await {
+            Ok(_) => Ok(true),
+            Err(e) if e.is_not_found() => Ok(false),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Deletes `path`, treating "already gone" as success.
+    async fn delete_if_exists(&self, path: &str) -> Result<()> {
+        match self.driver.delete(path).await {
+            Err(e) if !e.is_not_found() => Err(e.into()),
+            _ => Ok(()),
+        }
+    }
+
+    async fn repo_exists(&self, repo: &RepoName) -> Result<bool> {
+        self.exists(&paths::repo_dir(repo)).await
+    }
+}
+
+#[cfg(test)]
+mod tests;

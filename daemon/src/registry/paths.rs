@@ -1,0 +1,117 @@
+//! The storage layout, in one place. It is registry:2's layout exactly, so a
+//! root or bucket written by registry:2 is served by berthd, and the reverse:
+//!
+//! ```text
+//! /docker/registry/v2/
+//!   blobs/<alg>/<hex[0..2]>/<hex>/data                     content, by digest
+//!   repositories/<name>/
+//!     _layers/<alg>/<hex>/link                              blob linked into the repo
+//!     _manifests/revisions/<alg>/<hex>/link                 manifest in the repo
+//!     _manifests/tags/<tag>/current/link                    tag -> manifest digest
+//!     _manifests/tags/<tag>/index/<alg>/<hex>/link          every digest the tag had
+//!     _uploads/<uuid>/{data,startedat}                      uploads in progress
+//!     _referrers/<alg>/<hex>/<alg>/<hex>/link               Berth's referrers index
+//! ```
+//!
+//! A link file holds the digest as text (`sha256:…`, no newline). The
+//! `_referrers` directory is Berth's own addition (registry:2 2.8 has no
+//! referrers API); registry:2 ignores directories starting with `_`.
+
+use crate::digest::Digest;
+use crate::names::{RepoName, Tag};
+
+pub const ROOT: &str = "/docker/registry/v2";
+
+pub fn repositories() -> String {
+    format!("{ROOT}/repositories")
+}
+
+pub fn blob_data(d: &Digest) -> String {
+    format!("{ROOT}/blobs/{}/{}/{}/data", d.algorithm().as_str(), &d.hex()[..2], d.hex())
+}
+
+fn repo(name: &RepoName) -> String {
+    format!("{ROOT}/repositories/{name}")
+}
+
+pub fn repo_dir(name: &RepoName) -> String {
+    repo(name)
+}
+
+pub fn layer_link(name: &RepoName, d: &Digest) -> String {
+    format!("{}/_layers/{}/{}/link", repo(name), d.algorithm().as_str(), d.hex())
+}
+
+pub fn revision_link(name: &RepoName, d: &Digest) -> String {
+    format!("{}/_manifests/revisions/{}/{}/link", repo(name), d.algorithm().as_str(), d.hex())
+}
+
+pub fn tags_dir(name: &RepoName) -> String {
+    format!("{}/_manifests/tags", repo(name))
+}
+
+pub fn tag_dir(name: &RepoName, tag: &Tag) -> String {
+    format!("{}/{tag}", tags_dir(name))
+}
+
+pub fn tag_current_link(name: &RepoName, tag: &Tag) -> String {
+    format!("{}/current/link", tag_dir(name, tag))
+}
+
+pub fn tag_index_link(name: &RepoName, tag: &Tag, d: &Digest) -> String {
+    format!("{}/index/{}/{}/link", tag_dir(name, tag), d.algorithm().as_str(), d.hex())
+}
+
+pub fn upload_dir(name: &RepoName, id: &str) -> String {
+    format!("{}/_uploads/{id}", repo(name))
+}
+
+pub fn upload_data(name: &RepoName, id: &str) -> String {
+    format!("{}/data", upload_dir(name, id))
+}
+
+pub fn upload_started_at(name: &RepoName, id: &str) -> String {
+    format!("{}/startedat", upload_dir(name, id))
+}
+
+pub fn referrers_dir(name: &RepoName, subject: &Digest) -> String {
+    format!("{}/_referrers/{}/{}", repo(name), subject.algorithm().as_str(), subject.hex())
+}
+
+pub fn referrer_link(name: &RepoName, subject: &Digest, d: &Digest) -> String {
+    format!("{}/{}/{}/link", referrers_dir(name, subject), d.algorithm().as_str(), d.hex())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn layout_matches_registry2() {
+        let d = Digest::sha256_of(b"");
+        let r = RepoName::parse("library/busybox").unwrap();
+        let t = Tag::parse("latest").unwrap();
+        assert_eq!(
+            blob_data(&d),
+            "/docker/registry/v2/blobs/sha256/e3/e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855/data"
+        );
+        assert_eq!(
+            layer_link(&r, &d),
+            format!("/docker/registry/v2/repositories/library/busybox/_layers/sha256/{}/link", d.hex())
+        );
+        assert_eq!(
+            tag_current_link(&r, &t),
+            "/docker/registry/v2/repositories/library/busybox/_manifests/tags/latest/current/link"
+        );
+        assert_eq!(
+            tag_index_link(&r, &t, &d),
+            format!(
+                "/docker/registry/v2/repositories/library/busybox/_manifests/tags/latest/index/sha256/{}/link",
+                d.hex()
+            )
+        );
+        for p in [blob_data(&d), layer_link(&r, &d), revision_link(&r, &d), upload_data(&r, "x")] {
+            crate::storage::check_path(&p).unwrap();
+        }
+    }
+}

@@ -1,0 +1,190 @@
+//! Registry rules on the in-memory backend.
+
+use super::manifest::{OCI_INDEX, OCI_MANIFEST};
+use super::*;
+use crate::digest::Algorithm;
+use crate::names::{Reference, Tag};
+use crate::storage::memory::MemoryDriver;
+use futures_util::TryStreamExt;
+
+fn repo(s: &str) -> RepoName {
+    RepoName::parse(s).unwrap()
+}
+
+fn body(parts: &[&'static [u8]]) -> BodyStream {
+    let items: Vec<std::io::Result<Bytes>> = parts.iter().map(|p| Ok(Bytes::from_static(p))).collect();
+    Box::pin(futures_util::stream::iter(items))
+}
+
+fn registry(driver: &MemoryDriver, policy: Policy) -> Registry {
+    Registry::new(Arc::new(driver.clone()), policy)
+}
+
+async fn read(reg: &Registry, d: &Digest) -> Vec<u8> {
+    let chunks: Vec<Bytes> = reg.read_blob(d, 0).await.unwrap().try_collect().await.unwrap();
+    chunks.concat()
+}
+
+async fn push_blob(reg: &Registry, r: &RepoName, data: &'static [u8]) -> Digest {
+    let d = Digest::sha256_of(data);
+    reg.upload_whole(r, &d, body(&[data])).await.unwrap();
+    d
+}
+
+fn image_manifest(config: &Digest, layer: &Digest, subject: Option<&Digest>) -> Bytes {
+    let mut m = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": OCI_MANIFEST,
+        "config": {"mediaType": "application/vnd.example.config+json", "digest": config.to_string(), "size": 1},
+        "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": layer.to_string(), "size": 1}],
+    });
+    if let Some(s) = subject {
+        m["subject"] = serde_json::json!({"mediaType": OCI_MANIFEST, "digest": s.to_string(), "size": 1});
+    }
+    Bytes::from(m.to_string())
+}
+
+#[tokio::test]
+async fn chunked_upload_is_verified_before_it_is_readable() {
+    let driver = MemoryDriver::new();
+    let reg = registry(&driver, Policy::default());
+    let r = repo("app");
+    let up = reg.start_upload(&r).await.unwrap();
+    let st = reg.append_chunk(&r, &up.id, Some(0), body(&[b"hello "])).await.unwrap();
+    assert_eq!(st.size, 6);
+    let err = reg.append_chunk(&r, &up.id, Some(3), body(&[b"x"])).await.unwrap_err();
+    assert!(matches!(err, Error::UploadOutOfOrder { expected: 6, got: 3 }));
+    reg.append_chunk(&r, &up.id, Some(6), body(&[b"wor"])).await.unwrap();
+    let d = Digest::sha256_of(b"hello world");
+    assert!(matches!(reg.stat_blob(&r, &d).await, Err(Error::BlobUnknown(_))));
+    let info = reg.finish_upload(&r, &up.id, &d, Some(body(&[b"ld"]))).await.unwrap();
+    assert_eq!(info.size, 11);
+    assert_eq!(reg.stat_blob(&r, &d).await.unwrap().size, 11);
+    assert_eq!(read(&reg, &d).await, b"hello world");
+    assert!(matches!(reg.upload_status(&r, &up.id).await, Err(Error::BlobUploadUnknown(_))));
+    // Another repository does not see the blob until it mounts it.
+    assert!(matches!(reg.stat_blob(&repo("other"), &d).await, Err(Error::BlobUnknown(_))));
+    assert!(reg.mount_blob(&repo("other"), &d, &r).await.unwrap());
+    assert!(reg.stat_blob(&repo("other"), &d).await.is_ok());
+    assert!(!reg.mount_blob(&repo("third"), &d, &repo("nobody")).await.unwrap());
+}
+
+#[tokio::test]
+async fn a_wrong_digest_leaves_nothing_behind() {
+    let driver = MemoryDriver::new();
+    let reg = registry(&driver, Policy::default());
+    let r = repo("app");
+    let claimed = Digest::sha256_of(b"what the client meant");
+    let err = reg.upload_whole(&r, &claimed, body(&[b"what it sent"])).await.unwrap_err();
+    assert!(matches!(err, Error::DigestInvalid(_)), "{err}");
+    assert!(matches!(reg.stat_blob(&r, &claimed).await, Err(Error::BlobUnknown(_))));
+    let actual = Digest::sha256_of(b"what it sent");
+    assert!(driver.stat(&paths::blob_data(&actual)).await.is_err());
+    assert!(driver.stat(&paths::blob_data(&claimed)).await.is_err());
+    assert!(driver.list("/docker/registry/v2/repositories/app/_uploads").await.is_err(), "upload data removed");
+}
+
+#[tokio::test]
+async fn uploads_survive_a_restart_and_sha512_is_verified() {
+    let driver = MemoryDriver::new();
+    let r = repo("app");
+    let id = {
+        let reg = registry(&driver, Policy::default());
+        let up = reg.start_upload(&r).await.unwrap();
+        reg.append_chunk(&r, &up.id, None, body(&[b"part one, "])).await.unwrap();
+        up.id
+    };
+    // A new registry (daemon restart) has no in-memory hash state.
+    let reg = registry(&driver, Policy::default());
+    assert_eq!(reg.upload_status(&r, &id).await.unwrap().size, 10);
+    reg.append_chunk(&r, &id, Some(10), body(&[b"part two"])).await.unwrap();
+    let d = Digest::of(Algorithm::Sha512, b"part one, part two");
+    reg.finish_upload(&r, &id, &d, None).await.unwrap();
+    assert_eq!(read(&reg, &d).await, b"part one, part two");
+}
+
+#[tokio::test]
+async fn manifests_need_their_blobs_and_tags_resolve() {
+    let driver = MemoryDriver::new();
+    let reg = registry(&driver, Policy { delete_enabled: true, read_only: false });
+    let r = repo("lib/app");
+    let config = Digest::sha256_of(b"{}");
+    let layer = Digest::sha256_of(b"layer");
+    let m = image_manifest(&config, &layer, None);
+    let v1 = Reference::Tag(Tag::parse("v1").unwrap());
+    let err = reg.put_manifest(&r, &v1, Some(OCI_MANIFEST), m.clone()).await.unwrap_err();
+    assert!(matches!(err, Error::ManifestBlobUnknown(ref d) if d == &config), "{err}");
+    push_blob(&reg, &r, b"{}").await;
+    push_blob(&reg, &r, b"layer").await;
+    let pushed = reg.put_manifest(&r, &v1, Some(OCI_MANIFEST), m.clone()).await.unwrap();
+    assert_eq!(pushed.digest, Digest::sha256_of(&m));
+    let got = reg.get_manifest(&r, &v1).await.unwrap();
+    assert_eq!((got.body, got.media_type.as_str()), (m.clone(), OCI_MANIFEST));
+    assert_eq!(reg.list_tags(&r, None, None).await.unwrap().items, vec!["v1"]);
+    assert_eq!(reg.catalog(None, None).await.unwrap().items, vec!["lib/app"]);
+
+    // Wrong digest in the URL.
+    let wrong = Reference::Digest(Digest::sha256_of(b"other"));
+    assert!(matches!(reg.put_manifest(&r, &wrong, None, m.clone()).await, Err(Error::DigestInvalid(_))));
+
+    // An index needs its children in the repository.
+    let index = serde_json::json!({"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": [
+        {"mediaType": OCI_MANIFEST, "digest": pushed.digest.to_string(), "size": m.len()},
+        {"mediaType": OCI_MANIFEST, "digest": Digest::sha256_of(b"nope").to_string(), "size": 4}]});
+    let err = reg.put_manifest(&r, &v1, Some(OCI_INDEX), Bytes::from(index.to_string())).await.unwrap_err();
+    assert!(matches!(err, Error::ManifestBlobUnknown(_)));
+
+    // Deleting the tag keeps the manifest; deleting the manifest drops tags.
+    reg.delete_manifest(&r, &v1).await.unwrap();
+    assert!(matches!(reg.get_manifest(&r, &v1).await, Err(Error::ManifestUnknown(_))));
+    let by_digest = Reference::Digest(pushed.digest.clone());
+    assert!(reg.get_manifest(&r, &by_digest).await.is_ok());
+    let v2 = Reference::Tag(Tag::parse("v2").unwrap());
+    reg.put_manifest(&r, &v2, None, m.clone()).await.unwrap();
+    reg.delete_manifest(&r, &by_digest).await.unwrap();
+    assert!(reg.get_manifest(&r, &by_digest).await.is_err());
+    assert!(reg.get_manifest(&r, &v2).await.is_err());
+    assert!(reg.list_tags(&r, None, None).await.unwrap().items.is_empty());
+    assert!(matches!(reg.list_tags(&repo("nobody"), None, None).await, Err(Error::NameUnknown(_))));
+}
+
+#[tokio::test]
+async fn referrers_are_indexed_by_subject() {
+    let driver = MemoryDriver::new();
+    let reg = registry(&driver, Policy { delete_enabled: true, read_only: false });
+    let r = repo("app");
+    let config = push_blob(&reg, &r, b"{}").await;
+    let layer = push_blob(&reg, &r, b"layer").await;
+    let tag = Reference::Tag(Tag::parse("v1").unwrap());
+    let subject = reg.put_manifest(&r, &tag, None, image_manifest(&config, &layer, None)).await.unwrap().digest;
+    let sig = image_manifest(&config, &layer, Some(&subject));
+    let sig_digest = Digest::sha256_of(&sig);
+    let pushed = reg.put_manifest(&r, &Reference::Digest(sig_digest.clone()), None, sig).await.unwrap();
+    assert_eq!(pushed.subject.as_ref(), Some(&subject));
+    let all = reg.referrers(&r, &subject, None).await.unwrap();
+    assert_eq!(all.len(), 1);
+    assert_eq!(all[0].digest, sig_digest);
+    assert_eq!(all[0].artifact_type.as_deref(), Some("application/vnd.example.config+json"));
+    assert_eq!(reg.referrers(&r, &subject, Some("application/vnd.example.config+json")).await.unwrap().len(), 1);
+    assert!(reg.referrers(&r, &subject, Some("other/type")).await.unwrap().is_empty());
+    reg.delete_manifest(&r, &Reference::Digest(sig_digest)).await.unwrap();
+    assert!(reg.referrers(&r, &subject, None).await.unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn policies_refuse_writes_and_deletes() {
+    let driver = MemoryDriver::new();
+    let r = repo("app");
+    let reg = registry(&driver, Policy::default());
+    let d = push_blob(&reg, &r, b"data").await;
+    assert!(
+        matches!(reg.delete_blob(&r, &d).await, Err(Error::Unsupported(m)) if m.contains("storage.delete.enabled"))
+    );
+    let ro = registry(&driver, Policy { delete_enabled: true, read_only: true });
+    assert!(matches!(ro.start_upload(&r).await, Err(Error::Unsupported(m)) if m.contains("read-only")));
+    assert!(matches!(ro.delete_blob(&r, &d).await, Err(Error::Unsupported(_))));
+    assert!(ro.stat_blob(&r, &d).await.is_ok(), "reads still work");
+    let rw = registry(&driver, Policy { delete_enabled: true, read_only: false });
+    rw.delete_blob(&r, &d).await.unwrap();
+    assert!(matches!(rw.stat_blob(&r, &d).await, Err(Error::BlobUnknown(_))));
+}

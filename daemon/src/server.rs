@@ -1,0 +1,78 @@
+//! Start-up and shutdown: build the storage and registry from the config,
+//! bind the listeners, serve until SIGTERM/SIGINT, then drain in-flight
+//! requests before exiting.
+
+use crate::api::{self, AppState};
+use crate::config::Config;
+use crate::registry::{Policy, Registry};
+use crate::storage::fs::FsDriver;
+use crate::{Error, Result};
+use axum::http::{HeaderName, HeaderValue};
+use std::sync::Arc;
+use tokio::net::TcpListener;
+
+/// Builds the registry on the configured storage.
+pub fn build_registry(config: &Config) -> Result<Arc<Registry>> {
+    let root = &config.storage.root;
+    std::fs::create_dir_all(root).map_err(|source| Error::DataDir { path: root.clone(), source })?;
+    let driver = Arc::new(FsDriver::new(root.clone()));
+    let policy = Policy { delete_enabled: config.storage.delete_enabled, read_only: config.storage.read_only };
+    Ok(Arc::new(Registry::new(driver, policy)))
+}
+
+/// Runs berthd until a shutdown signal arrives.
+pub async fn run(config: Config) -> Result<()> {
+    let registry = build_registry(&config)?;
+    registry.check_storage().await?;
+    let headers = config
+        .http
+        .headers
+        .iter()
+        .filter_map(|(k, v)| Some((HeaderName::from_bytes(k.as_bytes()).ok()?, HeaderValue::from_str(v).ok()?)))
+        .collect();
+    let state = Arc::new(AppState { registry: registry.clone(), headers, access_log: config.log.access_log });
+    let app = api::router(state);
+
+    if let Some(tls) = &config.http.tls {
+        return Err(Error::Tls(format!(
+            "http.tls (certificate {}) is not implemented in this berthd version; serve plain HTTP on loopback or terminate TLS in front of berthd",
+            tls.certificate.display()
+        )));
+    }
+    let listener =
+        TcpListener::bind(config.http.addr).await.map_err(|source| Error::Bind { addr: config.http.addr, source })?;
+    let local = listener.local_addr().map_err(Error::Serve)?;
+    tracing::info!(addr = %local, "listening on http://{local}");
+
+    if let Some(debug) = config.http.debug_addr {
+        let listener = TcpListener::bind(debug).await.map_err(|source| Error::Bind { addr: debug, source })?;
+        let local = listener.local_addr().map_err(Error::Serve)?;
+        tracing::info!(debug_addr = %local, "debug endpoint on http://{local}/debug/health");
+        let registry = registry.clone();
+        tokio::spawn(async move {
+            let app = crate::api::debug_router(registry);
+            let _ = axum::serve(listener, app).with_graceful_shutdown(shutdown_signal()).await;
+        });
+    }
+
+    axum::serve(listener, app).with_graceful_shutdown(shutdown_signal()).await.map_err(Error::Serve)?;
+    tracing::info!("shut down: in-flight requests finished");
+    Ok(())
+}
+
+/// Resolves on SIGTERM or SIGINT.
+async fn shutdown_signal() {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = term => {},
+        _ = tokio::signal::ctrl_c() => {},
+    }
+    tracing::info!("shutdown signal received; draining in-flight requests");
+}

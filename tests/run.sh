@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# Runs every test of the workspace: installs the external programs the
+# end-to-end tests drive, checks formatting and lints, builds once, then runs
+# unit tests and end-to-end tests (skopeo, containerd + runc, registry:2).
+# Needs root for the containerd tests. Usage: bash tests/run.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+step() { printf '\n==> %s\n' "$*"; }
+
+step "installing test dependencies"
+bash tests/scripts/install-deps.sh
+
+step "cargo fmt --check"
+cargo fmt --all --check
+
+step "cargo clippy"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+
+step "build"
+cargo build --workspace --all-targets --locked
+export BERTHD_BIN="$PWD/target/debug/berthd"
+
+step "tests"
+cargo test --workspace --locked -- --test-threads="${BERTH_TEST_THREADS:-4}"

@@ -1,0 +1,190 @@
+//! Shared harness for the end-to-end tests: start a real `berthd` process on a
+//! free loopback port with its own data directory, and find the external
+//! programs the tests drive.
+//!
+//! Every test file does `mod common;` and uses only what it needs.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+/// Path of the `berthd` binary under test: `$BERTHD_BIN`, else the workspace's
+/// `target/{debug,release}/berthd` (`.ci/run` builds it before the tests run).
+pub fn berthd_bin() -> PathBuf {
+    if let Ok(p) = std::env::var("BERTHD_BIN") {
+        return PathBuf::from(p);
+    }
+    let root = workspace_root();
+    let target = std::env::var("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| root.join("target"));
+    for profile in ["debug", "release"] {
+        let p = target.join(profile).join("berthd");
+        if p.exists() {
+            return p;
+        }
+    }
+    panic!(
+        "berthd binary not found under {}: run `cargo build -p berthd` first or set BERTHD_BIN",
+        target.display()
+    );
+}
+
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests crate lives in the workspace")
+        .to_path_buf()
+}
+
+/// True when running under CI (`CI=true`): missing tools are then a failure.
+pub fn in_ci() -> bool {
+    std::env::var("CI").map(|v| v == "true" || v == "1").unwrap_or(false)
+}
+
+/// Returns the path of `tool` on `$PATH`. When it is missing the test fails
+/// loudly under CI; outside CI it panics too, with the install hint, so no
+/// test ever passes by skipping silently.
+pub fn require_tool(tool: &str) -> PathBuf {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    for dir in std::env::split_paths(&path).chain([PathBuf::from("/usr/sbin"), PathBuf::from("/sbin")]) {
+        let p = dir.join(tool);
+        if p.is_file() {
+            return p;
+        }
+    }
+    panic!(
+        "required program `{tool}` is not installed (CI={}): run `bash tests/scripts/install-deps.sh`",
+        in_ci()
+    );
+}
+
+/// A running `berthd` with its own temporary data directory. Killed on drop.
+pub struct Berthd {
+    pub child: Child,
+    /// `host:port` it listens on.
+    pub addr: String,
+    /// Temporary directory holding the config and (unless overridden) the data.
+    pub dir: tempfile::TempDir,
+    pub root: PathBuf,
+    pub log: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl Berthd {
+    /// Starts berthd with a filesystem root in a fresh temp dir; `extra_yaml`
+    /// is appended to the generated config (top-level YAML keys other than
+    /// `storage.filesystem` and `http.addr`).
+    pub fn start(extra_yaml: &str) -> Berthd {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let root = dir.path().join("data");
+        Self::start_with_root(dir, root, extra_yaml, &[])
+    }
+
+    /// Starts berthd serving `root` (which may have been written by another
+    /// registry), with `extra_yaml` appended to the config and extra env vars.
+    pub fn start_with_root(
+        dir: tempfile::TempDir,
+        root: PathBuf,
+        extra_yaml: &str,
+        env: &[(&str, &str)],
+    ) -> Berthd {
+        let config = dir.path().join("config.yml");
+        let yaml = format!(
+            "version: 0.1\nlog:\n  level: info\nstorage:\n  filesystem:\n    rootdirectory: {}\n{}\nhttp:\n  addr: 127.0.0.1:0\n",
+            root.display(),
+            extra_yaml
+        );
+        std::fs::write(&config, yaml).expect("write config");
+        let mut cmd = Command::new(berthd_bin());
+        cmd.arg("serve")
+            .arg("--config")
+            .arg(&config)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .env("NO_COLOR", "1");
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().expect("spawn berthd");
+        let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (tx, rx) = mpsc::channel();
+        for stream in [
+            Box::new(child.stderr.take().unwrap()) as Box<dyn std::io::Read + Send>,
+            Box::new(child.stdout.take().unwrap()),
+        ] {
+            let tx = tx.clone();
+            let log = log.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(stream).lines().map_while(Result::ok) {
+                    if let Some(addr) = parse_listen_addr(&line) {
+                        let _ = tx.send(addr);
+                    }
+                    log.lock().unwrap().push(line);
+                }
+            });
+        }
+        let addr = match rx.recv_timeout(Duration::from_secs(30)) {
+            Ok(a) => a,
+            Err(_) => {
+                let _ = child.kill();
+                panic!(
+                    "berthd did not report its listen address within 30s; log:\n{}",
+                    log.lock().unwrap().join("\n")
+                );
+            }
+        };
+        Berthd { child, addr, dir, root, log }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub fn log_text(&self) -> String {
+        self.log.lock().unwrap().join("\n")
+    }
+}
+
+impl Drop for Berthd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// berthd logs `listening on http://ADDR` (text) or a JSON line with
+/// `"addr":"ADDR"` and message `listening` once its socket is bound.
+fn parse_listen_addr(line: &str) -> Option<String> {
+    if !line.contains("listening") {
+        return None;
+    }
+    let idx = line.find("addr=").map(|i| i + 5).or_else(|| line.find("\"addr\":\"").map(|i| i + 8))?;
+    let rest = &line[idx..];
+    let end = rest
+        .find(|c: char| c.is_whitespace() || c == '"' || c == ',')
+        .unwrap_or(rest.len());
+    Some(rest[..end].to_string())
+}
+
+/// Runs a command, panicking with its output when it fails.
+pub fn run(cmd: &mut Command) -> String {
+    let out = cmd.output().unwrap_or_else(|e| panic!("spawn {cmd:?}: {e}"));
+    if !out.status.success() {
+        panic!(
+            "{cmd:?} failed with {}\nstdout:\n{}\nstderr:\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// sha256 hex digest of bytes, as `sha256:<hex>`.
+pub fn sha256(data: &[u8]) -> String {
+    use sha2::Digest;
+    format!("sha256:{}", hex::encode(sha2::Sha256::digest(data)))
+}
