@@ -64,7 +64,6 @@ fn serve(path: Option<PathBuf>) -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!("{e}");
-            eprintln!("berthd: {e}");
             ExitCode::FAILURE
         }
     }

@@ -33,16 +33,15 @@ pub async fn run(config: Config) -> Result<()> {
     let state = Arc::new(AppState { registry: registry.clone(), headers, access_log: config.log.access_log });
     let app = api::router(state);
 
-    if let Some(tls) = &config.http.tls {
-        return Err(Error::Tls(format!(
-            "http.tls (certificate {}) is not implemented in this berthd version; serve plain HTTP on loopback or terminate TLS in front of berthd",
-            tls.certificate.display()
-        )));
-    }
+    let tls = match &config.http.tls {
+        Some(files) => Some(crate::tls::server_config(&files.certificate, &files.key).map_err(Error::Tls)?),
+        None => None,
+    };
     let listener =
         TcpListener::bind(config.http.addr).await.map_err(|source| Error::Bind { addr: config.http.addr, source })?;
     let local = listener.local_addr().map_err(Error::Serve)?;
-    tracing::info!(addr = %local, "listening on http://{local}");
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    tracing::info!(addr = %local, "listening on {scheme}://{local}");
 
     if let Some(debug) = config.http.debug_addr {
         let listener = TcpListener::bind(debug).await.map_err(|source| Error::Bind { addr: debug, source })?;
@@ -55,7 +54,13 @@ pub async fn run(config: Config) -> Result<()> {
         });
     }
 
-    axum::serve(listener, app).with_graceful_shutdown(shutdown_signal()).await.map_err(Error::Serve)?;
+    match tls {
+        Some(cfg) => {
+            let listener = crate::tls::TlsListener::new(listener, cfg).map_err(Error::Serve)?;
+            axum::serve(listener, app).with_graceful_shutdown(shutdown_signal()).await.map_err(Error::Serve)?
+        }
+        None => axum::serve(listener, app).with_graceful_shutdown(shutdown_signal()).await.map_err(Error::Serve)?,
+    }
     tracing::info!("shut down: in-flight requests finished");
     Ok(())
 }

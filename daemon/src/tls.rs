@@ -1,0 +1,187 @@
+//! The TLS listener (rustls, TLS 1.2 and 1.3 only).
+//!
+//! The certificate and key are re-read when their files change, so a
+//! certificate rotated by cert-manager is served from the next handshake on
+//! without a restart and without dropping open connections. A rotation that
+//! leaves unreadable or mismatched files keeps the previous certificate and
+//! logs why.
+//!
+//! Handshakes run in their own tasks, so a slow or silent client cannot hold
+//! up the accept loop; finished connections are handed to the HTTP server
+//! through a channel.
+
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::sign::CertifiedKey;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant, SystemTime};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
+use tokio_rustls::server::TlsStream;
+use tokio_rustls::TlsAcceptor;
+
+/// How often the files are checked for changes (on handshakes only).
+const RELOAD_CHECK: Duration = Duration::from_secs(1);
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(15);
+
+fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// Loads a PEM certificate chain and private key, checking they match.
+/// Errors name the file and say what is wrong with it.
+pub fn load_certified_key(cert: &Path, key: &Path) -> Result<CertifiedKey, String> {
+    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
+        .map_err(|e| format!("cannot read certificate file {}: {e}", cert.display()))?
+        .collect::<Result<_, _>>()
+        .map_err(|e| format!("certificate file {} is not valid PEM: {e}", cert.display()))?;
+    if chain.is_empty() {
+        return Err(format!("certificate file {} holds no CERTIFICATE block", cert.display()));
+    }
+    let der = PrivateKeyDer::from_pem_file(key).map_err(|e| {
+        format!("key file {} holds no usable private key (PKCS#8, PKCS#1 or SEC1 PEM): {e}", key.display())
+    })?;
+    let signing = provider()
+        .key_provider
+        .load_private_key(der)
+        .map_err(|e| format!("key file {} is not a supported private key: {e}", key.display()))?;
+    let certified = CertifiedKey::new(chain, signing);
+    certified.keys_match().map_err(|e| {
+        format!("key file {} does not belong to the certificate in {}: {e}", key.display(), cert.display())
+    })?;
+    Ok(certified)
+}
+
+/// Modification times of the certificate and key files.
+type Stamp = (Option<SystemTime>, Option<SystemTime>);
+
+fn mtimes(cert: &Path, key: &Path) -> Stamp {
+    let m = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
+    (m(cert), m(key))
+}
+
+/// Serves the current certificate, reloading it when its files change.
+#[derive(Debug)]
+pub struct ReloadingCert {
+    cert: PathBuf,
+    key: PathBuf,
+    current: RwLock<(Arc<CertifiedKey>, Stamp)>,
+    last_check: Mutex<Instant>,
+}
+
+impl ReloadingCert {
+    pub fn new(cert: &Path, key: &Path) -> Result<ReloadingCert, String> {
+        let stamp = mtimes(cert, key);
+        let ck = load_certified_key(cert, key)?;
+        Ok(ReloadingCert {
+            cert: cert.to_path_buf(),
+            key: key.to_path_buf(),
+            current: RwLock::new((Arc::new(ck), stamp)),
+            last_check: Mutex::new(Instant::now()),
+        })
+    }
+
+    fn maybe_reload(&self) {
+        {
+            let mut last = self.last_check.lock().unwrap();
+            if last.elapsed() < RELOAD_CHECK {
+                return;
+            }
+            *last = Instant::now();
+        }
+        let stamp = mtimes(&self.cert, &self.key);
+        if self.current.read().unwrap().1 == stamp {
+            return;
+        }
+        match load_certified_key(&self.cert, &self.key) {
+            Ok(ck) => {
+                *self.current.write().unwrap() = (Arc::new(ck), stamp);
+                tracing::info!(certificate = %self.cert.display(), "TLS certificate reloaded");
+            }
+            Err(e) => {
+                // Keep serving the old certificate; try again on the next change.
+                self.current.write().unwrap().1 = stamp;
+                tracing::error!("TLS certificate not reloaded, keeping the previous one: {e}");
+            }
+        }
+    }
+}
+
+impl ResolvesServerCert for ReloadingCert {
+    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        self.maybe_reload();
+        Some(self.current.read().unwrap().0.clone())
+    }
+}
+
+/// Builds the rustls server configuration for `http.tls`.
+pub fn server_config(cert: &Path, key: &Path) -> Result<Arc<rustls::ServerConfig>, String> {
+    let resolver = Arc::new(ReloadingCert::new(cert, key)?);
+    let mut cfg = rustls::ServerConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS12, &rustls::version::TLS13])
+        .map_err(|e| e.to_string())?
+        .with_no_client_auth()
+        .with_cert_resolver(resolver);
+    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(Arc::new(cfg))
+}
+
+/// A listener yielding TLS connections whose handshake has completed.
+pub struct TlsListener {
+    rx: mpsc::Receiver<(TlsStream<TcpStream>, SocketAddr)>,
+    local: SocketAddr,
+}
+
+impl TlsListener {
+    pub fn new(tcp: TcpListener, config: Arc<rustls::ServerConfig>) -> std::io::Result<TlsListener> {
+        let local = tcp.local_addr()?;
+        let (tx, rx) = mpsc::channel(64);
+        let acceptor = TlsAcceptor::from(config);
+        tokio::spawn(async move {
+            loop {
+                let (stream, peer) = match tcp.accept().await {
+                    Ok(c) => c,
+                    Err(e) => {
+                        tracing::warn!("accept failed: {e}");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                };
+                if tx.is_closed() {
+                    return;
+                }
+                let acceptor = acceptor.clone();
+                let tx = tx.clone();
+                tokio::spawn(async move {
+                    match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+                        Ok(Ok(tls)) => {
+                            let _ = tx.send((tls, peer)).await;
+                        }
+                        Ok(Err(e)) => tracing::debug!(%peer, "TLS handshake failed: {e}"),
+                        Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+                    }
+                });
+            }
+        });
+        Ok(TlsListener { rx, local })
+    }
+}
+
+impl axum::serve::Listener for TlsListener {
+    type Io = TlsStream<TcpStream>;
+    type Addr = SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        match self.rx.recv().await {
+            Some(c) => c,
+            None => std::future::pending().await,
+        }
+    }
+
+    fn local_addr(&self) -> std::io::Result<Self::Addr> {
+        Ok(self.local)
+    }
+}
