@@ -11,6 +11,7 @@
 use serde_yaml::{Mapping, Value};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 /// Where berthd listens when `http.addr` is not set: loopback only, so a
 /// fresh install exposes nothing.
@@ -40,12 +41,24 @@ pub struct StorageConfig {
     /// Blob reads are always proxied by the filesystem backend; kept for
     /// backends that can redirect.
     pub redirect_disable: bool,
+    pub upload_purging: UploadPurging,
+}
+
+/// `storage.maintenance.uploadpurging`: registry:2's defaults are kept.
+#[derive(Debug, Clone)]
+pub struct UploadPurging {
+    pub enabled: bool,
+    pub age: Duration,
+    pub interval: Duration,
+    pub dry_run: bool,
 }
 
 #[derive(Debug, Clone)]
 pub struct TlsFiles {
     pub certificate: PathBuf,
     pub key: PathBuf,
+    /// `http.tls.minimumtls: tls1.3` turns TLS 1.2 off.
+    pub tls13_only: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -113,6 +126,11 @@ const KNOWN: &[&str] = &[
     "storage.maintenance",
     "storage.maintenance.readonly",
     "storage.maintenance.readonly.enabled",
+    "storage.maintenance.uploadpurging",
+    "storage.maintenance.uploadpurging.enabled",
+    "storage.maintenance.uploadpurging.age",
+    "storage.maintenance.uploadpurging.interval",
+    "storage.maintenance.uploadpurging.dryrun",
     "storage.redirect",
     "storage.redirect.disable",
     "http",
@@ -124,6 +142,7 @@ const KNOWN: &[&str] = &[
     "http.tls",
     "http.tls.certificate",
     "http.tls.key",
+    "http.tls.minimumtls",
     "http.debug",
     "http.debug.addr",
 ];
@@ -209,6 +228,14 @@ fn get_bool(root: &Value, key: &str, default: bool) -> Result<bool, ConfigError>
         Some(Value::String(s)) if s.eq_ignore_ascii_case("true") => Ok(true),
         Some(Value::String(s)) if s.eq_ignore_ascii_case("false") => Ok(false),
         Some(other) => Err(invalid(key, format!("expected true or false, got {}", show(other)))),
+    }
+}
+
+fn get_duration(root: &Value, key: &str, default: Duration) -> Result<Duration, ConfigError> {
+    match get_str(root, key)? {
+        None => Ok(default),
+        Some(s) => crate::timefmt::parse_go_duration(&s)
+            .ok_or_else(|| invalid(key, format!("{s:?} is not a duration such as 168h, 30m or 90s"))),
     }
 }
 
@@ -313,7 +340,20 @@ pub fn load(path: Option<&Path>, vars: &[(String, String)]) -> Result<Loaded, Co
         delete_enabled: get_bool(&tree, "storage.delete.enabled", false)?,
         read_only: get_bool(&tree, "storage.maintenance.readonly.enabled", false)?,
         redirect_disable: get_bool(&tree, "storage.redirect.disable", true)?,
+        upload_purging: UploadPurging {
+            enabled: get_bool(&tree, "storage.maintenance.uploadpurging.enabled", true)?,
+            age: get_duration(&tree, "storage.maintenance.uploadpurging.age", Duration::from_secs(168 * 3600))?,
+            interval: get_duration(
+                &tree,
+                "storage.maintenance.uploadpurging.interval",
+                Duration::from_secs(24 * 3600),
+            )?,
+            dry_run: get_bool(&tree, "storage.maintenance.uploadpurging.dryrun", false)?,
+        },
     };
+    if storage.upload_purging.interval.is_zero() {
+        return Err(invalid("storage.maintenance.uploadpurging.interval", "must be greater than zero"));
+    }
 
     if let Some(net) = get_str(&tree, "http.net")? {
         if net != "tcp" {
@@ -360,7 +400,19 @@ pub fn load(path: Option<&Path>, vars: &[(String, String)]) -> Result<Loaded, Co
     }
     let tls = match (get_str(&tree, "http.tls.certificate")?, get_str(&tree, "http.tls.key")?) {
         (None, None) => None,
-        (Some(c), Some(k)) => Some(TlsFiles { certificate: c.into(), key: k.into() }),
+        (Some(c), Some(k)) => {
+            let tls13_only = match get_str(&tree, "http.tls.minimumtls")?.as_deref() {
+                None | Some("tls1.2") => false,
+                Some("tls1.3") => true,
+                Some(other) => {
+                    return Err(invalid(
+                        "http.tls.minimumtls",
+                        format!("{other:?} is not supported; berthd speaks TLS 1.2 and 1.3 only (tls1.2 or tls1.3)"),
+                    ))
+                }
+            };
+            Some(TlsFiles { certificate: c.into(), key: k.into(), tls13_only })
+        }
         (Some(_), None) => return Err(invalid("http.tls.key", "is required when http.tls.certificate is set")),
         (None, Some(_)) => return Err(invalid("http.tls.certificate", "is required when http.tls.key is set")),
     };
@@ -429,6 +481,24 @@ mod tests {
         assert_eq!(l.config.http.addr.to_string(), "127.0.0.1:6000");
         assert_eq!(l.config.storage.root, PathBuf::from("/srv/r"));
         assert!(l.config.storage.delete_enabled);
+    }
+
+    #[test]
+    fn maintenance_and_tls_options() {
+        let l = load_str(
+            "storage:\n  maintenance:\n    uploadpurging:\n      enabled: true\n      age: 1h30m\n      interval: 10m\n      dryrun: true\nhttp:\n  tls:\n    certificate: /c.pem\n    key: /k.pem\n    minimumtls: tls1.3\n",
+            &[],
+        )
+        .unwrap();
+        let p = &l.config.storage.upload_purging;
+        assert_eq!((p.age.as_secs(), p.interval.as_secs(), p.dry_run), (5400, 600, true));
+        assert!(l.config.http.tls.unwrap().tls13_only);
+        let e = load_str("storage:\n  maintenance:\n    uploadpurging:\n      age: 7d\n", &[]).unwrap_err();
+        assert!(e.to_string().contains("uploadpurging.age"), "{e}");
+        let e = load_str("http:\n  tls:\n    certificate: /c\n    key: /k\n    minimumtls: tls1.0\n", &[]).unwrap_err();
+        assert!(e.to_string().contains("minimumtls"), "{e}");
+        let e = load_str("http:\n  tls:\n    certificate: /c\n", &[]).unwrap_err();
+        assert!(e.to_string().contains("http.tls.key"), "{e}");
     }
 
     #[test]

@@ -14,6 +14,7 @@ pub mod names;
 pub mod registry;
 pub mod server;
 pub mod storage;
+pub mod timefmt;
 pub mod tls;
 
 pub use error::{Error, Result};

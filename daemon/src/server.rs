@@ -30,11 +30,16 @@ pub async fn run(config: Config) -> Result<()> {
         .iter()
         .filter_map(|(k, v)| Some((HeaderName::from_bytes(k.as_bytes()).ok()?, HeaderValue::from_str(v).ok()?)))
         .collect();
-    let state = Arc::new(AppState { registry: registry.clone(), headers, access_log: config.log.access_log });
+    let state = Arc::new(AppState {
+        registry: registry.clone(),
+        headers,
+        access_log: config.log.access_log,
+        base_url: config.http.host.as_deref().unwrap_or("").trim_end_matches('/').to_string(),
+    });
     let app = api::router(state);
 
     let tls = match &config.http.tls {
-        Some(files) => Some(crate::tls::server_config(&files.certificate, &files.key).map_err(Error::Tls)?),
+        Some(files) => Some(crate::tls::server_config(files).map_err(Error::Tls)?),
         None => None,
     };
     let listener =
@@ -42,6 +47,10 @@ pub async fn run(config: Config) -> Result<()> {
     let local = listener.local_addr().map_err(Error::Serve)?;
     let scheme = if tls.is_some() { "https" } else { "http" };
     tracing::info!(addr = %local, "listening on {scheme}://{local}");
+
+    if config.storage.upload_purging.enabled {
+        tokio::spawn(purge_uploads_periodically(registry.clone(), config.storage.upload_purging.clone()));
+    }
 
     if let Some(debug) = config.http.debug_addr {
         let listener = TcpListener::bind(debug).await.map_err(|source| Error::Bind { addr: debug, source })?;
@@ -63,6 +72,21 @@ pub async fn run(config: Config) -> Result<()> {
     }
     tracing::info!("shut down: in-flight requests finished");
     Ok(())
+}
+
+/// registry:2's upload purging: shortly after start, then every interval.
+async fn purge_uploads_periodically(registry: Arc<Registry>, cfg: crate::config::UploadPurging) {
+    let mut next = std::time::Duration::from_secs(60).min(cfg.interval);
+    loop {
+        tokio::time::sleep(next).await;
+        next = cfg.interval;
+        match registry.purge_uploads(cfg.age, cfg.dry_run).await {
+            Ok(0) => {}
+            Ok(n) if cfg.dry_run => tracing::info!("{n} abandoned uploads would be purged (dry run)"),
+            Ok(n) => tracing::info!("purged {n} abandoned uploads older than {:?}", cfg.age),
+            Err(e) => tracing::warn!("upload purging failed: {e}"),
+        }
+    }
 }
 
 /// Resolves on SIGTERM or SIGINT.

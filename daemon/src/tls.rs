@@ -118,10 +118,12 @@ impl ResolvesServerCert for ReloadingCert {
 }
 
 /// Builds the rustls server configuration for `http.tls`.
-pub fn server_config(cert: &Path, key: &Path) -> Result<Arc<rustls::ServerConfig>, String> {
-    let resolver = Arc::new(ReloadingCert::new(cert, key)?);
+pub fn server_config(files: &crate::config::TlsFiles) -> Result<Arc<rustls::ServerConfig>, String> {
+    let resolver = Arc::new(ReloadingCert::new(&files.certificate, &files.key)?);
+    let versions: &[&rustls::SupportedProtocolVersion] =
+        if files.tls13_only { &[&rustls::version::TLS13] } else { &[&rustls::version::TLS12, &rustls::version::TLS13] };
     let mut cfg = rustls::ServerConfig::builder_with_provider(provider())
-        .with_protocol_versions(&[&rustls::version::TLS12, &rustls::version::TLS13])
+        .with_protocol_versions(versions)
         .map_err(|e| e.to_string())?
         .with_no_client_auth()
         .with_cert_resolver(resolver);

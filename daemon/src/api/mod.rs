@@ -28,6 +28,9 @@ pub struct AppState {
     /// Extra headers from `http.headers`, added to every response.
     pub headers: Vec<(HeaderName, HeaderValue)>,
     pub access_log: bool,
+    /// `http.host` without a trailing slash: makes `Location` headers
+    /// absolute, as registry:2 does behind a proxy. Empty: relative.
+    pub base_url: String,
 }
 
 pub type Shared = Arc<AppState>;
@@ -50,6 +53,12 @@ async fn dispatch(State(state): State<Shared>, req: Request) -> Response {
         Err(RouteError::Invalid(e)) => ApiError::from(e).into_response(),
     };
     let h = resp.headers_mut();
+    if !state.base_url.is_empty() {
+        if let Some(loc) = h.get(header::LOCATION).and_then(|v| v.to_str().ok()).filter(|l| l.starts_with('/')) {
+            let absolute = format!("{}{loc}", state.base_url);
+            set(h, header::LOCATION, &absolute);
+        }
+    }
     h.insert("docker-distribution-api-version", HeaderValue::from_static("registry/2.0"));
     for (name, value) in &state.headers {
         h.append(name.clone(), value.clone());

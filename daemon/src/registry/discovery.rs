@@ -69,26 +69,14 @@ impl Registry {
     /// All repositories: directories under `repositories/` that have a
     /// `_manifests` directory, found by walking the tree like registry:2.
     pub async fn catalog(&self, n: Option<usize>, last: Option<&str>) -> Result<Page> {
-        let root = paths::repositories();
-        let mut found = Vec::new();
-        let mut stack = vec![root.clone()];
-        while let Some(dir) = stack.pop() {
-            let children = match self.driver.list(&dir).await {
-                Ok(c) => c,
-                Err(e) if e.is_not_found() => continue,
-                Err(e) => return Err(e.into()),
-            };
-            for child in children {
-                let name = child.rsplit('/').next().unwrap_or_default();
-                if name == "_manifests" {
-                    if let Some(repo) = dir.strip_prefix(&format!("{root}/")) {
-                        found.push(repo.to_string());
-                    }
-                } else if !name.starts_with('_') && self.driver.stat(&child).await.is_ok_and(|s| s.is_dir) {
-                    stack.push(child);
-                }
-            }
-        }
+        let prefix = format!("{}/", paths::repositories());
+        let mut found: Vec<String> = self
+            .repository_tree()
+            .await?
+            .into_iter()
+            .filter(|(_, children)| children.iter().any(|c| c.ends_with("/_manifests")))
+            .filter_map(|(dir, _)| dir.strip_prefix(&prefix).map(str::to_string))
+            .collect();
         found.sort();
         Ok(paginate(found, n, last, MAX_CATALOG_PAGE))
     }

@@ -8,6 +8,7 @@ pub mod paths;
 
 mod blobs;
 mod discovery;
+mod maintenance;
 mod manifests;
 mod uploads;
 
@@ -111,6 +112,28 @@ impl Registry {
             Err(e) if !e.is_not_found() => Err(e.into()),
             _ => Ok(()),
         }
+    }
+
+    /// Walks the directories under `repositories/` (skipping `_`-prefixed
+    /// ones, as registry:2 does) and returns each with its children's paths.
+    async fn repository_tree(&self) -> Result<Vec<(String, Vec<String>)>> {
+        let mut out = Vec::new();
+        let mut stack = vec![paths::repositories()];
+        while let Some(dir) = stack.pop() {
+            let children = match self.driver.list(&dir).await {
+                Ok(c) => c,
+                Err(e) if e.is_not_found() => continue,
+                Err(e) => return Err(e.into()),
+            };
+            for child in &children {
+                let name = child.rsplit('/').next().unwrap_or_default();
+                if !name.starts_with('_') && self.driver.stat(child).await.is_ok_and(|s| s.is_dir) {
+                    stack.push(child.clone());
+                }
+            }
+            out.push((dir, children));
+        }
+        Ok(out)
     }
 
     async fn repo_exists(&self, repo: &RepoName) -> Result<bool> {

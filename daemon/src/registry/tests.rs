@@ -188,3 +188,18 @@ async fn policies_refuse_writes_and_deletes() {
     rw.delete_blob(&r, &d).await.unwrap();
     assert!(matches!(rw.stat_blob(&r, &d).await, Err(Error::BlobUnknown(_))));
 }
+
+#[tokio::test]
+async fn abandoned_uploads_are_purged_by_age() {
+    let driver = MemoryDriver::new();
+    let reg = registry(&driver, Policy::default());
+    let r = repo("team/app");
+    let up = reg.start_upload(&r).await.unwrap();
+    reg.append_chunk(&r, &up.id, None, body(&[b"abc"])).await.unwrap();
+    assert_eq!(reg.purge_uploads(std::time::Duration::from_secs(3600), false).await.unwrap(), 0);
+    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    assert_eq!(reg.purge_uploads(std::time::Duration::from_millis(1), true).await.unwrap(), 1);
+    assert!(reg.upload_status(&r, &up.id).await.is_ok(), "a dry run deletes nothing");
+    assert_eq!(reg.purge_uploads(std::time::Duration::from_millis(1), false).await.unwrap(), 1);
+    assert!(matches!(reg.upload_status(&r, &up.id).await, Err(Error::BlobUploadUnknown(_))));
+}

@@ -56,7 +56,7 @@ impl Sessions {
         self.map.lock().unwrap().insert(id.to_string(), Arc::new(tokio::sync::Mutex::new(s)));
     }
 
-    fn remove(&self, id: &str) {
+    pub(super) fn remove(&self, id: &str) {
         self.map.lock().unwrap().remove(id);
     }
 }
@@ -91,7 +91,7 @@ impl Registry {
     pub async fn start_upload(&self, repo: &RepoName) -> Result<UploadStatus> {
         self.ensure_writable()?;
         let id = uuid::Uuid::new_v4().to_string();
-        let now = httpdate::fmt_http_date(std::time::SystemTime::now());
+        let now = crate::timefmt::rfc3339(std::time::SystemTime::now());
         self.driver.put_content(&paths::upload_started_at(repo, &id), Bytes::from(now)).await?;
         self.driver.writer(&paths::upload_data(repo, &id), false).await?.close().await?;
         self.uploads.insert_new(&id);
