@@ -30,9 +30,54 @@ pub struct LogConfig {
     pub access_log: bool,
 }
 
+/// Which storage driver holds the registry's data.
+#[derive(Debug, Clone)]
+pub enum Backend {
+    /// `storage.filesystem` (the default): files under `StorageConfig::root`.
+    Filesystem,
+    S3(S3Config),
+}
+
+/// `storage.s3`, registry:2's keys.
+#[derive(Clone)]
+pub struct S3Config {
+    pub bucket: String,
+    pub region: String,
+    /// `regionendpoint` with a scheme (from `secure` when it had none).
+    pub endpoint: Option<String>,
+    pub root_directory: String,
+    pub access_key: Option<String>,
+    pub secret_key: Option<String>,
+    pub chunk_size: usize,
+    pub force_path_style: bool,
+    pub skip_verify: bool,
+}
+
+impl std::fmt::Debug for S3Config {
+    // Never prints credentials.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("S3Config")
+            .field("bucket", &self.bucket)
+            .field("region", &self.region)
+            .field("endpoint", &self.endpoint)
+            .field("root_directory", &self.root_directory)
+            .field("chunk_size", &self.chunk_size)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The node-local blob cache (`cache.*`), used in front of remote storage.
+#[derive(Debug, Clone)]
+pub struct CacheConfig {
+    pub path: PathBuf,
+    pub max_size: u64,
+}
+
 #[derive(Debug, Clone)]
 pub struct StorageConfig {
+    pub backend: Backend,
     /// Filesystem root; defaults to a data directory chosen at start-up.
+    /// With S3 it holds only the cache (by default).
     pub root: PathBuf,
     /// Whether the root came from the configuration (else the default).
     pub root_configured: bool,
@@ -75,6 +120,10 @@ pub struct Config {
     pub log: LogConfig,
     pub storage: StorageConfig,
     pub http: HttpConfig,
+    /// `None` when disabled or when the storage is local anyway.
+    pub cache: Option<CacheConfig>,
+    /// `tls.cacerts`: extra CA files for outbound TLS.
+    pub tls_cacerts: Vec<PathBuf>,
 }
 
 /// A configuration and what was noticed while reading it.
@@ -133,6 +182,24 @@ const KNOWN: &[&str] = &[
     "storage.maintenance.uploadpurging.dryrun",
     "storage.redirect",
     "storage.redirect.disable",
+    "storage.s3",
+    "storage.s3.accesskey",
+    "storage.s3.secretkey",
+    "storage.s3.region",
+    "storage.s3.regionendpoint",
+    "storage.s3.bucket",
+    "storage.s3.rootdirectory",
+    "storage.s3.secure",
+    "storage.s3.v4auth",
+    "storage.s3.chunksize",
+    "storage.s3.forcepathstyle",
+    "storage.s3.skipverify",
+    "cache",
+    "cache.enabled",
+    "cache.path",
+    "cache.maxsize",
+    "tls",
+    "tls.cacerts",
     "http",
     "http.addr",
     "http.net",
@@ -152,7 +219,6 @@ const KNOWN: &[&str] = &[
 /// start-up instead of being ignored.
 const REFUSED: &[(&str, &str)] = &[
     ("auth", "authentication is not implemented in this berthd version; remove `auth` (berthd listens on loopback by default)"),
-    ("storage.s3", "the S3 storage driver is not implemented in this berthd version; use storage.filesystem"),
     ("storage.azure", "the azure storage driver is not supported; use storage.filesystem"),
     ("storage.gcs", "the gcs storage driver is not supported; use storage.filesystem"),
     ("storage.swift", "the swift storage driver is not supported; use storage.filesystem"),
@@ -237,6 +303,83 @@ fn get_duration(root: &Value, key: &str, default: Duration) -> Result<Duration, 
         Some(s) => crate::timefmt::parse_go_duration(&s)
             .ok_or_else(|| invalid(key, format!("{s:?} is not a duration such as 168h, 30m or 90s"))),
     }
+}
+
+/// Parses sizes such as `20GiB`, `512MiB`, `10G`, `1048576`.
+pub fn parse_size(s: &str) -> Option<u64> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(s.len());
+    let (num, unit) = (s[..split].trim(), s[split..].trim());
+    let value: f64 = num.parse().ok()?;
+    let mult: f64 = match unit.to_ascii_lowercase().as_str() {
+        "" | "b" => 1.0,
+        "k" | "kb" => 1e3,
+        "m" | "mb" => 1e6,
+        "g" | "gb" => 1e9,
+        "t" | "tb" => 1e12,
+        "ki" | "kib" => 1024.0,
+        "mi" | "mib" => 1024.0 * 1024.0,
+        "gi" | "gib" => 1024.0 * 1024.0 * 1024.0,
+        "ti" | "tib" => 1024.0 * 1024.0 * 1024.0 * 1024.0,
+        _ => return None,
+    };
+    (value >= 0.0).then_some((value * mult) as u64)
+}
+
+fn get_size(root: &Value, key: &str) -> Result<Option<u64>, ConfigError> {
+    match get_str(root, key)? {
+        None => Ok(None),
+        Some(s) => parse_size(&s)
+            .map(Some)
+            .ok_or_else(|| invalid(key, format!("{s:?} is not a size such as 20GiB, 512MiB or 1048576"))),
+    }
+}
+
+fn s3_config(tree: &Value, warnings: &mut Vec<String>) -> Result<S3Config, ConfigError> {
+    let required = |key: &str| -> Result<String, ConfigError> {
+        get_str(tree, key)?.filter(|v| !v.is_empty()).ok_or_else(|| invalid(key, "is required for the s3 driver"))
+    };
+    let bucket = required("storage.s3.bucket")?;
+    let region = get_str(tree, "storage.s3.region")?.filter(|r| !r.is_empty()).unwrap_or_else(|| "us-east-1".into());
+    let secure = get_bool(tree, "storage.s3.secure", true)?;
+    let endpoint = get_str(tree, "storage.s3.regionendpoint")?.filter(|e| !e.is_empty()).map(|e| {
+        if e.starts_with("http://") || e.starts_with("https://") {
+            e
+        } else if secure {
+            format!("https://{e}")
+        } else {
+            format!("http://{e}")
+        }
+    });
+    if !get_bool(tree, "storage.s3.v4auth", true)? {
+        warnings.push("config key `storage.s3.v4auth` is false; berthd always signs S3 requests with SigV4".into());
+    }
+    let chunk_size = get_size(tree, "storage.s3.chunksize")?.unwrap_or(10 * 1024 * 1024);
+    if chunk_size < crate::storage::s3::MIN_CHUNK_SIZE as u64 {
+        return Err(invalid(
+            "storage.s3.chunksize",
+            "must be at least 5242880 (5 MiB), the smallest S3 multipart part",
+        ));
+    }
+    let access_key = get_str(tree, "storage.s3.accesskey")?.filter(|v| !v.is_empty());
+    let secret_key = get_str(tree, "storage.s3.secretkey")?.filter(|v| !v.is_empty());
+    if access_key.is_some() != secret_key.is_some() {
+        return Err(invalid(
+            "storage.s3.secretkey",
+            "storage.s3.accesskey and storage.s3.secretkey must be given together (or neither, to use the AWS credential chain)",
+        ));
+    }
+    Ok(S3Config {
+        bucket,
+        region,
+        force_path_style: get_bool(tree, "storage.s3.forcepathstyle", endpoint.is_some())?,
+        endpoint,
+        root_directory: get_str(tree, "storage.s3.rootdirectory")?.unwrap_or_default(),
+        access_key,
+        secret_key,
+        chunk_size: chunk_size as usize,
+        skip_verify: get_bool(tree, "storage.s3.skipverify", false)?,
+    })
 }
 
 fn show(v: &Value) -> String {
@@ -334,7 +477,15 @@ pub fn load(path: Option<&Path>, vars: &[(String, String)]) -> Result<Loaded, Co
     if configured_root.as_deref().is_some_and(|r| !Path::new(r).is_absolute()) {
         return Err(invalid("storage.filesystem.rootdirectory", "must be an absolute path"));
     }
+    let backend = match (lookup(&tree, "storage.s3").is_some(), lookup(&tree, "storage.filesystem").is_some()) {
+        (true, true) => {
+            return Err(invalid("storage", "configure one storage driver: storage.filesystem or storage.s3, not both"))
+        }
+        (true, false) => Backend::S3(s3_config(&tree, &mut warnings)?),
+        _ => Backend::Filesystem,
+    };
     let storage = StorageConfig {
+        backend,
         root_configured: configured_root.is_some(),
         root: configured_root.map(PathBuf::from).unwrap_or_else(|| default_root(&env_lookup)),
         delete_enabled: get_bool(&tree, "storage.delete.enabled", false)?,
@@ -416,11 +567,42 @@ pub fn load(path: Option<&Path>, vars: &[(String, String)]) -> Result<Loaded, Co
         (Some(_), None) => return Err(invalid("http.tls.key", "is required when http.tls.certificate is set")),
         (None, Some(_)) => return Err(invalid("http.tls.certificate", "is required when http.tls.key is set")),
     };
+    let remote = matches!(storage.backend, Backend::S3(_));
+    let cache = if get_bool(&tree, "cache.enabled", remote)? {
+        let path = match get_str(&tree, "cache.path")? {
+            Some(p) if Path::new(&p).is_absolute() => PathBuf::from(p),
+            Some(_) => return Err(invalid("cache.path", "must be an absolute path")),
+            None => storage.root.join("cache"),
+        };
+        let max_size = get_size(&tree, "cache.maxsize")?.unwrap_or(10 * 1024 * 1024 * 1024);
+        if max_size == 0 {
+            return Err(invalid(
+                "cache.maxsize",
+                "must be greater than zero (set cache.enabled: false to turn the cache off)",
+            ));
+        }
+        Some(CacheConfig { path, max_size })
+    } else {
+        None
+    };
+    let tls_cacerts = match lookup(&tree, "tls.cacerts") {
+        None => Vec::new(),
+        Some(Value::Sequence(items)) => items
+            .iter()
+            .map(|v| {
+                v.as_str().map(PathBuf::from).ok_or_else(|| invalid("tls.cacerts", "expected a list of file paths"))
+            })
+            .collect::<Result<_, _>>()?,
+        Some(Value::String(s)) => vec![PathBuf::from(s)],
+        Some(_) => return Err(invalid("tls.cacerts", "expected a list of file paths")),
+    };
     Ok(Loaded {
         config: Config {
             log: LogConfig { level, format, access_log },
             storage,
             http: HttpConfig { addr, host, headers, tls, debug_addr },
+            cache,
+            tls_cacerts,
         },
         warnings,
     })
@@ -499,6 +681,36 @@ mod tests {
         assert!(e.to_string().contains("minimumtls"), "{e}");
         let e = load_str("http:\n  tls:\n    certificate: /c\n", &[]).unwrap_err();
         assert!(e.to_string().contains("http.tls.key"), "{e}");
+    }
+
+    #[test]
+    fn s3_driver_keys_and_env() {
+        let l = load_str(
+            "storage:\n  s3:\n    region: eu-west-1\n    regionendpoint: seaweed.svc:8333\n    bucket: reg\n    secure: false\n    v4auth: true\n    chunksize: 5242880\ncache:\n  path: /var/cache/berth\n  maxsize: 2GiB\ntls:\n  cacerts: [/etc/ca.pem]\n",
+            &[("REGISTRY_STORAGE_S3_ACCESSKEY", "AK"), ("REGISTRY_STORAGE_S3_SECRETKEY", "SECRET")],
+        )
+        .unwrap();
+        let Backend::S3(s3) = &l.config.storage.backend else { panic!("s3 expected") };
+        assert_eq!(s3.endpoint.as_deref(), Some("http://seaweed.svc:8333"));
+        assert_eq!((s3.bucket.as_str(), s3.region.as_str(), s3.chunk_size), ("reg", "eu-west-1", 5 * 1024 * 1024));
+        assert!(s3.force_path_style, "path style by default with a custom endpoint");
+        assert_eq!(s3.access_key.as_deref(), Some("AK"));
+        assert!(!format!("{s3:?}").contains("SECRET"), "credentials never in Debug output");
+        let cache = l.config.cache.unwrap();
+        assert_eq!((cache.path, cache.max_size), (PathBuf::from("/var/cache/berth"), 2 << 30));
+        assert_eq!(l.config.tls_cacerts, vec![PathBuf::from("/etc/ca.pem")]);
+        assert!(l.warnings.is_empty(), "{:?}", l.warnings);
+
+        let e = load_str("storage:\n  s3:\n    region: x\n", &[]).unwrap_err();
+        assert!(e.to_string().contains("storage.s3.bucket"), "{e}");
+        let e = load_str("storage:\n  s3:\n    bucket: b\n    chunksize: 1MiB\n", &[]).unwrap_err();
+        assert!(e.to_string().contains("chunksize"), "{e}");
+        let e = load_str("storage:\n  s3:\n    bucket: b\n  filesystem:\n    rootdirectory: /x\n", &[]).unwrap_err();
+        assert!(e.to_string().contains("one storage driver"), "{e}");
+        assert!(load_str("", &[]).unwrap().config.cache.is_none(), "no cache in front of the local filesystem");
+        assert_eq!(parse_size("20GiB"), Some(20 << 30));
+        assert_eq!(parse_size("10G"), Some(10_000_000_000));
+        assert_eq!(parse_size("lots"), None);
     }
 
     #[test]

@@ -3,27 +3,78 @@
 //! requests before exiting.
 
 use crate::api::{self, AppState};
+use crate::config::Backend;
 use crate::config::Config;
+use crate::outbound_tls::{self, Trust};
+use crate::registry::paths;
 use crate::registry::{Policy, Registry};
+use crate::storage::cache::CachedDriver;
 use crate::storage::fs::FsDriver;
+use crate::storage::instrumented::Instrumented;
+use crate::storage::s3::{S3Driver, S3Settings};
+use crate::storage::StorageDriver;
 use crate::{Error, Result};
 use axum::http::{HeaderName, HeaderValue};
 use std::sync::Arc;
 use tokio::net::TcpListener;
 
+/// Builds the storage stack: the backend, instrumented, behind the node
+/// cache when one is configured.
+pub async fn build_storage(config: &Config) -> Result<Arc<dyn StorageDriver>> {
+    let backend: Arc<dyn StorageDriver> = match &config.storage.backend {
+        Backend::Filesystem => {
+            let root = &config.storage.root;
+            std::fs::create_dir_all(root).map_err(|source| Error::DataDir { path: root.clone(), source })?;
+            Arc::new(FsDriver::new(root.clone()))
+        }
+        Backend::S3(s3) => {
+            if s3.skip_verify {
+                tracing::warn!("storage.s3.skipverify is set: the S3 endpoint's certificate is not checked");
+            }
+            let trust = Trust { ca_files: config.tls_cacerts.clone(), discover_cluster_ca: true };
+            let tls = outbound_tls::client_config(&trust, s3.skip_verify).map_err(Error::Tls)?;
+            let driver = S3Driver::new(S3Settings {
+                bucket: s3.bucket.clone(),
+                region: s3.region.clone(),
+                endpoint: s3.endpoint.clone(),
+                root_directory: s3.root_directory.clone(),
+                access_key: s3.access_key.clone(),
+                secret_key: s3.secret_key.clone(),
+                chunk_size: s3.chunk_size,
+                force_path_style: s3.force_path_style,
+                tls,
+            })
+            .await;
+            tracing::info!("storage: {}", driver.describe());
+            Arc::new(driver)
+        }
+    };
+    let backend: Arc<dyn StorageDriver> = Arc::new(Instrumented(backend));
+    Ok(match &config.cache {
+        None => backend,
+        Some(c) => {
+            let cache = CachedDriver::open(backend, paths::content_digest, &c.path, c.max_size)
+                .map_err(|source| Error::DataDir { path: c.path.clone(), source })?;
+            tracing::info!(cache = %c.path.display(), max_bytes = c.max_size, used_bytes = cache.size(), "node cache");
+            Arc::new(cache)
+        }
+    })
+}
+
 /// Builds the registry on the configured storage.
-pub fn build_registry(config: &Config) -> Result<Arc<Registry>> {
-    let root = &config.storage.root;
-    std::fs::create_dir_all(root).map_err(|source| Error::DataDir { path: root.clone(), source })?;
-    let driver = Arc::new(FsDriver::new(root.clone()));
+pub async fn build_registry(config: &Config) -> Result<Arc<Registry>> {
+    let driver = build_storage(config).await?;
     let policy = Policy { delete_enabled: config.storage.delete_enabled, read_only: config.storage.read_only };
     Ok(Arc::new(Registry::new(driver, policy)))
 }
 
 /// Runs berthd until a shutdown signal arrives.
 pub async fn run(config: Config) -> Result<()> {
-    let registry = build_registry(&config)?;
-    registry.check_storage().await?;
+    let registry = build_registry(&config).await?;
+    if let Err(e) = registry.check_storage().await {
+        // Not fatal: the node cache may serve, and the backend may come back.
+        tracing::error!("storage is not reachable at start-up: {e}");
+    }
     let headers = config
         .http
         .headers
@@ -55,7 +106,7 @@ pub async fn run(config: Config) -> Result<()> {
     if let Some(debug) = config.http.debug_addr {
         let listener = TcpListener::bind(debug).await.map_err(|source| Error::Bind { addr: debug, source })?;
         let local = listener.local_addr().map_err(Error::Serve)?;
-        tracing::info!(debug_addr = %local, "debug endpoint on http://{local}/debug/health");
+        tracing::info!(debug_addr = %local, "debug endpoint on http://{local} (/metrics, /healthz)");
         let registry = registry.clone();
         tokio::spawn(async move {
             let app = crate::api::debug_router(registry);

@@ -45,8 +45,12 @@ async fn dispatch(State(state): State<Shared>, req: Request) -> Response {
     let started = Instant::now();
     let method = req.method().clone();
     let path = req.uri().path().to_string();
+    let mut label = "unknown";
     let mut resp = match route::parse(&path) {
-        Ok(route) => handle(&state, route, req).await.unwrap_or_else(IntoResponse::into_response),
+        Ok(route) => {
+            label = route.label();
+            handle(&state, route, req).await.unwrap_or_else(IntoResponse::into_response)
+        }
         Err(RouteError::NotFound) => {
             ApiError::NotFound(format!("no API endpoint at {path}; the registry API is under /v2/")).into_response()
         }
@@ -63,6 +67,7 @@ async fn dispatch(State(state): State<Shared>, req: Request) -> Response {
     for (name, value) in &state.headers {
         h.append(name.clone(), value.clone());
     }
+    crate::metrics::get().request(label, method.as_str(), resp.status().as_u16());
     if state.access_log {
         tracing::info!(
             target: "berthd::access",
@@ -141,6 +146,11 @@ pub fn debug_router(registry: Arc<Registry>) -> Router {
         let registry = registry.clone();
         async move {
             match req.uri().path() {
+                "/metrics" => {
+                    let mut r = crate::metrics::get().render().into_response();
+                    set(r.headers_mut(), header::CONTENT_TYPE, "text/plain; version=0.0.4");
+                    r
+                }
                 "/debug/health" | "/healthz" => match registry.check_storage().await {
                     Ok(()) => json_response(StatusCode::OK, "{}".into(), "application/json"),
                     Err(e) => {

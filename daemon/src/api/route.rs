@@ -26,6 +26,21 @@ pub enum Route {
     Referrers { repo: RepoName, subject: Digest },
 }
 
+impl Route {
+    /// A short name for metrics labels.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Route::Base => "base",
+            Route::Catalog => "catalog",
+            Route::Tags { .. } => "tags",
+            Route::Manifest { .. } => "manifest",
+            Route::Blob { .. } => "blob",
+            Route::UploadStart { .. } | Route::Upload { .. } => "upload",
+            Route::Referrers { .. } => "referrers",
+        }
+    }
+}
+
 /// Why a path is not a route.
 #[derive(Debug)]
 pub enum RouteError {

@@ -30,6 +30,19 @@ pub fn blob_data(d: &Digest) -> String {
     format!("{ROOT}/blobs/{}/{}/{}/data", d.algorithm().as_str(), &d.hex()[..2], d.hex())
 }
 
+/// The digest a blob-store path is named after, if `path` is one
+/// (`…/blobs/<alg>/<xx>/<hex>/data`). Content under such a path never
+/// changes, which is what lets the node cache keep it.
+pub fn content_digest(path: &str) -> Option<Digest> {
+    let rest = path.strip_prefix(ROOT)?.strip_prefix("/blobs/")?.strip_suffix("/data")?;
+    let mut parts = rest.split('/');
+    let (alg, prefix, hex) = (parts.next()?, parts.next()?, parts.next()?);
+    if parts.next().is_some() || !hex.starts_with(prefix) || prefix.len() != 2 {
+        return None;
+    }
+    format!("{alg}:{hex}").parse().ok()
+}
+
 fn repo(name: &RepoName) -> String {
     format!("{ROOT}/repositories/{name}")
 }
@@ -110,6 +123,9 @@ mod tests {
                 d.hex()
             )
         );
+        assert_eq!(content_digest(&blob_data(&d)), Some(d.clone()));
+        assert_eq!(content_digest(&layer_link(&r, &d)), None);
+        assert_eq!(content_digest(&format!("{ROOT}/blobs/sha256/ff/{}/data", d.hex())), None);
         for p in [blob_data(&d), layer_link(&r, &d), revision_link(&r, &d), upload_data(&r, "x")] {
             crate::storage::check_path(&p).unwrap();
         }

@@ -20,8 +20,11 @@ use futures_util::Stream;
 use std::pin::Pin;
 use std::time::SystemTime;
 
+pub mod cache;
 pub mod fs;
+pub mod instrumented;
 pub mod memory;
+pub mod s3;
 pub mod suite;
 
 /// A stream of object bytes.
