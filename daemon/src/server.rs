@@ -64,7 +64,11 @@ pub async fn build_storage(config: &Config) -> Result<Arc<dyn StorageDriver>> {
 /// Builds the registry on the configured storage.
 pub async fn build_registry(config: &Config) -> Result<Arc<Registry>> {
     let driver = build_storage(config).await?;
-    let policy = Policy { delete_enabled: config.storage.delete_enabled, read_only: config.storage.read_only };
+    let policy = Policy {
+        delete_enabled: config.storage.delete_enabled,
+        read_only: config.storage.read_only,
+        redirect: !config.storage.redirect_disable,
+    };
     Ok(Arc::new(Registry::new(driver, policy)))
 }
 

@@ -25,6 +25,14 @@ pub async fn get(reg: &Registry, repo: &RepoName, digest: &Digest, req: &Parts) 
         .get(header::IF_NONE_MATCH)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.split(',').any(|t| t.trim() == etag));
+    if req.method == Method::GET && !not_modified {
+        if let Some(url) = reg.blob_redirect(digest).await? {
+            let mut r = StatusCode::TEMPORARY_REDIRECT.into_response();
+            set(r.headers_mut(), header::LOCATION, &url);
+            set(r.headers_mut(), "docker-content-digest", &digest.to_string());
+            return Ok(r);
+        }
+    }
     let mut resp = if not_modified {
         StatusCode::NOT_MODIFIED.into_response()
     } else if req.method == Method::HEAD {

@@ -41,6 +41,15 @@ impl Registry {
         }
     }
 
+    /// Where to redirect a client for a blob, when redirects are enabled and
+    /// the backend can produce a URL.
+    pub async fn blob_redirect(&self, digest: &Digest) -> Result<Option<String>> {
+        if !self.policy.redirect {
+            return Ok(None);
+        }
+        Ok(self.driver.redirect_url(&paths::blob_data(digest)).await?)
+    }
+
     /// Unlinks a blob from a repository. The content stays in the blob store
     /// for other repositories (garbage collection removes unreferenced data).
     pub async fn delete_blob(&self, repo: &RepoName, digest: &Digest) -> Result<()> {

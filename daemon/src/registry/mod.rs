@@ -30,6 +30,10 @@ use std::sync::Arc;
 pub struct Policy {
     pub delete_enabled: bool,
     pub read_only: bool,
+    /// Redirect blob reads to the backend (`storage.redirect.disable:
+    /// false`); off by default, because clients often cannot reach the
+    /// backend's internal address.
+    pub redirect: bool,
 }
 
 pub struct Registry {

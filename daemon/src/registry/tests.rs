@@ -106,7 +106,7 @@ async fn uploads_survive_a_restart_and_sha512_is_verified() {
 #[tokio::test]
 async fn manifests_need_their_blobs_and_tags_resolve() {
     let driver = MemoryDriver::new();
-    let reg = registry(&driver, Policy { delete_enabled: true, read_only: false });
+    let reg = registry(&driver, Policy { delete_enabled: true, ..Policy::default() });
     let r = repo("lib/app");
     let config = Digest::sha256_of(b"{}");
     let layer = Digest::sha256_of(b"layer");
@@ -151,7 +151,7 @@ async fn manifests_need_their_blobs_and_tags_resolve() {
 #[tokio::test]
 async fn referrers_are_indexed_by_subject() {
     let driver = MemoryDriver::new();
-    let reg = registry(&driver, Policy { delete_enabled: true, read_only: false });
+    let reg = registry(&driver, Policy { delete_enabled: true, ..Policy::default() });
     let r = repo("app");
     let config = push_blob(&reg, &r, b"{}").await;
     let layer = push_blob(&reg, &r, b"layer").await;
@@ -180,11 +180,11 @@ async fn policies_refuse_writes_and_deletes() {
     assert!(
         matches!(reg.delete_blob(&r, &d).await, Err(Error::Unsupported(m)) if m.contains("storage.delete.enabled"))
     );
-    let ro = registry(&driver, Policy { delete_enabled: true, read_only: true });
+    let ro = registry(&driver, Policy { delete_enabled: true, read_only: true, redirect: false });
     assert!(matches!(ro.start_upload(&r).await, Err(Error::Unsupported(m)) if m.contains("read-only")));
     assert!(matches!(ro.delete_blob(&r, &d).await, Err(Error::Unsupported(_))));
     assert!(ro.stat_blob(&r, &d).await.is_ok(), "reads still work");
-    let rw = registry(&driver, Policy { delete_enabled: true, read_only: false });
+    let rw = registry(&driver, Policy { delete_enabled: true, ..Policy::default() });
     rw.delete_blob(&r, &d).await.unwrap();
     assert!(matches!(rw.stat_blob(&r, &d).await, Err(Error::BlobUnknown(_))));
 }

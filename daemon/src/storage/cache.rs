@@ -582,6 +582,10 @@ impl StorageDriver for CachedDriver {
         self.shared.inner.list(path).await
     }
 
+    async fn redirect_url(&self, path: &str) -> Result<Option<String>> {
+        self.shared.inner.redirect_url(path).await
+    }
+
     async fn move_object(&self, source: &str, dest: &str) -> Result<()> {
         self.shared.inner.move_object(source, dest).await
     }

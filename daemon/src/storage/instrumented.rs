@@ -59,4 +59,7 @@ impl StorageDriver for Instrumented {
     async fn delete(&self, path: &str) -> Result<()> {
         timed!(self.0.delete(path))
     }
+    async fn redirect_url(&self, path: &str) -> Result<Option<String>> {
+        self.0.redirect_url(path).await
+    }
 }

@@ -110,6 +110,13 @@ pub trait StorageDriver: Send + Sync + 'static {
 
     /// Deletes an object or, recursively, everything under a directory.
     async fn delete(&self, path: &str) -> Result<()>;
+
+    /// A URL a client may fetch the object from directly (S3: presigned),
+    /// for `storage.redirect.disable: false`. Backends that cannot
+    /// redirect return `None` and the registry proxies the bytes.
+    async fn redirect_url(&self, _path: &str) -> Result<Option<String>> {
+        Ok(None)
+    }
 }
 
 /// A streaming writer of one object.

@@ -18,26 +18,18 @@ pub fn berthd_bin() -> PathBuf {
         return PathBuf::from(p);
     }
     let root = workspace_root();
-    let target = std::env::var("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|_| root.join("target"));
+    let target = std::env::var("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|_| root.join("target"));
     for profile in ["debug", "release"] {
         let p = target.join(profile).join("berthd");
         if p.exists() {
             return p;
         }
     }
-    panic!(
-        "berthd binary not found under {}: run `cargo build -p berthd` first or set BERTHD_BIN",
-        target.display()
-    );
+    panic!("berthd binary not found under {}: run `cargo build -p berthd` first or set BERTHD_BIN", target.display());
 }
 
 pub fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("tests crate lives in the workspace")
-        .to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("tests crate lives in the workspace").to_path_buf()
 }
 
 /// True when running under CI (`CI=true`): missing tools are then a failure.
@@ -56,10 +48,7 @@ pub fn require_tool(tool: &str) -> PathBuf {
             return p;
         }
     }
-    panic!(
-        "required program `{tool}` is not installed (CI={}): run `bash tests/scripts/install-deps.sh`",
-        in_ci()
-    );
+    panic!("required program `{tool}` is not installed (CI={}): run `bash tests/scripts/install-deps.sh`", in_ci());
 }
 
 /// A running `berthd` with its own temporary data directory. Killed on drop.
@@ -85,12 +74,7 @@ impl Berthd {
 
     /// Starts berthd serving `root` (which may have been written by another
     /// registry), with `extra_yaml` appended to the config and extra env vars.
-    pub fn start_with_root(
-        dir: tempfile::TempDir,
-        root: PathBuf,
-        extra_yaml: &str,
-        env: &[(&str, &str)],
-    ) -> Berthd {
+    pub fn start_with_root(dir: tempfile::TempDir, root: PathBuf, extra_yaml: &str, env: &[(&str, &str)]) -> Berthd {
         let config = dir.path().join("config.yml");
         let yaml = format!(
             "version: 0.1\nlog:\n  level: info\nstorage:\n  filesystem:\n    rootdirectory: {}\n{}\nhttp:\n  addr: 127.0.0.1:0\n",
@@ -130,10 +114,7 @@ impl Berthd {
             Ok(a) => a,
             Err(_) => {
                 let _ = child.kill();
-                panic!(
-                    "berthd did not report its listen address within 30s; log:\n{}",
-                    log.lock().unwrap().join("\n")
-                );
+                panic!("berthd did not report its listen address within 30s; log:\n{}", log.lock().unwrap().join("\n"));
             }
         };
         Berthd { child, addr, dir, root, log }
@@ -163,9 +144,7 @@ fn parse_listen_addr(line: &str) -> Option<String> {
     }
     let idx = line.find("addr=").map(|i| i + 5).or_else(|| line.find("\"addr\":\"").map(|i| i + 8))?;
     let rest = &line[idx..];
-    let end = rest
-        .find(|c: char| c.is_whitespace() || c == '"' || c == ',')
-        .unwrap_or(rest.len());
+    let end = rest.find(|c: char| c.is_whitespace() || c == '"' || c == ',').unwrap_or(rest.len());
     Some(rest[..end].to_string())
 }
 

@@ -31,6 +31,8 @@ use std::time::SystemTime;
 pub const MIN_CHUNK_SIZE: usize = 5 * 1024 * 1024;
 const MAX_SINGLE_COPY: u64 = 5 * 1024 * 1024 * 1024;
 const COPY_PART_SIZE: u64 = 1024 * 1024 * 1024;
+/// How long a presigned blob URL stays valid (registry:2 uses 20 minutes).
+const PRESIGN_TTL: std::time::Duration = std::time::Duration::from_secs(20 * 60);
 
 /// Connection settings, from registry:2's `storage.s3` keys.
 #[derive(Clone)]
@@ -449,6 +451,21 @@ impl StorageDriver for S3Driver {
         let key = self.key(source)?;
         self.client.delete_object().bucket(&self.bucket).key(&key).send().await.map_err(|e| self.err(source, e))?;
         Ok(())
+    }
+
+    async fn redirect_url(&self, path: &str) -> Result<Option<String>> {
+        let key = self.key(path)?;
+        let cfg = aws_sdk_s3::presigning::PresigningConfig::expires_in(PRESIGN_TTL)
+            .map_err(|e| StorageError::Io { path: path.to_string(), source: std::io::Error::other(e.to_string()) })?;
+        let req = self
+            .client
+            .get_object()
+            .bucket(&self.bucket)
+            .key(&key)
+            .presigned(cfg)
+            .await
+            .map_err(|e| self.err(path, e))?;
+        Ok(Some(req.uri().to_string()))
     }
 
     async fn delete(&self, path: &str) -> Result<()> {
