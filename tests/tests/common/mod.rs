@@ -56,6 +56,8 @@ pub struct Berthd {
     pub child: Child,
     /// `host:port` it listens on.
     pub addr: String,
+    /// `host:port` of its debug listener (`/metrics`, `/healthz`).
+    pub debug_addr: String,
     /// Temporary directory holding the config and (unless overridden) the data.
     pub dir: tempfile::TempDir,
     pub root: PathBuf,
@@ -75,12 +77,19 @@ impl Berthd {
     /// Starts berthd serving `root` (which may have been written by another
     /// registry), with `extra_yaml` appended to the config and extra env vars.
     pub fn start_with_root(dir: tempfile::TempDir, root: PathBuf, extra_yaml: &str, env: &[(&str, &str)]) -> Berthd {
-        let config = dir.path().join("config.yml");
         let yaml = format!(
-            "version: 0.1\nlog:\n  level: info\nstorage:\n  filesystem:\n    rootdirectory: {}\n{}\nhttp:\n  addr: 127.0.0.1:0\n",
+            "version: 0.1\nlog:\n  level: info\nstorage:\n  filesystem:\n    rootdirectory: {}\n{}\n",
             root.display(),
             extra_yaml
         );
+        Self::start_config(dir, root, &yaml, env)
+    }
+
+    /// Starts berthd with `yaml` as its config (every key but `http`, which
+    /// the harness adds: a free loopback port and a debug listener).
+    pub fn start_config(dir: tempfile::TempDir, root: PathBuf, yaml: &str, env: &[(&str, &str)]) -> Berthd {
+        let config = dir.path().join("config.yml");
+        let yaml = format!("{yaml}\nhttp:\n  addr: 127.0.0.1:0\n  debug:\n    addr: 127.0.0.1:0\n");
         std::fs::write(&config, yaml).expect("write config");
         let mut cmd = Command::new(berthd_bin());
         cmd.arg("serve")
@@ -104,20 +113,47 @@ impl Berthd {
             std::thread::spawn(move || {
                 for line in BufReader::new(stream).lines().map_while(Result::ok) {
                     if let Some(addr) = parse_listen_addr(&line) {
-                        let _ = tx.send(addr);
+                        let _ = tx.send((false, addr));
+                    } else if let Some(addr) = parse_field(&line, "debug_addr") {
+                        let _ = tx.send((true, addr));
                     }
                     log.lock().unwrap().push(line);
                 }
             });
         }
-        let addr = match rx.recv_timeout(Duration::from_secs(30)) {
-            Ok(a) => a,
-            Err(_) => {
-                let _ = child.kill();
-                panic!("berthd did not report its listen address within 30s; log:\n{}", log.lock().unwrap().join("\n"));
+        let (mut addr, mut debug_addr) = (None, None);
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while addr.is_none() || debug_addr.is_none() {
+            let exited = matches!(child.try_wait(), Ok(Some(_)));
+            match rx.recv_timeout(Duration::from_millis(200)) {
+                Ok((true, a)) => debug_addr = Some(a),
+                Ok((false, a)) => addr = Some(a),
+                Err(_) if !exited && std::time::Instant::now() < deadline => {}
+                Err(_) => {
+                    std::thread::sleep(Duration::from_millis(100)); // let the log threads drain
+                    let _ = child.kill();
+                    panic!(
+                        "berthd exited or did not report its listen addresses within 30s; log:\n{}",
+                        log.lock().unwrap().join("\n")
+                    );
+                }
             }
-        };
-        Berthd { child, addr, dir, root, log }
+        }
+        Berthd { child, addr: addr.unwrap(), debug_addr: debug_addr.unwrap(), dir, root, log }
+    }
+
+    /// Prometheus text from the debug listener.
+    pub fn metrics(&self) -> String {
+        let out = Command::new("curl").args(["-sf", &format!("http://{}/metrics", self.debug_addr)]).output().unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// The value of an unlabelled metric.
+    pub fn metric(&self, name: &str) -> f64 {
+        let text = self.metrics();
+        text.lines()
+            .find_map(|l| l.strip_prefix(name).and_then(|rest| rest.strip_prefix(' ')).and_then(|v| v.parse().ok()))
+            .unwrap_or_else(|| panic!("metric {name} not found in:\n{text}"))
     }
 
     pub fn url(&self) -> String {
@@ -134,6 +170,14 @@ impl Drop for Berthd {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// The value of `field=` in a log line.
+fn parse_field(line: &str, field: &str) -> Option<String> {
+    let idx = line.find(&format!("{field}="))? + field.len() + 1;
+    let rest = &line[idx..];
+    let end = rest.find(|c: char| c.is_whitespace() || c == '"' || c == ',').unwrap_or(rest.len());
+    Some(rest[..end].to_string())
 }
 
 /// berthd logs `listening on http://ADDR` (text) or a JSON line with

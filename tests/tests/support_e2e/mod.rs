@@ -9,6 +9,8 @@
 //! * compares OCI layouts / registry roots byte for byte.
 #![allow(dead_code)]
 
+pub mod containerd;
+
 use std::collections::BTreeSet;
 use std::io::{BufRead, BufReader};
 use std::net::TcpListener;
@@ -430,6 +432,17 @@ impl DockerRegistry {
     /// until `GET /v2/` answers 200. Retries on another port if the chosen
     /// port was taken meanwhile.
     pub fn start(root: &Path) -> DockerRegistry {
+        let storage = format!(
+            "storage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\n  maintenance:\n    uploadpurging:\n      enabled: false\n",
+            root.display()
+        );
+        Self::start_with_storage(root, &storage)
+    }
+
+    /// Starts `docker-registry serve` with `storage` (a YAML `storage:`
+    /// block); `root` is only recorded. `AWS_CA_BUNDLE` is removed from its
+    /// environment: the 2.8 S3 driver panics at start when it is set.
+    pub fn start_with_storage(root: &Path, storage: &str) -> DockerRegistry {
         let bin = require_tool("docker-registry");
         let mut last_log = String::new();
         for _attempt in 0..5 {
@@ -440,12 +453,12 @@ impl DockerRegistry {
             std::fs::write(
                 &config,
                 format!(
-                    "version: 0.1\nlog:\n  level: info\n  accesslog:\n    disabled: false\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\n  maintenance:\n    uploadpurging:\n      enabled: false\nhttp:\n  addr: {addr}\n",
-                    root.display()
+                    "version: 0.1\nlog:\n  level: info\n  accesslog:\n    disabled: false\n{storage}http:\n  addr: {addr}\n"
                 ),
             )
             .unwrap();
             let mut child = Command::new(&bin)
+                .env_remove("AWS_CA_BUNDLE")
                 .arg("serve")
                 .arg(&config)
                 .stdin(Stdio::null())

@@ -169,34 +169,42 @@ impl S3Driver {
         }
     }
 
-    /// Lists keys under `prefix/` (recursively unless `delimited`); returns
-    /// object keys and, when delimited, the common prefixes.
-    async fn list_keys(&self, path: &str, delimited: bool, limit: Option<i32>) -> Result<(Vec<String>, Vec<String>)> {
-        let mut prefix = self.key(path).or_else(|e| if path == "/" { Ok(String::new()) } else { Err(e) })?;
+    /// Keys under `path/`, recursively. Listing without a delimiter is
+    /// deliberate: some servers (SeaweedFS) keep empty "directory" entries
+    /// after their last object is deleted, which a delimited listing would
+    /// report as children. With `first_only` the scan stops at the first
+    /// real object (used to decide whether a "directory" exists).
+    async fn scan(&self, path: &str, first_only: bool) -> Result<Vec<String>> {
+        let mut prefix = if path == "/" { String::new() } else { self.key(path)? };
         if !prefix.is_empty() {
             prefix.push('/');
         } else if !self.prefix.is_empty() {
             prefix = format!("{}/", self.prefix);
         }
-        let (mut keys, mut dirs) = (Vec::new(), Vec::new());
+        let mut keys = Vec::new();
         let mut token = None;
         loop {
-            let mut req = self.client.list_objects_v2().bucket(&self.bucket).prefix(&prefix);
-            if delimited {
-                req = req.delimiter("/");
+            let out = self
+                .client
+                .list_objects_v2()
+                .bucket(&self.bucket)
+                .prefix(&prefix)
+                .set_continuation_token(token.take())
+                .send()
+                .await
+                .map_err(|e| self.err(path, e))?;
+            keys.extend(
+                out.contents().iter().filter_map(|o| o.key()).filter(|k| !k.ends_with('/')).map(str::to_string),
+            );
+            if first_only && !keys.is_empty() {
+                break;
             }
-            if let Some(n) = limit {
-                req = req.max_keys(n);
-            }
-            let out = req.set_continuation_token(token.take()).send().await.map_err(|e| self.err(path, e))?;
-            keys.extend(out.contents().iter().filter_map(|o| o.key().map(str::to_string)));
-            dirs.extend(out.common_prefixes().iter().filter_map(|p| p.prefix().map(str::to_string)));
             match out.next_continuation_token() {
-                Some(t) if out.is_truncated() == Some(true) && limit.is_none() => token = Some(t.to_string()),
+                Some(t) if out.is_truncated() == Some(true) => token = Some(t.to_string()),
                 _ => break,
             }
         }
-        Ok((keys, dirs))
+        Ok(keys)
     }
 
     fn open_upload(&self, path: &str) -> Option<Arc<tokio::sync::Mutex<Multipart>>> {
@@ -419,18 +427,23 @@ impl StorageDriver for S3Driver {
         if let Some((size, modified)) = self.head(path).await? {
             return Ok(FileInfo { path: path.to_string(), size, modified, is_dir: false });
         }
-        let (keys, dirs) = self.list_keys(path, true, Some(1)).await?;
-        if keys.is_empty() && dirs.is_empty() {
+        if self.scan(path, true).await?.is_empty() {
             return Err(StorageError::NotFound(path.to_string()));
         }
         Ok(FileInfo { path: path.to_string(), size: 0, modified: SystemTime::UNIX_EPOCH, is_dir: true })
     }
 
     async fn list(&self, path: &str) -> Result<Vec<String>> {
-        let (keys, dirs) = self.list_keys(path, true, None).await?;
-        let mut out: Vec<String> = keys.iter().chain(dirs.iter()).map(|k| self.path_of(k)).collect();
-        // Uploads still open in this process are objects too.
         let base = format!("{}/", path.trim_end_matches('/'));
+        let base = if path == "/" { "/".to_string() } else { base };
+        let mut out: Vec<String> = Vec::new();
+        for key in self.scan(path, false).await? {
+            let full = self.path_of(&key);
+            if let Some(rest) = full.strip_prefix(&base) {
+                out.push(format!("{base}{}", rest.split('/').next().unwrap_or(rest)));
+            }
+        }
+        // Uploads still open in this process are objects too.
         for open in self.open.lock().unwrap().keys() {
             if let Some(rest) = open.strip_prefix(&base) {
                 out.push(format!("{base}{}", rest.split('/').next().unwrap_or(rest)));
@@ -485,7 +498,7 @@ impl StorageDriver for S3Driver {
             Some(_) => vec![key],
             None => Vec::new(),
         };
-        keys.extend(self.list_keys(path, false, None).await?.0);
+        keys.extend(self.scan(path, false).await?);
         if keys.is_empty() {
             return if had_open { Ok(()) } else { Err(StorageError::NotFound(path.to_string())) };
         }

@@ -1,0 +1,203 @@
+//! A throwaway SeaweedFS S3 server (`weed mini`) per test, on free loopback
+//! ports with its own data directory. Install it with
+//! `bash tests/scripts/install-seaweedfs.sh`; notes in
+//! `tests/scripts/seaweedfs.md`.
+#![allow(dead_code)]
+
+use crate::common::require_tool;
+use std::io::{BufRead, BufReader};
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+pub const ACCESS_KEY: &str = "berthtestkey";
+pub const SECRET_KEY: &str = "berthtestsecret";
+pub const BUCKET: &str = "berth";
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// A port p such that p and p+10000 are free (weed's admin worker always
+/// dials admin port + 10000).
+fn free_admin_port() -> u16 {
+    for _ in 0..200 {
+        let p = free_port();
+        if p < 55000 && TcpListener::bind(("127.0.0.1", p + 10000)).is_ok() {
+            return p;
+        }
+    }
+    panic!("no free admin port pair found");
+}
+
+pub struct Seaweed {
+    child: Option<Child>,
+    pub dir: tempfile::TempDir,
+    ports: Vec<(String, u16)>,
+    pub s3_port: u16,
+    pub metrics_port: u16,
+}
+
+impl Seaweed {
+    pub fn start() -> Seaweed {
+        require_tool("weed");
+        let dir = tempfile::Builder::new().prefix("berth-weed").tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("data")).unwrap();
+        std::fs::create_dir_all(dir.path().join("log")).unwrap();
+        std::fs::write(
+            dir.path().join("identities.json"),
+            format!(
+                r#"{{"identities":[{{"name":"berth","credentials":[{{"accessKey":"{ACCESS_KEY}","secretKey":"{SECRET_KEY}"}}],"actions":["Admin","Read","Write","List","Tagging"]}}]}}"#
+            ),
+        )
+        .unwrap();
+        let admin = free_admin_port();
+        let mut ports: Vec<(String, u16)> = [
+            "master.port",
+            "master.port.grpc",
+            "volume.port",
+            "volume.port.grpc",
+            "filer.port",
+            "filer.port.grpc",
+            "s3.port",
+            "s3.port.grpc",
+            "metricsPort",
+        ]
+        .iter()
+        .map(|k| (k.to_string(), free_port()))
+        .collect();
+        ports.push(("admin.port".into(), admin));
+        ports.push(("admin.port.grpc".into(), admin + 10000));
+        let get = |k: &str| ports.iter().find(|(n, _)| n == k).unwrap().1;
+        let (s3_port, metrics_port) = (get("s3.port"), get("metricsPort"));
+        let mut w = Seaweed { child: None, dir, ports, s3_port, metrics_port };
+        w.spawn();
+        w
+    }
+
+    fn spawn(&mut self) {
+        let d = self.dir.path();
+        let mut cmd = Command::new("weed");
+        cmd.arg(format!("-logdir={}", d.join("log").display()))
+            .arg("mini")
+            .arg(format!("-dir={}", d.join("data").display()))
+            .args(["-ip=127.0.0.1", "-ip.bind=127.0.0.1"]);
+        for (k, p) in &self.ports {
+            cmd.arg(format!("-{k}={p}"));
+        }
+        cmd.args([
+            "-s3.port.iceberg=0",
+            "-s3.port.lance=0",
+            "-webdav=false",
+            "-admin.ui=false",
+            "-master.telemetry=false",
+            "-volume.preStopSeconds=0",
+            "-s3.autoCreateBucket=false",
+        ])
+        .arg(format!("-s3.config={}", d.join("identities.json").display()))
+        .arg(format!("-bucket={BUCKET}"))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+        let mut child = cmd.spawn().expect("spawn weed mini");
+        let (tx, rx) = mpsc::channel();
+        for stream in [
+            Box::new(child.stderr.take().unwrap()) as Box<dyn std::io::Read + Send>,
+            Box::new(child.stdout.take().unwrap()),
+        ] {
+            let tx = tx.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(stream).lines().map_while(Result::ok) {
+                    if line.contains("ready to use") {
+                        let _ = tx.send(());
+                    }
+                }
+            });
+        }
+        if rx.recv_timeout(Duration::from_secs(60)).is_err() {
+            let _ = child.kill();
+            panic!("SeaweedFS did not become ready in 60s (logs in {})", d.join("log").display());
+        }
+        self.child = Some(child);
+        // Signed requests can still fail for a moment after "ready".
+        std::thread::sleep(Duration::from_millis(700));
+    }
+
+    pub fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.s3_port)
+    }
+
+    /// Stops the server (SIGTERM, as an outage would look to clients).
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = Command::new("kill").args(["-TERM", &c.id().to_string()]).status();
+            for _ in 0..100 {
+                if c.try_wait().ok().flatten().is_some() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        self.remove_sockets();
+    }
+
+    pub fn restart(&mut self) {
+        self.stop();
+        self.spawn();
+    }
+
+    fn remove_sockets(&self) {
+        for (_, p) in &self.ports {
+            for kind in ["master", "volume", "filer", "s3"] {
+                let _ = std::fs::remove_file(format!("/tmp/seaweedfs-{kind}-{p}.sock"));
+            }
+        }
+    }
+
+    /// Bytes SeaweedFS's S3 gateway sent for GETs from the test bucket.
+    pub fn bytes_sent(&self) -> u64 {
+        let out = Command::new("curl")
+            .args(["-sf", &format!("http://127.0.0.1:{}/metrics", self.metrics_port)])
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        text.lines()
+            .filter(|l| {
+                l.starts_with("SeaweedFS_s3_bucket_traffic_sent_bytes_total")
+                    && l.contains(&format!("bucket=\"{BUCKET}\""))
+            })
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum::<f64>() as u64
+    }
+
+    /// berthd config for this bucket (everything but `http`).
+    pub fn berthd_yaml(&self, cache_dir: &std::path::Path, cache_max: &str) -> String {
+        format!(
+            "version: 0.1\nlog:\n  level: info\nstorage:\n  s3:\n    region: us-east-1\n    regionendpoint: {}\n    bucket: {BUCKET}\n    chunksize: 5242880\n  delete:\n    enabled: true\ncache:\n  path: {}\n  maxsize: {cache_max}\n",
+            self.endpoint(),
+            cache_dir.display()
+        )
+    }
+
+    /// The credentials as berthd reads them in the seeds: from the environment.
+    pub fn env() -> [(&'static str, &'static str); 2] {
+        [("REGISTRY_STORAGE_S3_ACCESSKEY", ACCESS_KEY), ("REGISTRY_STORAGE_S3_SECRETKEY", SECRET_KEY)]
+    }
+
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+}
+
+impl Drop for Seaweed {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        self.remove_sockets();
+    }
+}
