@@ -23,4 +23,8 @@ cargo build --workspace --all-targets --locked
 export BERTHD_BIN="$PWD/target/debug/berthd"
 
 step "tests"
-cargo test --workspace --locked -- --test-threads="${BERTH_TEST_THREADS:-4}"
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
+cargo test --workspace --locked -- --test-threads="${BERTH_TEST_THREADS:-4}" 2>&1 | tee "$log"
+# One closing line for the whole run (cargo prints one per test binary).
+awk '/^test result:/ { p += $4; f += $6 } END { printf "\ntests: %d passed, %d failed\n", p, f }' "$log"
