@@ -12,8 +12,9 @@ use berthd::storage::s3::{S3Driver, S3Settings};
 use common::{sha256, Berthd};
 use std::time::{Duration, Instant};
 use support_e2e::containerd::{Containerd, MIRROR_HOST};
+use support_e2e::pki::Pki;
 use support_e2e::*;
-use support_s3::{Seaweed, ACCESS_KEY, BUCKET, SECRET_KEY};
+use support_s3::{berthd_yaml, Seaweed, ACCESS_KEY, BUCKET, SECRET_KEY};
 
 fn node(weed: &Seaweed, cache_max: &str) -> Berthd {
     let dir = tempfile::tempdir().unwrap();
@@ -231,4 +232,75 @@ fn a_bucket_written_by_registry2_is_served_in_place() {
     let reg = DockerRegistry::start_with_storage(work.path(), &storage);
     let pulled = sk.pull(&reg.addr, "legacy/app:v2", &work.path().join("back2"), "v2", &[]);
     assert_same_image(&img2.layout, &pulled);
+}
+
+#[test]
+fn a_tag_moved_on_one_node_resolves_on_the_other_at_once() {
+    let weed = Seaweed::start();
+    let (a, b) = (node(&weed, "1GiB"), node(&weed, "1GiB"));
+    let work = tempfile::tempdir().unwrap();
+    let one = build_busybox_image(work.path(), "one");
+    let two = build_busybox_image_with(work.path(), "two", &[("etc/release", b"2")]);
+    let sk = Skopeo::new();
+    sk.push(&one.layout, &a.addr, "moving/app:latest", &[]);
+    assert_eq!(common::sha256(&sk.inspect_raw(&b.addr, "moving/app:latest")), one.manifest_digest);
+    sk.push(&two.layout, &a.addr, "moving/app:latest", &[]);
+    assert_eq!(
+        common::sha256(&sk.inspect_raw(&b.addr, "moving/app:latest")),
+        two.manifest_digest,
+        "node B sees the tag node A just moved"
+    );
+}
+
+#[tokio::test]
+async fn blob_reads_redirect_to_s3_only_when_enabled() {
+    let weed = Seaweed::start();
+    let dir = tempfile::tempdir().unwrap();
+    let cache = dir.path().join("cache");
+    let yaml = berthd_yaml(&weed.endpoint(), &cache, "1GiB", "  redirect:\n    disable: false\n", "");
+    let redirecting = Berthd::start_config(dir, cache, &yaml, &Seaweed::env());
+    let proxying = node(&weed, "1GiB");
+    let data = random(100_000, 7);
+    let digest = push_blob(&redirecting.url(), "redir/app", &data).await;
+    let client = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap();
+
+    let r = client.get(format!("{}/v2/redir/app/blobs/{digest}", redirecting.url())).send().await.unwrap();
+    assert_eq!(r.status(), 307);
+    let location = r.headers()["location"].to_str().unwrap().to_string();
+    assert!(location.starts_with(&weed.endpoint()), "redirected to S3: {location}");
+    let fetched = reqwest::get(&location).await.unwrap();
+    assert_eq!(fetched.status(), 200, "the presigned URL works");
+    assert_eq!(fetched.bytes().await.unwrap().as_ref(), data.as_slice());
+
+    let r = client.get(format!("{}/v2/redir/app/blobs/{digest}", proxying.url())).send().await.unwrap();
+    assert_eq!(r.status(), 200, "the default proxies blob reads");
+    assert_eq!(r.bytes().await.unwrap().as_ref(), data.as_slice());
+}
+
+#[tokio::test]
+async fn s3_over_tls_trusts_the_configured_ca_only() {
+    let pki_dir = tempfile::tempdir().unwrap();
+    let pki = Pki::new(pki_dir.path());
+    let weed = Seaweed::start_tls(pki.dir.join("server.crt"), pki.dir.join("server.key"));
+    let endpoint = weed.https_endpoint();
+
+    let dir = tempfile::tempdir().unwrap();
+    let cache = dir.path().join("cache");
+    let trusting_yaml =
+        berthd_yaml(&endpoint, &cache, "1GiB", "", &format!("tls:\n  cacerts:\n    - {}\n", pki.path("ca.crt")));
+    let trusting = Berthd::start_config(dir, cache, &trusting_yaml, &Seaweed::env());
+    let data = random(300_000, 8);
+    let digest = push_blob(&trusting.url(), "tls/app", &data).await;
+    let got = reqwest::get(format!("{}/v2/tls/app/blobs/{digest}", trusting.url())).await.unwrap();
+    assert_eq!(got.bytes().await.unwrap().as_ref(), data.as_slice());
+
+    let dir = tempfile::tempdir().unwrap();
+    let cache = dir.path().join("cache");
+    let untrusting =
+        Berthd::start_config(dir, cache.clone(), &berthd_yaml(&endpoint, &cache, "1GiB", "", ""), &Seaweed::env());
+    let r = reqwest::get(format!("{}/v2/tls/app/blobs/{digest}", untrusting.url())).await.unwrap();
+    assert_eq!(r.status(), 503);
+    let body: serde_json::Value = r.json().await.unwrap();
+    let msg = body["errors"][0]["message"].as_str().unwrap().to_string();
+    assert!(msg.contains("certificate") || msg.contains("UnknownIssuer"), "the error says why: {msg}");
 }

@@ -10,6 +10,7 @@
 #![allow(dead_code)]
 
 pub mod containerd;
+pub mod pki;
 
 use std::collections::BTreeSet;
 use std::io::{BufRead, BufReader};

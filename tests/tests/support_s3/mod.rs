@@ -38,10 +38,22 @@ pub struct Seaweed {
     ports: Vec<(String, u16)>,
     pub s3_port: u16,
     pub metrics_port: u16,
+    /// HTTPS S3 port, with the certificate and key it serves.
+    https_port: Option<u16>,
+    tls_files: Option<(PathBuf, PathBuf)>,
 }
 
 impl Seaweed {
     pub fn start() -> Seaweed {
+        Self::start_with(None)
+    }
+
+    /// Also serves S3 over HTTPS with `cert`/`key` (PEM).
+    pub fn start_tls(cert: PathBuf, key: PathBuf) -> Seaweed {
+        Self::start_with(Some((cert, key)))
+    }
+
+    fn start_with(tls_files: Option<(PathBuf, PathBuf)>) -> Seaweed {
         require_tool("weed");
         let dir = tempfile::Builder::new().prefix("berth-weed").tempdir().unwrap();
         std::fs::create_dir_all(dir.path().join("data")).unwrap();
@@ -72,7 +84,8 @@ impl Seaweed {
         ports.push(("admin.port.grpc".into(), admin + 10000));
         let get = |k: &str| ports.iter().find(|(n, _)| n == k).unwrap().1;
         let (s3_port, metrics_port) = (get("s3.port"), get("metricsPort"));
-        let mut w = Seaweed { child: None, dir, ports, s3_port, metrics_port };
+        let https_port = tls_files.as_ref().map(|_| free_port());
+        let mut w = Seaweed { child: None, dir, ports, s3_port, metrics_port, https_port, tls_files };
         w.spawn();
         w
     }
@@ -96,10 +109,13 @@ impl Seaweed {
             "-volume.preStopSeconds=0",
             "-s3.autoCreateBucket=false",
         ])
-        .arg(format!("-s3.config={}", d.join("identities.json").display()))
-        .arg(format!("-bucket={BUCKET}"))
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
+        .arg(format!("-s3.config={}", d.join("identities.json").display()));
+        if let (Some(port), Some((cert, key))) = (self.https_port, &self.tls_files) {
+            cmd.arg(format!("-s3.port.https={port}"))
+                .arg(format!("-s3.cert.file={}", cert.display()))
+                .arg(format!("-s3.key.file={}", key.display()));
+        }
+        cmd.arg(format!("-bucket={BUCKET}")).stdout(Stdio::piped()).stderr(Stdio::piped());
         let mut child = cmd.spawn().expect("spawn weed mini");
         let (tx, rx) = mpsc::channel();
         for stream in [
@@ -175,11 +191,12 @@ impl Seaweed {
 
     /// berthd config for this bucket (everything but `http`).
     pub fn berthd_yaml(&self, cache_dir: &std::path::Path, cache_max: &str) -> String {
-        format!(
-            "version: 0.1\nlog:\n  level: info\nstorage:\n  s3:\n    region: us-east-1\n    regionendpoint: {}\n    bucket: {BUCKET}\n    chunksize: 5242880\n  delete:\n    enabled: true\ncache:\n  path: {}\n  maxsize: {cache_max}\n",
-            self.endpoint(),
-            cache_dir.display()
-        )
+        berthd_yaml(&self.endpoint(), cache_dir, cache_max, "", "")
+    }
+
+    /// The HTTPS endpoint, when started with [`Seaweed::start_tls`].
+    pub fn https_endpoint(&self) -> String {
+        format!("https://127.0.0.1:{}", self.https_port.expect("started with TLS"))
     }
 
     /// The credentials as berthd reads them in the seeds: from the environment.
@@ -190,6 +207,21 @@ impl Seaweed {
     pub fn data_dir(&self) -> PathBuf {
         self.dir.path().join("data")
     }
+}
+
+/// berthd config for a bucket at `endpoint`; `extra_storage` goes inside
+/// `storage:` (indented two spaces), `extra_top` at the top level.
+pub fn berthd_yaml(
+    endpoint: &str,
+    cache_dir: &std::path::Path,
+    cache_max: &str,
+    extra_storage: &str,
+    extra_top: &str,
+) -> String {
+    format!(
+        "version: 0.1\nlog:\n  level: info\nstorage:\n  s3:\n    region: us-east-1\n    regionendpoint: {endpoint}\n    bucket: {BUCKET}\n    chunksize: 5242880\n  delete:\n    enabled: true\n{extra_storage}cache:\n  path: {}\n  maxsize: {cache_max}\n{extra_top}",
+        cache_dir.display()
+    )
 }
 
 impl Drop for Seaweed {
