@@ -124,6 +124,15 @@ pub struct Config {
     pub cache: Option<CacheConfig>,
     /// `tls.cacerts`: extra CA files for outbound TLS.
     pub tls_cacerts: Vec<PathBuf>,
+    /// Pull-through mirrors (`mirrors:`, plus registry:2's `proxy`).
+    pub mirrors: Vec<crate::upstream::MirrorConfig>,
+    /// Index into `mirrors` of registry:2's `proxy` mirror, which also
+    /// serves requests that name no upstream.
+    pub proxy_mirror: Option<usize>,
+    /// `containerd.registries`: the names the cluster's own images use
+    /// (e.g. `registry.example.com`); `berthd containerd configure` points
+    /// them at this node.
+    pub cluster_registries: Vec<String>,
 }
 
 /// A configuration and what was noticed while reading it.
@@ -200,6 +209,14 @@ const KNOWN: &[&str] = &[
     "cache.maxsize",
     "tls",
     "tls.cacerts",
+    "mirrors",
+    "proxy",
+    "proxy.remoteurl",
+    "proxy.username",
+    "proxy.password",
+    "proxy.ttl",
+    "containerd",
+    "containerd.registries",
     "http",
     "http.addr",
     "http.net",
@@ -380,6 +397,99 @@ fn s3_config(tree: &Value, warnings: &mut Vec<String>) -> Result<S3Config, Confi
         chunk_size: chunk_size as usize,
         skip_verify: get_bool(tree, "storage.s3.skipverify", false)?,
     })
+}
+
+/// Default time a mirrored tag is trusted before it is revalidated upstream.
+pub const DEFAULT_TAG_TTL: Duration = Duration::from_secs(300);
+
+/// The registry name containerd uses for an upstream URL: Docker Hub's API
+/// host is `registry-1.docker.io`, its image names say `docker.io`.
+pub fn registry_name_of(url: &str) -> String {
+    let host = url.split("://").nth(1).unwrap_or(url).split('/').next().unwrap_or_default().to_ascii_lowercase();
+    match host.as_str() {
+        "registry-1.docker.io" | "index.docker.io" | "registry.hub.docker.com" => "docker.io".into(),
+        _ => host,
+    }
+}
+
+fn mirror_url(key: &str, url: &str) -> Result<String, ConfigError> {
+    if !(url.starts_with("https://") || url.starts_with("http://")) || url.split("://").nth(1).is_none_or(str::is_empty) {
+        return Err(invalid(key, format!("{url:?} must be an http:// or https:// URL of the upstream registry")));
+    }
+    Ok(url.trim_end_matches('/').to_string())
+}
+
+fn mirrors_config(tree: &Value, warnings: &mut Vec<String>) -> Result<(Vec<crate::upstream::MirrorConfig>, Option<usize>), ConfigError> {
+    use crate::upstream::MirrorConfig;
+    let mut out: Vec<MirrorConfig> = Vec::new();
+    match lookup(tree, "mirrors") {
+        None => {}
+        Some(Value::Sequence(items)) => {
+            for (i, item) in items.iter().enumerate() {
+                let key = format!("mirrors[{i}]");
+                let Some(map) = item.as_mapping() else { return Err(invalid(&key, "expected a mapping with name and url")) };
+                for k in map.keys() {
+                    let k = k.as_str().unwrap_or_default();
+                    if !["name", "url", "username", "password", "tagttl", "allow"].contains(&k) {
+                        warnings.push(format!("config key `{key}.{k}` is not used by berthd and is ignored"));
+                    }
+                }
+                let field = |f: &str| map.get(f).and_then(|v| v.as_str()).map(str::to_string);
+                let url = mirror_url(&format!("{key}.url"), &field("url").ok_or_else(|| invalid(&format!("{key}.url"), "is required"))?)?;
+                let name = field("name").unwrap_or_else(|| registry_name_of(&url)).to_ascii_lowercase();
+                if name.is_empty() || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b".-:".contains(&b)) {
+                    return Err(invalid(&format!("{key}.name"), format!("{name:?} is not a registry host name such as docker.io")));
+                }
+                let tag_ttl = match map.get("tagttl") {
+                    None => DEFAULT_TAG_TTL,
+                    Some(v) => {
+                        let s = v.as_str().map(str::to_string).unwrap_or_else(|| show(v));
+                        crate::timefmt::parse_go_duration(&s)
+                            .ok_or_else(|| invalid(&format!("{key}.tagttl"), format!("{s:?} is not a duration such as 5m or 1h")))?
+                    }
+                };
+                let allow = match map.get("allow") {
+                    None => Vec::new(),
+                    Some(Value::Sequence(p)) => p
+                        .iter()
+                        .map(|x| x.as_str().map(str::to_string).ok_or_else(|| invalid(&format!("{key}.allow"), "expected a list of repository patterns")))
+                        .collect::<Result<_, _>>()?,
+                    Some(_) => return Err(invalid(&format!("{key}.allow"), "expected a list of repository patterns")),
+                };
+                let (username, password) = (field("username"), field("password"));
+                if username.is_some() != password.is_some() {
+                    return Err(invalid(&format!("{key}.password"), "username and password must be given together"));
+                }
+                if out.iter().any(|m| m.name == name) {
+                    return Err(invalid(&format!("{key}.name"), format!("mirror {name} is configured twice")));
+                }
+                out.push(MirrorConfig { name, url, username, password, tag_ttl, allow });
+            }
+        }
+        Some(_) => return Err(invalid("mirrors", "expected a list of mirrors (name, url, …)")),
+    }
+    let mut proxy = None;
+    if let Some(remote) = get_str(tree, "proxy.remoteurl")? {
+        let url = mirror_url("proxy.remoteurl", &remote)?;
+        let name = registry_name_of(&url);
+        let tag_ttl = get_duration(tree, "proxy.ttl", DEFAULT_TAG_TTL)?;
+        let cfg = MirrorConfig {
+            name: name.clone(),
+            url,
+            username: get_str(tree, "proxy.username")?,
+            password: get_str(tree, "proxy.password")?,
+            tag_ttl,
+            allow: Vec::new(),
+        };
+        match out.iter().position(|m| m.name == name) {
+            Some(i) => proxy = Some(i),
+            None => {
+                out.push(cfg);
+                proxy = Some(out.len() - 1);
+            }
+        }
+    }
+    Ok((out, proxy))
 }
 
 fn show(v: &Value) -> String {
@@ -596,6 +706,16 @@ pub fn load(path: Option<&Path>, vars: &[(String, String)]) -> Result<Loaded, Co
         Some(Value::String(s)) => vec![PathBuf::from(s)],
         Some(_) => return Err(invalid("tls.cacerts", "expected a list of file paths")),
     };
+    let (mirrors, proxy_mirror) = mirrors_config(&tree, &mut warnings)?;
+    let cluster_registries = match lookup(&tree, "containerd.registries") {
+        None => Vec::new(),
+        Some(Value::Sequence(items)) => items
+            .iter()
+            .map(|v| v.as_str().map(str::to_string).ok_or_else(|| invalid("containerd.registries", "expected a list of registry names")))
+            .collect::<Result<_, _>>()?,
+        Some(Value::String(s)) => vec![s.clone()],
+        Some(_) => return Err(invalid("containerd.registries", "expected a list of registry names")),
+    };
     Ok(Loaded {
         config: Config {
             log: LogConfig { level, format, access_log },
@@ -603,6 +723,9 @@ pub fn load(path: Option<&Path>, vars: &[(String, String)]) -> Result<Loaded, Co
             http: HttpConfig { addr, host, headers, tls, debug_addr },
             cache,
             tls_cacerts,
+            mirrors,
+            proxy_mirror,
+            cluster_registries,
         },
         warnings,
     })
@@ -711,6 +834,27 @@ mod tests {
         assert_eq!(parse_size("20GiB"), Some(20 << 30));
         assert_eq!(parse_size("10G"), Some(10_000_000_000));
         assert_eq!(parse_size("lots"), None);
+    }
+
+    #[test]
+    fn mirrors_and_registry2_proxy() {
+        let l = load_str(
+            "mirrors:\n  - name: ghcr.io\n    url: https://ghcr.io\n    tagttl: 10m\n    allow: [\"myorg/*\"]\n  - url: https://registry-1.docker.io/\n    username: u\n    password: p\nproxy:\n  remoteurl: https://quay.io\ncontainerd:\n  registries: [registry.example.com]\n",
+            &[],
+        )
+        .unwrap();
+        let m = &l.config.mirrors;
+        assert_eq!(m.len(), 3);
+        assert_eq!((m[0].name.as_str(), m[0].tag_ttl.as_secs(), m[0].allow.clone()), ("ghcr.io", 600, vec!["myorg/*".to_string()]));
+        assert_eq!((m[1].name.as_str(), m[1].url.as_str()), ("docker.io", "https://registry-1.docker.io"));
+        assert_eq!(m[2].name, "quay.io");
+        assert_eq!(l.config.proxy_mirror, Some(2));
+        assert_eq!(l.config.cluster_registries, vec!["registry.example.com".to_string()]);
+        assert!(!format!("{:?}", m[1]).contains("\"p\""), "passwords never in Debug output");
+        let e = load_str("mirrors:\n  - name: x\n    url: ftp://x\n", &[]).unwrap_err();
+        assert!(e.to_string().contains("mirrors[0].url"), "{e}");
+        let e = load_str("mirrors:\n  - url: https://a.io\n    tagttl: soon\n", &[]).unwrap_err();
+        assert!(e.to_string().contains("mirrors[0].tagttl"), "{e}");
     }
 
     #[test]

@@ -18,6 +18,7 @@ pub mod server;
 pub mod storage;
 pub mod timefmt;
 pub mod tls;
+pub mod upstream;
 
 pub use error::{Error, Result};
 

@@ -7,7 +7,9 @@ use crate::config::Backend;
 use crate::config::Config;
 use crate::outbound_tls::{self, Trust};
 use crate::registry::paths;
+use crate::registry::mirror::Mirrors;
 use crate::registry::{Policy, Registry};
+use crate::upstream::Upstream;
 use crate::storage::cache::CachedDriver;
 use crate::storage::fs::FsDriver;
 use crate::storage::instrumented::Instrumented;
@@ -69,7 +71,16 @@ pub async fn build_registry(config: &Config) -> Result<Arc<Registry>> {
         read_only: config.storage.read_only,
         redirect: !config.storage.redirect_disable,
     };
-    Ok(Arc::new(Registry::new(driver, policy)))
+    let mut upstreams = Vec::new();
+    if !config.mirrors.is_empty() {
+        let trust = Trust { ca_files: config.tls_cacerts.clone(), discover_cluster_ca: true };
+        let tls = outbound_tls::client_config(&trust, false).map_err(Error::Tls)?;
+        for m in &config.mirrors {
+            tracing::info!(mirror = %m.name, url = %m.url, "pull-through mirror");
+            upstreams.push(Arc::new(Upstream::new(m.clone(), tls.clone()).map_err(Error::Tls)?));
+        }
+    }
+    Ok(Registry::with_mirrors(driver, policy, Mirrors::new(upstreams, config.proxy_mirror)))
 }
 
 /// Runs berthd until a shutdown signal arrives.

@@ -4,15 +4,24 @@ use super::range::{parse_range, RangeRequest};
 use super::{set, ApiResult};
 use crate::digest::Digest;
 use crate::names::RepoName;
+use crate::registry::mirror::MirrorBlob;
 use crate::registry::{Error, Registry};
+use crate::upstream::Upstream;
 use axum::body::Body;
 use axum::http::request::Parts;
 use axum::http::{header, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use tokio::io::AsyncReadExt;
 
-pub async fn get(reg: &Registry, repo: &RepoName, digest: &Digest, req: &Parts) -> ApiResult {
-    let info = reg.stat_blob(repo, digest).await?;
+pub async fn get(reg: &Registry, repo: &RepoName, digest: &Digest, req: &Parts, mirror: Option<&Upstream>) -> ApiResult {
+    let info = match mirror {
+        None => reg.stat_blob(repo, digest).await?,
+        Some(up) if req.method == Method::HEAD => reg.mirrored_blob_info(up, repo, digest).await?,
+        Some(up) => match reg.mirrored_blob(up, repo, digest).await? {
+            MirrorBlob::Stored(info) => info,
+            MirrorBlob::Streaming { size, stream } => return Ok(streaming(digest, size, stream)),
+        },
+    };
     let etag = format!("\"{digest}\"");
     let range_header = req.headers.get(header::RANGE).and_then(|v| v.to_str().ok());
     let (status, start, len) = match parse_range(range_header, info.size) {
@@ -58,6 +67,19 @@ pub async fn get(reg: &Registry, repo: &RepoName, digest: &Digest, req: &Parts) 
         set(h, header::CONTENT_RANGE, &format!("bytes {}-{}/{}", start, start + len - 1, info.size));
     }
     Ok(resp)
+}
+
+/// The first pull of a mirrored blob: bytes as they arrive from upstream.
+fn streaming(digest: &Digest, size: Option<u64>, stream: crate::registry::BodyStream) -> Response {
+    let mut r = Response::new(Body::from_stream(stream));
+    let h = r.headers_mut();
+    if let Some(size) = size {
+        set(h, header::CONTENT_LENGTH, &size.to_string());
+    }
+    set(h, "docker-content-digest", &digest.to_string());
+    set(h, header::ETAG, &format!("\"{digest}\""));
+    set(h, header::CONTENT_TYPE, "application/octet-stream");
+    r
 }
 
 pub async fn delete(reg: &Registry, repo: &RepoName, digest: &Digest) -> ApiResult {

@@ -90,6 +90,19 @@ async fn handle(state: &AppState, route: Route, req: Request) -> ApiResult {
     let req = &parts;
     let method = req.method.clone();
     let not_allowed = || ApiError::MethodNotAllowed(format!("{method} is not supported on {}", req.uri.path()));
+    // containerd names the registry a mirror request is for in `?ns=`.
+    let q = query(req);
+    let ns = query_param(&q, "ns");
+    let mirror = reg.mirror(ns);
+    let writes = !matches!(method, Method::GET | Method::HEAD);
+    match &route {
+        Route::Manifest { repo, .. } | Route::Blob { repo, .. } | Route::UploadStart { repo } | Route::Upload { repo, .. }
+            if writes =>
+        {
+            reg.ensure_not_mirrored(repo, ns)?
+        }
+        _ => {}
+    }
     match (route, &method) {
         (Route::Base, &Method::GET | &Method::HEAD) => {
             Ok(json_response(StatusCode::OK, "{}".into(), "application/json"))
@@ -98,11 +111,11 @@ async fn handle(state: &AppState, route: Route, req: Request) -> ApiResult {
         (Route::Tags { repo }, &Method::GET) => discovery::tags(reg, &repo, req).await,
         (Route::Referrers { repo, subject }, &Method::GET) => discovery::referrers(reg, &repo, &subject, req).await,
         (Route::Manifest { repo, reference }, &Method::GET | &Method::HEAD) => {
-            manifests::get(reg, &repo, &reference, req).await
+            manifests::get(reg, &repo, &reference, req, mirror.as_deref()).await
         }
         (Route::Manifest { repo, reference }, &Method::PUT) => manifests::put(reg, &repo, &reference, req, body).await,
         (Route::Manifest { repo, reference }, &Method::DELETE) => manifests::delete(reg, &repo, &reference).await,
-        (Route::Blob { repo, digest }, &Method::GET | &Method::HEAD) => blobs::get(reg, &repo, &digest, req).await,
+        (Route::Blob { repo, digest }, &Method::GET | &Method::HEAD) => blobs::get(reg, &repo, &digest, req, mirror.as_deref()).await,
         (Route::Blob { repo, digest }, &Method::DELETE) => blobs::delete(reg, &repo, &digest).await,
         (Route::UploadStart { repo }, &Method::POST) => uploads::start(reg, &repo, req, body).await,
         (Route::Upload { repo, id }, &Method::GET) => uploads::status(reg, &repo, &id).await,

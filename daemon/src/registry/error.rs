@@ -36,6 +36,12 @@ pub enum Error {
     TooLarge(String),
     #[error("{0}")]
     Unsupported(String),
+    #[error("{0}")]
+    Denied(String),
+    #[error("{0}")]
+    UpstreamUnavailable(String),
+    #[error("{0}")]
+    Upstream(String),
     #[error(transparent)]
     Storage(#[from] StorageError),
 }
@@ -56,6 +62,9 @@ impl Error {
             Error::NameUnknown(_) => "NAME_UNKNOWN",
             Error::SizeInvalid(_) | Error::TooLarge(_) => "SIZE_INVALID",
             Error::Unsupported(_) => "UNSUPPORTED",
+            Error::Denied(_) => "DENIED",
+            Error::UpstreamUnavailable(_) => "UNAVAILABLE",
+            Error::Upstream(_) => "UNKNOWN",
             Error::Storage(StorageError::Unavailable { .. }) => "UNAVAILABLE",
             Error::Storage(_) => "UNKNOWN",
         }

@@ -96,21 +96,39 @@ impl Registry {
                 return Err(Error::ManifestBlobUnknown(child.digest.clone()));
             }
         }
-        let data = paths::blob_data(&digest);
-        if !self.exists(&data).await? {
-            self.driver.put_content(&data, body).await?;
-        }
-        self.write_link(&paths::revision_link(repo, &digest), &digest).await?;
-        if let Some(subject) = &manifest.subject {
-            self.write_link(&paths::referrer_link(repo, subject, &digest), &digest).await?;
-        }
-        if let Reference::Tag(tag) = reference {
-            self.tag(repo, tag, &digest).await?;
-        }
+        let tag = match reference {
+            Reference::Tag(t) => Some(t),
+            Reference::Digest(_) => None,
+        };
+        self.persist_manifest(repo, tag, &digest, body, manifest.subject.as_ref()).await?;
         Ok(PushedManifest { digest, subject: manifest.subject })
     }
 
-    async fn tag(&self, repo: &RepoName, tag: &Tag, digest: &Digest) -> Result<()> {
+    /// Stores a validated manifest: content, revision link, referrers index
+    /// entry and (optionally) the tag.
+    pub(super) async fn persist_manifest(
+        &self,
+        repo: &RepoName,
+        tag: Option<&Tag>,
+        digest: &Digest,
+        body: Bytes,
+        subject: Option<&Digest>,
+    ) -> Result<()> {
+        let data = paths::blob_data(digest);
+        if !self.exists(&data).await? {
+            self.driver.put_content(&data, body).await?;
+        }
+        self.write_link(&paths::revision_link(repo, digest), digest).await?;
+        if let Some(subject) = subject {
+            self.write_link(&paths::referrer_link(repo, subject, digest), digest).await?;
+        }
+        if let Some(tag) = tag {
+            self.tag(repo, tag, digest).await?;
+        }
+        Ok(())
+    }
+
+    pub(super) async fn tag(&self, repo: &RepoName, tag: &Tag, digest: &Digest) -> Result<()> {
         self.write_link(&paths::tag_index_link(repo, tag, digest), digest).await?;
         self.write_link(&paths::tag_current_link(repo, tag), digest).await
     }

@@ -10,6 +10,7 @@ mod blobs;
 mod discovery;
 mod maintenance;
 mod manifests;
+pub mod mirror;
 mod uploads;
 
 pub use blobs::BlobInfo;
@@ -40,11 +41,22 @@ pub struct Registry {
     driver: Arc<dyn StorageDriver>,
     policy: Policy,
     uploads: uploads::Sessions,
+    mirrors: mirror::Mirrors,
+    /// This registry, for background work that outlives a request.
+    me: std::sync::Weak<Registry>,
 }
 
 impl Registry {
-    pub fn new(driver: Arc<dyn StorageDriver>, policy: Policy) -> Registry {
-        Registry { driver, policy, uploads: uploads::Sessions::default() }
+    pub fn new(driver: Arc<dyn StorageDriver>, policy: Policy) -> Arc<Registry> {
+        Self::with_mirrors(driver, policy, mirror::Mirrors::default())
+    }
+
+    pub fn with_mirrors(driver: Arc<dyn StorageDriver>, policy: Policy, mirrors: mirror::Mirrors) -> Arc<Registry> {
+        Arc::new_cyclic(|me| Registry { driver, policy, uploads: uploads::Sessions::default(), mirrors, me: me.clone() })
+    }
+
+    fn self_arc(&self) -> Arc<Registry> {
+        self.me.upgrade().expect("the registry outlives its requests")
     }
 
     pub fn backend_name(&self) -> &'static str {

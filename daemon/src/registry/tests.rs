@@ -16,7 +16,7 @@ fn body(parts: &[&'static [u8]]) -> BodyStream {
     Box::pin(futures_util::stream::iter(items))
 }
 
-fn registry(driver: &MemoryDriver, policy: Policy) -> Registry {
+fn registry(driver: &MemoryDriver, policy: Policy) -> Arc<Registry> {
     Registry::new(Arc::new(driver.clone()), policy)
 }
 

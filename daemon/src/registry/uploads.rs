@@ -216,7 +216,7 @@ impl Registry {
 
     /// Moves verified data under its digest (unless the blob store already
     /// has it) and links it into the repository.
-    async fn store_verified(&self, repo: &RepoName, data_path: &str, digest: &Digest) -> Result<()> {
+    pub(super) async fn store_verified(&self, repo: &RepoName, data_path: &str, digest: &Digest) -> Result<()> {
         let blob = paths::blob_data(digest);
         if !self.exists(&blob).await? {
             self.driver.move_object(data_path, &blob).await?;
