@@ -413,13 +413,17 @@ pub fn registry_name_of(url: &str) -> String {
 }
 
 fn mirror_url(key: &str, url: &str) -> Result<String, ConfigError> {
-    if !(url.starts_with("https://") || url.starts_with("http://")) || url.split("://").nth(1).is_none_or(str::is_empty) {
+    if !(url.starts_with("https://") || url.starts_with("http://")) || url.split("://").nth(1).is_none_or(str::is_empty)
+    {
         return Err(invalid(key, format!("{url:?} must be an http:// or https:// URL of the upstream registry")));
     }
     Ok(url.trim_end_matches('/').to_string())
 }
 
-fn mirrors_config(tree: &Value, warnings: &mut Vec<String>) -> Result<(Vec<crate::upstream::MirrorConfig>, Option<usize>), ConfigError> {
+fn mirrors_config(
+    tree: &Value,
+    warnings: &mut Vec<String>,
+) -> Result<(Vec<crate::upstream::MirrorConfig>, Option<usize>), ConfigError> {
     use crate::upstream::MirrorConfig;
     let mut out: Vec<MirrorConfig> = Vec::new();
     match lookup(tree, "mirrors") {
@@ -427,7 +431,9 @@ fn mirrors_config(tree: &Value, warnings: &mut Vec<String>) -> Result<(Vec<crate
         Some(Value::Sequence(items)) => {
             for (i, item) in items.iter().enumerate() {
                 let key = format!("mirrors[{i}]");
-                let Some(map) = item.as_mapping() else { return Err(invalid(&key, "expected a mapping with name and url")) };
+                let Some(map) = item.as_mapping() else {
+                    return Err(invalid(&key, "expected a mapping with name and url"));
+                };
                 for k in map.keys() {
                     let k = k.as_str().unwrap_or_default();
                     if !["name", "url", "username", "password", "tagttl", "allow"].contains(&k) {
@@ -435,24 +441,35 @@ fn mirrors_config(tree: &Value, warnings: &mut Vec<String>) -> Result<(Vec<crate
                     }
                 }
                 let field = |f: &str| map.get(f).and_then(|v| v.as_str()).map(str::to_string);
-                let url = mirror_url(&format!("{key}.url"), &field("url").ok_or_else(|| invalid(&format!("{key}.url"), "is required"))?)?;
+                let url = mirror_url(
+                    &format!("{key}.url"),
+                    &field("url").ok_or_else(|| invalid(&format!("{key}.url"), "is required"))?,
+                )?;
                 let name = field("name").unwrap_or_else(|| registry_name_of(&url)).to_ascii_lowercase();
                 if name.is_empty() || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b".-:".contains(&b)) {
-                    return Err(invalid(&format!("{key}.name"), format!("{name:?} is not a registry host name such as docker.io")));
+                    return Err(invalid(
+                        &format!("{key}.name"),
+                        format!("{name:?} is not a registry host name such as docker.io"),
+                    ));
                 }
                 let tag_ttl = match map.get("tagttl") {
                     None => DEFAULT_TAG_TTL,
                     Some(v) => {
                         let s = v.as_str().map(str::to_string).unwrap_or_else(|| show(v));
-                        crate::timefmt::parse_go_duration(&s)
-                            .ok_or_else(|| invalid(&format!("{key}.tagttl"), format!("{s:?} is not a duration such as 5m or 1h")))?
+                        crate::timefmt::parse_go_duration(&s).ok_or_else(|| {
+                            invalid(&format!("{key}.tagttl"), format!("{s:?} is not a duration such as 5m or 1h"))
+                        })?
                     }
                 };
                 let allow = match map.get("allow") {
                     None => Vec::new(),
                     Some(Value::Sequence(p)) => p
                         .iter()
-                        .map(|x| x.as_str().map(str::to_string).ok_or_else(|| invalid(&format!("{key}.allow"), "expected a list of repository patterns")))
+                        .map(|x| {
+                            x.as_str().map(str::to_string).ok_or_else(|| {
+                                invalid(&format!("{key}.allow"), "expected a list of repository patterns")
+                            })
+                        })
                         .collect::<Result<_, _>>()?,
                     Some(_) => return Err(invalid(&format!("{key}.allow"), "expected a list of repository patterns")),
                 };
@@ -711,7 +728,11 @@ pub fn load(path: Option<&Path>, vars: &[(String, String)]) -> Result<Loaded, Co
         None => Vec::new(),
         Some(Value::Sequence(items)) => items
             .iter()
-            .map(|v| v.as_str().map(str::to_string).ok_or_else(|| invalid("containerd.registries", "expected a list of registry names")))
+            .map(|v| {
+                v.as_str()
+                    .map(str::to_string)
+                    .ok_or_else(|| invalid("containerd.registries", "expected a list of registry names"))
+            })
             .collect::<Result<_, _>>()?,
         Some(Value::String(s)) => vec![s.clone()],
         Some(_) => return Err(invalid("containerd.registries", "expected a list of registry names")),
@@ -845,7 +866,10 @@ mod tests {
         .unwrap();
         let m = &l.config.mirrors;
         assert_eq!(m.len(), 3);
-        assert_eq!((m[0].name.as_str(), m[0].tag_ttl.as_secs(), m[0].allow.clone()), ("ghcr.io", 600, vec!["myorg/*".to_string()]));
+        assert_eq!(
+            (m[0].name.as_str(), m[0].tag_ttl.as_secs(), m[0].allow.clone()),
+            ("ghcr.io", 600, vec!["myorg/*".to_string()])
+        );
         assert_eq!((m[1].name.as_str(), m[1].url.as_str()), ("docker.io", "https://registry-1.docker.io"));
         assert_eq!(m[2].name, "quay.io");
         assert_eq!(l.config.proxy_mirror, Some(2));

@@ -12,6 +12,7 @@ pub mod error;
 pub mod logging;
 pub mod metrics;
 pub mod names;
+pub mod nodeconfig;
 pub mod outbound_tls;
 pub mod registry;
 pub mod server;

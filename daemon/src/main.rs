@@ -23,12 +23,88 @@ enum Command {
         #[arg(conflicts_with = "config", value_name = "CONFIG")]
         config_positional: Option<PathBuf>,
     },
+    /// Integrate with the node's container runtime.
+    Containerd {
+        #[command(subcommand)]
+        command: ContainerdCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum ContainerdCommand {
+    /// Point containerd (or k3s) at this node's berthd for every registry it
+    /// fronts: writes hosts.toml files and sets config_path.
+    Configure {
+        /// berthd's config: the listener address and the mirrors come from it.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// containerd's hosts directory.
+        #[arg(long, default_value = berthd::nodeconfig::DEFAULT_CERTS_D)]
+        certs_d: PathBuf,
+        /// containerd's config.toml.
+        #[arg(long, default_value = berthd::nodeconfig::DEFAULT_CONTAINERD_CONFIG)]
+        containerd_config: PathBuf,
+        /// Configure k3s (registries.yaml) instead of containerd; detected
+        /// when /etc/rancher/k3s exists.
+        #[arg(long)]
+        k3s: bool,
+        /// k3s's registries.yaml (implies --k3s).
+        #[arg(long)]
+        k3s_registries: Option<PathBuf>,
+        /// Print the changes as a diff and write nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Undo exactly what an earlier run wrote.
+        #[arg(long)]
+        remove: bool,
+        /// Restart containerd (or k3s) when its configuration changed.
+        #[arg(long)]
+        restart: bool,
+    },
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Serve { config, config_positional } => serve(config.or(config_positional)),
+        Command::Containerd {
+            command:
+                ContainerdCommand::Configure {
+                    config,
+                    certs_d,
+                    containerd_config,
+                    k3s,
+                    k3s_registries,
+                    dry_run,
+                    remove,
+                    restart,
+                },
+        } => {
+            let k3s_detected = k3s || std::path::Path::new("/etc/rancher/k3s").is_dir();
+            let k3s_registries =
+                k3s_registries.or_else(|| k3s_detected.then(|| PathBuf::from(berthd::nodeconfig::k3s::DEFAULT_PATH)));
+            let opts =
+                berthd::nodeconfig::Options { certs_d, containerd_config, k3s_registries, dry_run, remove, restart };
+            configure(config, &opts)
+        }
+    }
+}
+
+fn configure(path: Option<PathBuf>, opts: &berthd::nodeconfig::Options) -> ExitCode {
+    let vars: Vec<(String, String)> = std::env::vars().collect();
+    let config = match berthd::config::load(path.as_deref(), &vars) {
+        Ok(l) => l.config,
+        Err(e) => {
+            eprintln!("berthd: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    match berthd::nodeconfig::run(opts, &config, &mut std::io::stdout()) {
+        Ok(_) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("berthd containerd configure: {e}");
+            ExitCode::FAILURE
+        }
     }
 }
 

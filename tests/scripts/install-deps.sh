@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs the external programs the end-to-end tests drive (Debian 12 bookworm):
 # skopeo, containerd (+ctr), runc, umoci, busybox-static, docker-registry, jq,
-# openssl and curl (TLS tests).
+# openssl and curl (TLS tests), apache2-utils (htpasswd for an authenticated upstream).
 #
 # Idempotent: does nothing when everything is already present; otherwise runs
 # `apt-get update` once and installs the missing packages (only those). It never leaves a
@@ -21,6 +21,7 @@ declare -A probe=(
   [jq]=jq
   [openssl]=openssl
   [curl]=curl
+  [apache2-utils]=htpasswd
 )
 
 dpkg_installed() {
@@ -46,7 +47,7 @@ is_installed() {
 }
 
 missing=()
-for pkg in skopeo containerd runc umoci busybox-static docker-registry jq openssl curl; do
+for pkg in skopeo containerd runc umoci busybox-static docker-registry jq openssl curl apache2-utils; do
   is_installed "$pkg" || missing+=("$pkg")
 done
 
@@ -108,7 +109,7 @@ fi
 stop_new docker-registry "$before_registry"
 stop_new containerd "$before_containerd"
 
-for pkg in skopeo containerd runc umoci busybox-static docker-registry jq openssl curl; do
+for pkg in skopeo containerd runc umoci busybox-static docker-registry jq openssl curl apache2-utils; do
   is_installed "$pkg" || { echo "install-deps: $pkg still missing after install" >&2; exit 1; }
 done
 echo "install-deps: done"

@@ -13,7 +13,13 @@ use axum::http::{header, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use tokio::io::AsyncReadExt;
 
-pub async fn get(reg: &Registry, repo: &RepoName, digest: &Digest, req: &Parts, mirror: Option<&Upstream>) -> ApiResult {
+pub async fn get(
+    reg: &Registry,
+    repo: &RepoName,
+    digest: &Digest,
+    req: &Parts,
+    mirror: Option<&Upstream>,
+) -> ApiResult {
     let info = match mirror {
         None => reg.stat_blob(repo, digest).await?,
         Some(up) if req.method == Method::HEAD => reg.mirrored_blob_info(up, repo, digest).await?,

@@ -30,7 +30,13 @@ fn accepts(accept: &[String], media_type: &str) -> bool {
     !types.iter().any(|t| SUPPORTED.contains(t) || t.starts_with("application/vnd.docker.distribution.manifest"))
 }
 
-pub async fn get(reg: &Registry, repo: &RepoName, reference: &Reference, req: &Parts, mirror: Option<&Upstream>) -> ApiResult {
+pub async fn get(
+    reg: &Registry,
+    repo: &RepoName,
+    reference: &Reference,
+    req: &Parts,
+    mirror: Option<&Upstream>,
+) -> ApiResult {
     let m = match mirror {
         Some(up) => reg.mirrored_manifest(up, repo, reference).await?,
         None => reg.get_manifest(repo, reference).await?,

@@ -96,7 +96,10 @@ async fn handle(state: &AppState, route: Route, req: Request) -> ApiResult {
     let mirror = reg.mirror(ns);
     let writes = !matches!(method, Method::GET | Method::HEAD);
     match &route {
-        Route::Manifest { repo, .. } | Route::Blob { repo, .. } | Route::UploadStart { repo } | Route::Upload { repo, .. }
+        Route::Manifest { repo, .. }
+        | Route::Blob { repo, .. }
+        | Route::UploadStart { repo }
+        | Route::Upload { repo, .. }
             if writes =>
         {
             reg.ensure_not_mirrored(repo, ns)?
@@ -115,7 +118,9 @@ async fn handle(state: &AppState, route: Route, req: Request) -> ApiResult {
         }
         (Route::Manifest { repo, reference }, &Method::PUT) => manifests::put(reg, &repo, &reference, req, body).await,
         (Route::Manifest { repo, reference }, &Method::DELETE) => manifests::delete(reg, &repo, &reference).await,
-        (Route::Blob { repo, digest }, &Method::GET | &Method::HEAD) => blobs::get(reg, &repo, &digest, req, mirror.as_deref()).await,
+        (Route::Blob { repo, digest }, &Method::GET | &Method::HEAD) => {
+            blobs::get(reg, &repo, &digest, req, mirror.as_deref()).await
+        }
         (Route::Blob { repo, digest }, &Method::DELETE) => blobs::delete(reg, &repo, &digest).await,
         (Route::UploadStart { repo }, &Method::POST) => uploads::start(reg, &repo, req, body).await,
         (Route::Upload { repo, id }, &Method::GET) => uploads::status(reg, &repo, &id).await,

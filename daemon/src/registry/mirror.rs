@@ -27,6 +27,9 @@ use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 use tokio::sync::watch;
 
+/// How a blob download ended (`None` while it runs).
+type FillOutcome = Option<std::result::Result<(), String>>;
+
 /// The configured upstreams.
 #[derive(Default)]
 pub struct Mirrors {
@@ -34,7 +37,7 @@ pub struct Mirrors {
     /// registry:2's `proxy.remoteurl`: the mirror for requests without `ns`.
     pub default: Option<usize>,
     /// Blob downloads in progress on this node.
-    fills: Mutex<HashMap<Digest, watch::Receiver<Option<std::result::Result<(), String>>>>>,
+    fills: Mutex<HashMap<Digest, watch::Receiver<FillOutcome>>>,
     /// One tag revalidation at a time per tag.
     tag_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
 }
@@ -111,7 +114,12 @@ impl Registry {
     }
 
     /// Serves a manifest through a mirror.
-    pub async fn mirrored_manifest(&self, up: &Upstream, repo: &RepoName, reference: &Reference) -> Result<StoredManifest> {
+    pub async fn mirrored_manifest(
+        &self,
+        up: &Upstream,
+        repo: &RepoName,
+        reference: &Reference,
+    ) -> Result<StoredManifest> {
         let (local, remote) = self.mirror_repo(up, repo)?;
         match reference {
             Reference::Digest(d) => {
@@ -127,7 +135,9 @@ impl Registry {
                 let _guard = lock.lock().await;
                 let link = paths::tag_current_link(&local, tag);
                 let fresh = match self.driver.stat(&link).await {
-                    Ok(st) => SystemTime::now().duration_since(st.modified).map(|age| age < up.cfg.tag_ttl).unwrap_or(true),
+                    Ok(st) => {
+                        SystemTime::now().duration_since(st.modified).map(|age| age < up.cfg.tag_ttl).unwrap_or(true)
+                    }
                     Err(e) if e.is_not_found() => false,
                     Err(e) => return Err(e.into()),
                 };
@@ -137,7 +147,8 @@ impl Registry {
                 match up.head_manifest(&remote, tag.as_str()).await {
                     Ok(Some(digest)) => {
                         if !self.exists(&paths::revision_link(&local, &digest)).await? {
-                            self.fetch_manifest(up, &local, &remote, &Reference::Digest(digest.clone()), &digest).await?;
+                            self.fetch_manifest(up, &local, &remote, &Reference::Digest(digest.clone()), &digest)
+                                .await?;
                         }
                         // (Re)writing the link also records when it was validated.
                         self.tag(&local, tag, &digest).await?;
@@ -157,7 +168,14 @@ impl Registry {
         }
     }
 
-    async fn fetch_manifest(&self, up: &Upstream, local: &RepoName, remote: &str, reference: &Reference, want: &Digest) -> Result<()> {
+    async fn fetch_manifest(
+        &self,
+        up: &Upstream,
+        local: &RepoName,
+        remote: &str,
+        reference: &Reference,
+        want: &Digest,
+    ) -> Result<()> {
         let m = up
             .get_manifest(remote, &reference.to_string())
             .await?
@@ -245,7 +263,7 @@ impl Registry {
         Ok(MirrorBlob::Streaming { size, stream })
     }
 
-    fn end_fill(&self, digest: &Digest, tx: &watch::Sender<Option<std::result::Result<(), String>>>, res: std::result::Result<(), String>) {
+    fn end_fill(&self, digest: &Digest, tx: &watch::Sender<FillOutcome>, res: std::result::Result<(), String>) {
         self.mirrors.fills.lock().unwrap().remove(digest);
         let _ = tx.send(Some(res));
     }
@@ -267,7 +285,8 @@ impl Registry {
         let mut client_gone = false;
         let result: Result<()> = async {
             while let Some(chunk) = body.next().await {
-                let chunk = chunk.map_err(|e| Error::UpstreamUnavailable(format!("download of {digest} broke off: {e}")))?;
+                let chunk =
+                    chunk.map_err(|e| Error::UpstreamUnavailable(format!("download of {digest} broke off: {e}")))?;
                 w.write(&chunk).await?;
                 hasher.update(&chunk);
                 if !client_gone && chunks.send(Ok(chunk)).await.is_err() {

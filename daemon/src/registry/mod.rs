@@ -52,7 +52,13 @@ impl Registry {
     }
 
     pub fn with_mirrors(driver: Arc<dyn StorageDriver>, policy: Policy, mirrors: mirror::Mirrors) -> Arc<Registry> {
-        Arc::new_cyclic(|me| Registry { driver, policy, uploads: uploads::Sessions::default(), mirrors, me: me.clone() })
+        Arc::new_cyclic(|me| Registry {
+            driver,
+            policy,
+            uploads: uploads::Sessions::default(),
+            mirrors,
+            me: me.clone(),
+        })
     }
 
     fn self_arc(&self) -> Arc<Registry> {

@@ -66,7 +66,9 @@ mod tests {
         );
         assert_eq!(parse_challenge(r#"Basic realm="Registry Realm""#), Some(Challenge::Basic));
         let scopes = r#"Bearer realm="https://r/token", scope="repository:a:pull,push""#;
-        assert!(matches!(parse_challenge(scopes), Some(Challenge::Bearer { scope: Some(s), service: None, .. }) if s == "repository:a:pull,push"));
+        assert!(
+            matches!(parse_challenge(scopes), Some(Challenge::Bearer { scope: Some(s), service: None, .. }) if s == "repository:a:pull,push")
+        );
         assert_eq!(parse_challenge("Negotiate abc"), None);
         assert_eq!(parse_challenge("Bearer service=x"), None, "a bearer challenge needs a realm");
     }

@@ -137,10 +137,17 @@ impl Upstream {
     }
 
     /// Sends a request for `repo`, answering an auth challenge once.
-    async fn send(&self, method: Method, path: &str, repo: &str, accept: Option<&str>) -> Result<reqwest::Response, UpstreamError> {
+    async fn send(
+        &self,
+        method: Method,
+        path: &str,
+        repo: &str,
+        accept: Option<&str>,
+    ) -> Result<reqwest::Response, UpstreamError> {
         let url = format!("{}{path}", self.base);
         let scope = format!("repository:{repo}:pull");
-        let cached = self.tokens.lock().unwrap().get(&scope).filter(|(_, exp)| *exp > Instant::now()).map(|(t, _)| t.clone());
+        let cached =
+            self.tokens.lock().unwrap().get(&scope).filter(|(_, exp)| *exp > Instant::now()).map(|(t, _)| t.clone());
         let build = |auth: Option<String>| {
             let mut r = self.client.request(method.clone(), &url);
             if let Some(a) = accept {
@@ -166,7 +173,8 @@ impl Upstream {
             .find_map(auth::parse_challenge);
         let auth = match challenge {
             Some(Challenge::Bearer { realm, service, scope: challenged }) => {
-                let token = self.fetch_token(&realm, service.as_deref(), challenged.as_deref().unwrap_or(&scope), repo).await?;
+                let token =
+                    self.fetch_token(&realm, service.as_deref(), challenged.as_deref().unwrap_or(&scope), repo).await?;
                 self.tokens.lock().unwrap().insert(scope, (token.0.clone(), token.1));
                 format!("Bearer {}", token.0)
             }
@@ -196,7 +204,13 @@ impl Upstream {
 
     /// The bearer token flow: GET realm?service=&scope= (with basic
     /// credentials when configured), answer `{token|access_token, expires_in}`.
-    async fn fetch_token(&self, realm: &str, service: Option<&str>, scope: &str, repo: &str) -> Result<(String, Instant), UpstreamError> {
+    async fn fetch_token(
+        &self,
+        realm: &str,
+        service: Option<&str>,
+        scope: &str,
+        repo: &str,
+    ) -> Result<(String, Instant), UpstreamError> {
         let mut req = self.client.get(realm).query(&[("scope", scope)]);
         if let Some(s) = service {
             req = req.query(&[("service", s)]);
@@ -204,7 +218,8 @@ impl Upstream {
         if let Some(b) = self.basic() {
             req = req.header(AUTHORIZATION, b);
         }
-        let resp = req.send().await.map_err(|e| self.unreachable(format!("token service {realm}: {}", error_chain(&e))))?;
+        let resp =
+            req.send().await.map_err(|e| self.unreachable(format!("token service {realm}: {}", error_chain(&e))))?;
         if !resp.status().is_success() {
             return Err(UpstreamError::Refused {
                 name: self.cfg.name.clone(),
@@ -214,11 +229,12 @@ impl Upstream {
         }
         let body = resp.bytes().await.map_err(|e| self.unreachable(e))?;
         let v: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
-        let token = v["token"].as_str().or_else(|| v["access_token"].as_str()).ok_or_else(|| UpstreamError::Refused {
-            name: self.cfg.name.clone(),
-            repo: repo.to_string(),
-            message: format!("token service {realm} returned no token"),
-        })?;
+        let token =
+            v["token"].as_str().or_else(|| v["access_token"].as_str()).ok_or_else(|| UpstreamError::Refused {
+                name: self.cfg.name.clone(),
+                repo: repo.to_string(),
+                message: format!("token service {realm} returned no token"),
+            })?;
         let ttl = v["expires_in"].as_u64().unwrap_or(60).max(10);
         // Renew a little early.
         Ok((token.to_string(), Instant::now() + Duration::from_secs(ttl.saturating_sub(5))))
@@ -254,13 +270,18 @@ impl Upstream {
             StatusCode::NOT_FOUND => return Ok(None),
             s => return Err(UpstreamError::Protocol { name: self.cfg.name.clone(), status: s.as_u16(), what: path }),
         }
-        let media_type = header_str(resp.headers(), CONTENT_TYPE.as_str()).map(|c| c.split(';').next().unwrap_or("").trim().to_string());
+        let media_type = header_str(resp.headers(), CONTENT_TYPE.as_str())
+            .map(|c| c.split(';').next().unwrap_or("").trim().to_string());
         let body = resp.bytes().await.map_err(|e| self.unreachable(e))?;
         Ok(Some(UpstreamManifest { body, media_type }))
     }
 
     /// Starts a blob download; `None` if the upstream does not have it.
-    pub async fn get_blob(&self, repo: &str, digest: &Digest) -> Result<Option<(reqwest::Response, Option<u64>)>, UpstreamError> {
+    pub async fn get_blob(
+        &self,
+        repo: &str,
+        digest: &Digest,
+    ) -> Result<Option<(reqwest::Response, Option<u64>)>, UpstreamError> {
         let path = format!("/v2/{repo}/blobs/{digest}");
         let resp = self.send(Method::GET, &path, repo, None).await?;
         match resp.status() {
@@ -278,7 +299,9 @@ impl Upstream {
         let path = format!("/v2/{repo}/blobs/{digest}");
         let resp = self.send(Method::HEAD, &path, repo, None).await?;
         match resp.status() {
-            StatusCode::OK => Ok(Some(header_str(resp.headers(), CONTENT_LENGTH.as_str()).and_then(|v| v.parse().ok()).unwrap_or(0))),
+            StatusCode::OK => {
+                Ok(Some(header_str(resp.headers(), CONTENT_LENGTH.as_str()).and_then(|v| v.parse().ok()).unwrap_or(0)))
+            }
             StatusCode::NOT_FOUND => Ok(None),
             s => Err(UpstreamError::Protocol { name: self.cfg.name.clone(), status: s.as_u16(), what: path }),
         }

@@ -444,6 +444,14 @@ impl DockerRegistry {
     /// block); `root` is only recorded. `AWS_CA_BUNDLE` is removed from its
     /// environment: the 2.8 S3 driver panics at start when it is set.
     pub fn start_with_storage(root: &Path, storage: &str) -> DockerRegistry {
+        Self::start_with(root, storage, "", "http")
+    }
+
+    /// Like [`DockerRegistry::start_with_storage`], with `top` (more
+    /// top-level YAML, e.g. `auth:`) and `http_extra` (lines inside `http:`,
+    /// e.g. `tls:`); `scheme` is what `/v2/` is probed with.
+    pub fn start_with(root: &Path, top: &str, http_extra: &str, scheme: &str) -> DockerRegistry {
+        let storage = top;
         let bin = require_tool("docker-registry");
         let mut last_log = String::new();
         for _attempt in 0..5 {
@@ -454,7 +462,7 @@ impl DockerRegistry {
             std::fs::write(
                 &config,
                 format!(
-                    "version: 0.1\nlog:\n  level: info\n  accesslog:\n    disabled: false\n{storage}http:\n  addr: {addr}\n"
+                    "version: 0.1\nlog:\n  level: info\n  accesslog:\n    disabled: false\n{storage}http:\n  addr: {addr}\n{http_extra}"
                 ),
             )
             .unwrap();
@@ -487,7 +495,15 @@ impl DockerRegistry {
                     last_log = format!("exited with {status}:\n{}", reg.log_text());
                     break;
                 }
-                if let Ok(r) = http("GET", &format!("{}/v2/", reg.url()), &[]) {
+                if scheme == "https" {
+                    // TLS (and maybe auth): any answer from /v2/ means it is up.
+                    let out = Command::new("curl")
+                        .args(["-sk", "-o", "/dev/null", "-w", "%{http_code}", &format!("https://{}/v2/", reg.addr)])
+                        .output();
+                    if out.is_ok_and(|o| matches!(&o.stdout[..], b"200" | b"401")) {
+                        return reg;
+                    }
+                } else if let Ok(r) = http("GET", &format!("{}/v2/", reg.url()), &[]) {
                     if r.status == 200 {
                         return reg;
                     }

@@ -1,0 +1,243 @@
+//! `berthd containerd configure`: points a node's containerd (or k3s) at the
+//! node's berthd for every registry berthd fronts — the cluster's own names
+//! (`containerd.registries`) and every configured mirror.
+//!
+//! Idempotent (a second run changes nothing and says so), `--dry-run`
+//! prints the diff, and `--remove` undoes exactly what it wrote: the first
+//! time a file is changed its original content (or absence) is recorded in a
+//! state file beside the hosts files, and removal restores it byte for byte
+//! unless the file was changed since, in which case it is left alone and
+//! named. It says when containerd or k3s must be restarted and restarts
+//! only with `--restart`.
+
+pub mod containerd_toml;
+pub mod hosts;
+pub mod k3s;
+
+use crate::config::Config;
+use serde::{Deserialize, Serialize};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+pub const DEFAULT_CERTS_D: &str = "/etc/containerd/certs.d";
+pub const DEFAULT_CONTAINERD_CONFIG: &str = "/etc/containerd/config.toml";
+const STATE_FILE: &str = ".berthd-configure.json";
+
+pub struct Options {
+    pub certs_d: PathBuf,
+    pub containerd_config: PathBuf,
+    /// `Some` on k3s nodes: registries.yaml to edit instead of containerd's files.
+    pub k3s_registries: Option<PathBuf>,
+    pub dry_run: bool,
+    pub remove: bool,
+    pub restart: bool,
+}
+
+#[derive(Serialize, Deserialize, Default)]
+struct State {
+    files: Vec<Managed>,
+}
+
+#[derive(Serialize, Deserialize, Clone)]
+struct Managed {
+    path: PathBuf,
+    /// Content before berthd first wrote the file; `None`: it did not exist.
+    original: Option<String>,
+    /// What berthd wrote last.
+    written: String,
+}
+
+/// One file to change: `after == None` deletes it.
+struct Change {
+    path: PathBuf,
+    before: Option<String>,
+    after: Option<String>,
+    /// containerd (or k3s) only reads this file at start.
+    needs_restart: bool,
+}
+
+fn read(path: &Path) -> Result<Option<String>, String> {
+    match std::fs::read_to_string(path) {
+        Ok(s) => Ok(Some(s)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(format!("cannot read {}: {e}", path.display())),
+    }
+}
+
+/// Writes atomically (temporary file, then rename), creating directories.
+fn write(path: &Path, content: &str) -> Result<(), String> {
+    let dir = path.parent().ok_or_else(|| format!("{} has no parent directory", path.display()))?;
+    std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    let tmp = dir.join(format!(".{}.berthd-tmp", path.file_name().unwrap_or_default().to_string_lossy()));
+    std::fs::write(&tmp, content)
+        .and_then(|_| std::fs::rename(&tmp, path))
+        .map_err(|e| format!("cannot write {}: {e}", path.display()))
+}
+
+/// The URL containerd should use for this node's berthd.
+pub fn berthd_url(config: &Config) -> String {
+    let addr = config.http.addr;
+    let ip = match addr.ip() {
+        std::net::IpAddr::V4(v) if v.is_unspecified() => "127.0.0.1".to_string(),
+        std::net::IpAddr::V6(v) if v.is_unspecified() => "[::1]".to_string(),
+        std::net::IpAddr::V6(v) => format!("[{v}]"),
+        ip => ip.to_string(),
+    };
+    format!("http://{ip}:{}", addr.port())
+}
+
+/// Registries berthd fronts, with the server containerd falls back to.
+fn registries(config: &Config) -> Vec<(String, String)> {
+    let mut out: Vec<(String, String)> = Vec::new();
+    for m in &config.mirrors {
+        out.push((m.name.clone(), m.url.clone()));
+    }
+    for name in &config.cluster_registries {
+        if !out.iter().any(|(n, _)| n == name) {
+            out.push((name.clone(), hosts::default_server(name)));
+        }
+    }
+    out
+}
+
+fn diff(out: &mut dyn Write, c: &Change) -> std::io::Result<()> {
+    let (old, new) = (c.before.as_deref().unwrap_or(""), c.after.as_deref().unwrap_or(""));
+    let d = similar::TextDiff::from_lines(old, new);
+    let label = c.path.display().to_string();
+    write!(out, "{}", d.unified_diff().context_radius(3).header(&label, &label))
+}
+
+/// Runs configure (or `--remove`), reporting to `out`. Returns whether
+/// anything changed.
+pub fn run(opts: &Options, config: &Config, out: &mut dyn Write) -> Result<bool, String> {
+    let state_path = opts.certs_d.join(STATE_FILE);
+    let state: State = match read(&state_path)? {
+        Some(s) => serde_json::from_str(&s).map_err(|e| format!("{} is corrupt: {e}", state_path.display()))?,
+        None => State::default(),
+    };
+    let changes = if opts.remove { removal(&state, out)? } else { plan(opts, config)? };
+    let w = |out: &mut dyn Write, s: String| writeln!(out, "{s}").map_err(|e| e.to_string());
+    if changes.is_empty() {
+        w(
+            out,
+            if opts.remove {
+                "nothing to remove: berthd has not configured this node".into()
+            } else {
+                "nothing to change: containerd already pulls through berthd".into()
+            },
+        )?;
+        return Ok(false);
+    }
+    let restart = changes.iter().any(|c| c.needs_restart);
+    if opts.dry_run {
+        for c in &changes {
+            diff(out, c).map_err(|e| e.to_string())?;
+        }
+        w(out, format!("dry run: {} file(s) would change; nothing was written", changes.len()))?;
+        return Ok(true);
+    }
+    let mut state = state;
+    for c in &changes {
+        match &c.after {
+            Some(content) => {
+                write(&c.path, content)?;
+                match state.files.iter_mut().find(|m| m.path == c.path) {
+                    Some(m) => m.written = content.clone(),
+                    None => state.files.push(Managed {
+                        path: c.path.clone(),
+                        original: c.before.clone(),
+                        written: content.clone(),
+                    }),
+                }
+                w(out, format!("wrote {}", c.path.display()))?;
+            }
+            None => {
+                std::fs::remove_file(&c.path).map_err(|e| format!("cannot remove {}: {e}", c.path.display()))?;
+                if let Some(dir) = c.path.parent() {
+                    let _ = std::fs::remove_dir(dir); // only if empty
+                }
+                w(out, format!("removed {}", c.path.display()))?;
+            }
+        }
+    }
+    if opts.remove {
+        state.files.clear();
+    }
+    if state.files.is_empty() {
+        let _ = std::fs::remove_file(&state_path);
+    } else {
+        write(&state_path, &serde_json::to_string_pretty(&state).map_err(|e| e.to_string())?)?;
+    }
+    let unit = if opts.k3s_registries.is_some() { "k3s" } else { "containerd" };
+    if restart {
+        if opts.restart {
+            let status = std::process::Command::new("systemctl")
+                .args(["restart", unit])
+                .status()
+                .map_err(|e| format!("cannot run systemctl restart {unit}: {e}"))?;
+            if !status.success() {
+                return Err(format!("systemctl restart {unit} failed ({status})"));
+            }
+            w(out, format!("restarted {unit}"))?;
+        } else {
+            w(out, format!("{unit} must be restarted to read the change: systemctl restart {unit} (or run again with --restart)"))?;
+        }
+    } else {
+        w(out, "no restart needed: containerd reads hosts.toml files on every pull".into())?;
+    }
+    Ok(true)
+}
+
+fn plan(opts: &Options, config: &Config) -> Result<Vec<Change>, String> {
+    let regs = registries(config);
+    if regs.is_empty() {
+        return Err("nothing to configure: berthd's config names no `mirrors` and no `containerd.registries`".into());
+    }
+    let url = berthd_url(config);
+    let mut changes = Vec::new();
+    let mut push = |path: PathBuf, after: String, needs_restart: bool| -> Result<(), String> {
+        let before = read(&path)?;
+        if before.as_deref() != Some(after.as_str()) {
+            changes.push(Change { path, before, after: Some(after), needs_restart });
+        }
+        Ok(())
+    };
+    match &opts.k3s_registries {
+        Some(path) => {
+            let names: Vec<String> = regs.iter().map(|(n, _)| n.clone()).collect();
+            let current = read(path)?.unwrap_or_default();
+            push(path.clone(), k3s::add_mirrors(&current, &names, &url)?, true)?;
+        }
+        None => {
+            for (name, server) in &regs {
+                push(opts.certs_d.join(name).join("hosts.toml"), hosts::render(server, &url), false)?;
+            }
+            let current = read(&opts.containerd_config)?.unwrap_or_default();
+            let certs_d = opts.certs_d.display().to_string();
+            let edited = containerd_toml::set_config_path(&current, &certs_d)?;
+            if edited.legacy_mirrors {
+                tracing::warn!(
+                    "{} still has registry.mirrors/configs entries; containerd ignores them once config_path is set",
+                    opts.containerd_config.display()
+                );
+            }
+            push(opts.containerd_config.clone(), edited.text, true)?;
+        }
+    }
+    Ok(changes)
+}
+
+fn removal(state: &State, out: &mut dyn Write) -> Result<Vec<Change>, String> {
+    let mut changes = Vec::new();
+    for m in &state.files {
+        let current = read(&m.path)?;
+        if current.as_deref() != Some(m.written.as_str()) {
+            writeln!(out, "left alone: {} was changed since berthd wrote it", m.path.display())
+                .map_err(|e| e.to_string())?;
+            continue;
+        }
+        let needs_restart = m.path.extension().is_some_and(|e| e != "toml") || m.path.ends_with("config.toml");
+        changes.push(Change { path: m.path.clone(), before: current, after: m.original.clone(), needs_restart });
+    }
+    Ok(changes)
+}
