@@ -48,7 +48,7 @@ fn median(mut v: Vec<f64>) -> f64 {
 fn node(weed: &Seaweed) -> Berthd {
     let dir = tempfile::tempdir().unwrap();
     let cache = dir.path().join("cache");
-    let yaml = weed.berthd_yaml(&cache, "4GiB").replace("level: info", "level: warn");
+    let yaml = weed.berthd_yaml(&cache, "4GiB").replace("level: info", "level: info\n  accesslog:\n    disabled: true");
     Berthd::start_config(dir, cache, &yaml, &Seaweed::env())
 }
 
