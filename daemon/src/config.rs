@@ -104,6 +104,38 @@ pub struct TlsFiles {
     pub key: PathBuf,
     /// `http.tls.minimumtls: tls1.3` turns TLS 1.2 off.
     pub tls13_only: bool,
+    /// `clientcas`: CA files; a client certificate they signed
+    /// authenticates the client (certificates are optional).
+    pub client_cas: Vec<PathBuf>,
+}
+
+/// One listener: an address, optional TLS, and who may do what there.
+#[derive(Debug, Clone)]
+pub struct ListenerConfig {
+    pub addr: SocketAddr,
+    pub tls: Option<TlsFiles>,
+    pub access: crate::auth::Policy,
+}
+
+/// `auth.token`.
+#[derive(Debug, Clone)]
+pub struct TokenAuthConfig {
+    pub realm: String,
+    pub service: String,
+    pub issuer: String,
+    pub rootcertbundle: PathBuf,
+}
+
+/// `auth`: at most one method.
+#[derive(Debug, Clone, Default)]
+pub enum AuthConfig {
+    #[default]
+    None,
+    Htpasswd {
+        realm: String,
+        path: PathBuf,
+    },
+    Token(TokenAuthConfig),
 }
 
 #[derive(Debug, Clone)]
@@ -129,6 +161,9 @@ pub struct Config {
     /// Index into `mirrors` of registry:2's `proxy` mirror, which also
     /// serves requests that name no upstream.
     pub proxy_mirror: Option<usize>,
+    /// Listeners; registry:2 configs without `listeners:` get one from `http.*`.
+    pub listeners: Vec<ListenerConfig>,
+    pub auth: AuthConfig,
     /// `containerd.registries`: the names the cluster's own images use
     /// (e.g. `registry.example.com`); `berthd containerd configure` points
     /// them at this node.
@@ -227,6 +262,18 @@ const KNOWN: &[&str] = &[
     "http.tls.certificate",
     "http.tls.key",
     "http.tls.minimumtls",
+    "http.tls.clientcas",
+    "auth",
+    "auth.htpasswd",
+    "auth.htpasswd.realm",
+    "auth.htpasswd.path",
+    "auth.token",
+    "auth.token.realm",
+    "auth.token.service",
+    "auth.token.issuer",
+    "auth.token.rootcertbundle",
+    "auth.token.autoredirect",
+    "listeners",
     "http.debug",
     "http.debug.addr",
 ];
@@ -235,13 +282,11 @@ const KNOWN: &[&str] = &[
 /// would silently weaken security or send data elsewhere, so they stop
 /// start-up instead of being ignored.
 const REFUSED: &[(&str, &str)] = &[
-    ("auth", "authentication is not implemented in this berthd version; remove `auth` (berthd listens on loopback by default)"),
     ("storage.azure", "the azure storage driver is not supported; use storage.filesystem"),
     ("storage.gcs", "the gcs storage driver is not supported; use storage.filesystem"),
     ("storage.swift", "the swift storage driver is not supported; use storage.filesystem"),
     ("storage.oss", "the oss storage driver is not supported; use storage.filesystem"),
     ("storage.inmemory", "the inmemory storage driver is not supported; use storage.filesystem"),
-    ("http.tls.clientcas", "client certificate authentication is not implemented in this berthd version"),
     ("http.tls.letsencrypt", "Let's Encrypt is not supported; give http.tls.certificate and http.tls.key"),
 ];
 
@@ -509,6 +554,143 @@ fn mirrors_config(
     Ok((out, proxy))
 }
 
+fn map_str(v: &Value, key: &str, path: &str) -> Result<Option<String>, ConfigError> {
+    match v.get(key) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s.clone())),
+        Some(Value::Number(n)) => Ok(Some(n.to_string())),
+        Some(_) => Err(invalid(&format!("{path}.{key}"), "expected a string")),
+    }
+}
+
+fn path_list(v: Option<&Value>, key: &str) -> Result<Vec<PathBuf>, ConfigError> {
+    match v {
+        None | Some(Value::Null) => Ok(Vec::new()),
+        Some(Value::String(s)) => Ok(vec![PathBuf::from(s)]),
+        Some(Value::Sequence(items)) => items
+            .iter()
+            .map(|x| x.as_str().map(PathBuf::from).ok_or_else(|| invalid(key, "expected a list of file paths")))
+            .collect(),
+        Some(_) => Err(invalid(key, "expected a list of file paths")),
+    }
+}
+
+/// Reads a `tls:` mapping (`http.tls` or `listeners[i].tls`).
+fn tls_files(v: Option<&Value>, prefix: &str) -> Result<Option<TlsFiles>, ConfigError> {
+    let Some(v) = v.filter(|v| !v.is_null()) else { return Ok(None) };
+    let (cert, key) = (map_str(v, "certificate", prefix)?, map_str(v, "key", prefix)?);
+    let (c, k) = match (cert, key) {
+        (None, None) => return Ok(None),
+        (Some(c), Some(k)) => (c, k),
+        (Some(_), None) => return Err(invalid(&format!("{prefix}.key"), "is required when the certificate is set")),
+        (None, Some(_)) => return Err(invalid(&format!("{prefix}.certificate"), "is required when the key is set")),
+    };
+    let tls13_only = match map_str(v, "minimumtls", prefix)?.as_deref() {
+        None | Some("tls1.2") => false,
+        Some("tls1.3") => true,
+        Some(other) => {
+            return Err(invalid(
+                &format!("{prefix}.minimumtls"),
+                format!("{other:?} is not supported; berthd speaks TLS 1.2 and 1.3 only (tls1.2 or tls1.3)"),
+            ))
+        }
+    };
+    let client_cas = path_list(v.get("clientcas"), &format!("{prefix}.clientcas"))?;
+    Ok(Some(TlsFiles { certificate: c.into(), key: k.into(), tls13_only, client_cas }))
+}
+
+fn auth_config(tree: &Value) -> Result<AuthConfig, ConfigError> {
+    let Some(auth) = lookup(tree, "auth") else { return Ok(AuthConfig::None) };
+    let map = auth.as_mapping().ok_or_else(|| invalid("auth", "expected a mapping (htpasswd or token)"))?;
+    let kinds: Vec<&str> = map.keys().filter_map(|k| k.as_str()).collect();
+    for k in &kinds {
+        if !["htpasswd", "token"].contains(k) {
+            return Err(invalid(&format!("auth.{k}"), "is not supported; berthd authenticates with auth.htpasswd or auth.token"));
+        }
+    }
+    if kinds.len() > 1 {
+        return Err(invalid("auth", "configure one method: auth.htpasswd or auth.token"));
+    }
+    let required = |key: &str| get_str(tree, key)?.filter(|v| !v.is_empty()).ok_or_else(|| invalid(key, "is required"));
+    if lookup(tree, "auth.htpasswd").is_some() {
+        return Ok(AuthConfig::Htpasswd {
+            realm: get_str(tree, "auth.htpasswd.realm")?.unwrap_or_else(|| "berth".into()),
+            path: required("auth.htpasswd.path")?.into(),
+        });
+    }
+    Ok(AuthConfig::Token(TokenAuthConfig {
+        realm: required("auth.token.realm")?,
+        service: required("auth.token.service")?,
+        issuer: required("auth.token.issuer")?,
+        rootcertbundle: required("auth.token.rootcertbundle")?.into(),
+    }))
+}
+
+fn actions(v: Option<&Value>, key: &str, default: crate::auth::Actions) -> Result<crate::auth::Actions, ConfigError> {
+    match v {
+        None | Some(Value::Null) => Ok(default),
+        Some(Value::Sequence(items)) => {
+            let list: Vec<String> = items.iter().map(|x| x.as_str().unwrap_or("").to_string()).collect();
+            crate::auth::Actions::parse(&list).map_err(|e| invalid(key, e))
+        }
+        Some(_) => Err(invalid(key, "expected a list of actions such as [pull, push, delete]")),
+    }
+}
+
+fn listeners_config(
+    tree: &Value,
+    http_addr: SocketAddr,
+    http_tls: Option<TlsFiles>,
+    auth: &AuthConfig,
+    warnings: &mut Vec<String>,
+) -> Result<Vec<ListenerConfig>, ConfigError> {
+    use crate::auth::{Actions, Policy};
+    let Some(list) = lookup(tree, "listeners") else {
+        // registry:2's semantics: with auth, everything needs credentials;
+        // without, everyone may do everything — but only on loopback.
+        let access = match auth {
+            AuthConfig::None if http_addr.ip().is_loopback() => Policy { anonymous: Actions::ALL, authenticated: Actions::ALL },
+            AuthConfig::None => {
+                warnings.push(format!(
+                    "http.addr {http_addr} is not loopback and no auth is configured: anonymous clients may pull but not push or delete; configure auth or listeners[].access"
+                ));
+                Policy { anonymous: Actions::PULL, authenticated: Actions::ALL }
+            }
+            _ => Policy { anonymous: Actions::NONE, authenticated: Actions::ALL },
+        };
+        return Ok(vec![ListenerConfig { addr: http_addr, tls: http_tls, access }]);
+    };
+    let items = list.as_sequence().ok_or_else(|| invalid("listeners", "expected a list of listeners (addr, tls, access)"))?;
+    if items.is_empty() {
+        return Err(invalid("listeners", "needs at least one listener"));
+    }
+    let mut out = Vec::new();
+    for (i, item) in items.iter().enumerate() {
+        let key = format!("listeners[{i}]");
+        if !item.is_mapping() {
+            return Err(invalid(&key, "expected a mapping with addr, tls and access"));
+        }
+        for k in item.as_mapping().into_iter().flat_map(|m| m.keys()).filter_map(|k| k.as_str()) {
+            if !["addr", "tls", "access"].contains(&k) {
+                warnings.push(format!("config key `{key}.{k}` is not used by berthd and is ignored"));
+            }
+        }
+        let addr = parse_addr(&format!("{key}.addr"), &map_str(item, "addr", &key)?.ok_or_else(|| invalid(&format!("{key}.addr"), "is required"))?)?;
+        let tls = tls_files(item.get("tls"), &format!("{key}.tls"))?;
+        let access = item.get("access");
+        let anon_default = if addr.ip().is_loopback() { Actions::PULL } else { Actions::NONE };
+        let policy = Policy {
+            anonymous: actions(access.and_then(|a| a.get("anonymous")), &format!("{key}.access.anonymous"), anon_default)?,
+            authenticated: actions(access.and_then(|a| a.get("authenticated")), &format!("{key}.access.authenticated"), Actions::ALL)?,
+        };
+        if !addr.ip().is_loopback() && (policy.anonymous.push || policy.anonymous.delete) {
+            warnings.push(format!("{key} ({addr}) lets anonymous clients write; anyone who can reach it can push"));
+        }
+        out.push(ListenerConfig { addr, tls, access: policy });
+    }
+    Ok(out)
+}
+
 fn show(v: &Value) -> String {
     serde_yaml::to_string(v).unwrap_or_default().trim().to_string()
 }
@@ -676,24 +858,7 @@ pub fn load(path: Option<&Path>, vars: &[(String, String)]) -> Result<Loaded, Co
         // registry:2's shipped config sets this; keep the same default.
         headers.push(("X-Content-Type-Options".into(), "nosniff".into()));
     }
-    let tls = match (get_str(&tree, "http.tls.certificate")?, get_str(&tree, "http.tls.key")?) {
-        (None, None) => None,
-        (Some(c), Some(k)) => {
-            let tls13_only = match get_str(&tree, "http.tls.minimumtls")?.as_deref() {
-                None | Some("tls1.2") => false,
-                Some("tls1.3") => true,
-                Some(other) => {
-                    return Err(invalid(
-                        "http.tls.minimumtls",
-                        format!("{other:?} is not supported; berthd speaks TLS 1.2 and 1.3 only (tls1.2 or tls1.3)"),
-                    ))
-                }
-            };
-            Some(TlsFiles { certificate: c.into(), key: k.into(), tls13_only })
-        }
-        (Some(_), None) => return Err(invalid("http.tls.key", "is required when http.tls.certificate is set")),
-        (None, Some(_)) => return Err(invalid("http.tls.certificate", "is required when http.tls.key is set")),
-    };
+    let tls = tls_files(lookup(&tree, "http.tls"), "http.tls")?;
     let remote = matches!(storage.backend, Backend::S3(_));
     let cache = if get_bool(&tree, "cache.enabled", remote)? {
         let path = match get_str(&tree, "cache.path")? {
@@ -737,11 +902,15 @@ pub fn load(path: Option<&Path>, vars: &[(String, String)]) -> Result<Loaded, Co
         Some(Value::String(s)) => vec![s.clone()],
         Some(_) => return Err(invalid("containerd.registries", "expected a list of registry names")),
     };
+    let auth = auth_config(&tree)?;
+    let listeners = listeners_config(&tree, addr, tls.clone(), &auth, &mut warnings)?;
     Ok(Loaded {
         config: Config {
             log: LogConfig { level, format, access_log },
             storage,
             http: HttpConfig { addr, host, headers, tls, debug_addr },
+            listeners,
+            auth,
             cache,
             tls_cacerts,
             mirrors,
@@ -789,8 +958,9 @@ mod tests {
         assert!(c.storage.delete_enabled);
         assert_eq!(c.http.addr.to_string(), "0.0.0.0:5001");
         assert_eq!(c.http.headers, vec![("X-Content-Type-Options".to_string(), "nosniff".to_string())]);
-        assert_eq!(l.warnings.len(), 1, "{:?}", l.warnings);
+        assert_eq!(l.warnings.len(), 2, "{:?}", l.warnings);
         assert!(l.warnings[0].contains("storage.cache"));
+        assert!(l.warnings[1].contains("not loopback"), "a registry:2 config on :5001 without auth is pull-only");
     }
 
     #[test]
@@ -882,6 +1052,36 @@ mod tests {
     }
 
     #[test]
+    fn listeners_and_registry2_semantics() {
+        use crate::auth::Actions;
+        // registry:2 style, loopback, no auth: everything allowed.
+        let l = load_str("http:\n  addr: 127.0.0.1:5000\n", &[]).unwrap();
+        assert_eq!(l.config.listeners.len(), 1);
+        assert_eq!(l.config.listeners[0].access.anonymous, Actions::ALL);
+        // Not loopback, no auth: anonymous pull only, with a warning.
+        let l = load_str("http:\n  addr: :5000\n", &[]).unwrap();
+        assert_eq!(l.config.listeners[0].access.anonymous, Actions::PULL);
+        assert!(l.warnings.iter().any(|w| w.contains("not loopback")));
+        // With auth: everything needs credentials (registry:2's semantics).
+        let l = load_str("auth:\n  htpasswd:\n    realm: r\n    path: /etc/htpasswd\n", &[("REGISTRY_HTTP_ADDR", ":5000")]).unwrap();
+        assert_eq!(l.config.listeners[0].access.anonymous, Actions::NONE);
+        assert!(matches!(l.config.auth, AuthConfig::Htpasswd { .. }));
+        // Explicit listeners: loopback defaults to anonymous pull.
+        let l = load_str(
+            "listeners:\n  - addr: 127.0.0.1:5000\n  - addr: 0.0.0.0:5443\n    tls:\n      certificate: /c\n      key: /k\n      clientcas: [/ca]\n    access:\n      anonymous: []\n      authenticated: [pull, push]\n",
+            &[],
+        )
+        .unwrap();
+        let ls = &l.config.listeners;
+        assert_eq!((ls[0].access.anonymous, ls[0].access.authenticated), (Actions::PULL, Actions::ALL));
+        assert_eq!(ls[1].access.anonymous, Actions::NONE);
+        assert!(!ls[1].access.authenticated.delete);
+        assert_eq!(ls[1].tls.as_ref().unwrap().client_cas, vec![PathBuf::from("/ca")]);
+        let e = load_str("listeners:\n  - addr: 127.0.0.1:1\n    access:\n      anonymous: [write]\n", &[]).unwrap_err();
+        assert!(e.to_string().contains("listeners[0].access.anonymous"), "{e}");
+    }
+
+    #[test]
     fn invalid_values_name_the_key() {
         let e = load_str("storage:\n  delete:\n    enabled: maybe\n", &[]).unwrap_err();
         assert!(e.to_string().contains("storage.delete.enabled"), "{e}");
@@ -891,8 +1091,10 @@ mod tests {
         assert!(e.to_string().contains("log.level"), "{e}");
         let e = load_str("storage:\n  filesystem:\n    rootdirectory: relative/dir\n", &[]).unwrap_err();
         assert!(e.to_string().contains("rootdirectory"), "{e}");
-        let e = load_str("auth:\n  htpasswd:\n    realm: x\n    path: /p\n", &[]).unwrap_err();
-        assert!(e.to_string().contains("`auth`"), "{e}");
+        let e = load_str("auth:\n  silly:\n    realm: x\n", &[]).unwrap_err();
+        assert!(e.to_string().contains("`auth.silly`"), "{e}");
+        let e = load_str("auth:\n  token:\n    realm: https://a/token\n", &[]).unwrap_err();
+        assert!(e.to_string().contains("auth.token.service"), "{e}");
         assert!(matches!(load_str("a: [", &[]), Err(ConfigError::Yaml { .. })));
     }
 }

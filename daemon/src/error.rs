@@ -23,6 +23,8 @@ pub enum Error {
     Storage(#[from] crate::registry::Error),
     #[error("TLS: {0}")]
     Tls(String),
+    #[error("auth: {0}")]
+    Auth(String),
     #[error("server error: {0}")]
     Serve(#[source] std::io::Error),
 }

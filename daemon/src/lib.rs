@@ -6,9 +6,11 @@
 //! default). See `docs/architecture.md`.
 
 pub mod api;
+pub mod auth;
 pub mod config;
 pub mod digest;
 pub mod error;
+pub mod listen;
 pub mod logging;
 pub mod metrics;
 pub mod names;

@@ -3,7 +3,11 @@
 //! requests before exiting.
 
 use crate::api::{self, AppState};
-use crate::config::Backend;
+use crate::auth::htpasswd::Htpasswd;
+use crate::auth::token::TokenVerifier;
+use crate::auth::{Authenticator, Gate};
+use crate::config::{AuthConfig, Backend};
+use crate::listen::{PeerInfo, PlainListener};
 use crate::config::Config;
 use crate::outbound_tls::{self, Trust};
 use crate::registry::mirror::Mirrors;
@@ -84,35 +88,71 @@ pub async fn build_registry(config: &Config) -> Result<Arc<Registry>> {
 }
 
 /// Runs berthd until a shutdown signal arrives.
+/// The credential check configured in `auth`.
+pub fn build_gate(config: &Config) -> Result<Gate> {
+    let auth = match &config.auth {
+        AuthConfig::None => Authenticator::None,
+        AuthConfig::Htpasswd { realm, path } => {
+            let file = Htpasswd::load(path).map_err(Error::Auth)?;
+            tracing::info!(htpasswd = %path.display(), "authentication: htpasswd");
+            Authenticator::Htpasswd { realm: realm.clone(), file }
+        }
+        AuthConfig::Token(t) => {
+            let v = TokenVerifier::load(&t.realm, &t.service, &t.issuer, &t.rootcertbundle).map_err(Error::Auth)?;
+            tracing::info!(realm = %t.realm, service = %t.service, "authentication: token");
+            Authenticator::Token(v)
+        }
+    };
+    Ok(Gate::new(auth))
+}
+
+/// Runs berthd until a shutdown signal arrives.
 pub async fn run(config: Config) -> Result<()> {
     let registry = build_registry(&config).await?;
     if let Err(e) = registry.check_storage().await {
         // Not fatal: the node cache may serve, and the backend may come back.
         tracing::error!("storage is not reachable at start-up: {e}");
     }
-    let headers = config
+    let gate = Arc::new(build_gate(&config)?);
+    let headers: Vec<(HeaderName, HeaderValue)> = config
         .http
         .headers
         .iter()
         .filter_map(|(k, v)| Some((HeaderName::from_bytes(k.as_bytes()).ok()?, HeaderValue::from_str(v).ok()?)))
         .collect();
-    let state = Arc::new(AppState {
-        registry: registry.clone(),
-        headers,
-        access_log: config.log.access_log,
-        base_url: config.http.host.as_deref().unwrap_or("").trim_end_matches('/').to_string(),
-    });
-    let app = api::router(state);
 
-    let tls = match &config.http.tls {
-        Some(files) => Some(crate::tls::server_config(files).map_err(Error::Tls)?),
-        None => None,
-    };
-    let listener =
-        TcpListener::bind(config.http.addr).await.map_err(|source| Error::Bind { addr: config.http.addr, source })?;
-    let local = listener.local_addr().map_err(Error::Serve)?;
-    let scheme = if tls.is_some() { "https" } else { "http" };
-    tracing::info!(addr = %local, "listening on {scheme}://{local}");
+    // Bind everything first, so a bad address or certificate stops start-up.
+    let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);
+    let mut servers = tokio::task::JoinSet::new();
+    for l in &config.listeners {
+        let tls = match &l.tls {
+            Some(files) => Some(crate::tls::server_config(files).map_err(Error::Tls)?),
+            None => None,
+        };
+        let tcp = TcpListener::bind(l.addr).await.map_err(|source| Error::Bind { addr: l.addr, source })?;
+        let local = tcp.local_addr().map_err(Error::Serve)?;
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        tracing::info!(addr = %local, anonymous = ?l.access.anonymous, authenticated = ?l.access.authenticated, "listening on {scheme}://{local}");
+        let state = Arc::new(AppState {
+            registry: registry.clone(),
+            headers: headers.clone(),
+            access_log: config.log.access_log,
+            base_url: config.http.host.as_deref().unwrap_or("").trim_end_matches('/').to_string(),
+            gate: gate.clone(),
+            policy: l.access,
+        });
+        let app = api::router(state).into_make_service_with_connect_info::<PeerInfo>();
+        let stop = wait_for(shutdown_rx.clone());
+        match tls {
+            Some(cfg) => {
+                let listener = crate::tls::TlsListener::new(tcp, cfg).map_err(Error::Serve)?;
+                servers.spawn(async move { axum::serve(listener, app).with_graceful_shutdown(stop).await });
+            }
+            None => {
+                servers.spawn(async move { axum::serve(PlainListener(tcp), app).with_graceful_shutdown(stop).await });
+            }
+        }
+    }
 
     if config.storage.upload_purging.enabled {
         tokio::spawn(purge_uploads_periodically(registry.clone(), config.storage.upload_purging.clone()));
@@ -123,21 +163,35 @@ pub async fn run(config: Config) -> Result<()> {
         let local = listener.local_addr().map_err(Error::Serve)?;
         tracing::info!(debug_addr = %local, "debug endpoint on http://{local} (/metrics, /healthz)");
         let registry = registry.clone();
+        let stop = wait_for(shutdown_rx.clone());
         tokio::spawn(async move {
             let app = crate::api::debug_router(registry);
-            let _ = axum::serve(listener, app).with_graceful_shutdown(shutdown_signal()).await;
+            let _ = axum::serve(listener, app).with_graceful_shutdown(stop).await;
         });
     }
 
-    match tls {
-        Some(cfg) => {
-            let listener = crate::tls::TlsListener::new(listener, cfg).map_err(Error::Serve)?;
-            axum::serve(listener, app).with_graceful_shutdown(shutdown_signal()).await.map_err(Error::Serve)?
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        let _ = shutdown_tx.send(true);
+    });
+    while let Some(res) = servers.join_next().await {
+        match res {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => return Err(Error::Serve(e)),
+            Err(e) => return Err(Error::Serve(std::io::Error::other(e))),
         }
-        None => axum::serve(listener, app).with_graceful_shutdown(shutdown_signal()).await.map_err(Error::Serve)?,
     }
     tracing::info!("shut down: in-flight requests finished");
     Ok(())
+}
+
+/// Resolves once `rx` turns true.
+async fn wait_for(mut rx: tokio::sync::watch::Receiver<bool>) {
+    while !*rx.borrow_and_update() {
+        if rx.changed().await.is_err() {
+            return;
+        }
+    }
 }
 
 /// registry:2's upload purging: shortly after start, then every interval.

@@ -22,6 +22,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 use tokio_rustls::server::TlsStream;
 use tokio_rustls::TlsAcceptor;
+use crate::listen::PeerInfo;
 
 /// How often the files are checked for changes (on handshakes only).
 const RELOAD_CHECK: Duration = Duration::from_secs(1);
@@ -120,20 +121,43 @@ impl ResolvesServerCert for ReloadingCert {
 /// Builds the rustls server configuration for `http.tls`.
 pub fn server_config(files: &crate::config::TlsFiles) -> Result<Arc<rustls::ServerConfig>, String> {
     let resolver = Arc::new(ReloadingCert::new(&files.certificate, &files.key)?);
+    let client_verifier = if files.client_cas.is_empty() {
+        None
+    } else {
+        let mut roots = rustls::RootCertStore::empty();
+        for path in &files.client_cas {
+            let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(path)
+                .map_err(|e| format!("cannot read clientcas file {}: {e}", path.display()))?
+                .collect::<Result<_, _>>()
+                .map_err(|e| format!("clientcas file {} is not valid PEM: {e}", path.display()))?;
+            for c in certs {
+                roots.add(c).map_err(|e| format!("clientcas file {}: {e}", path.display()))?;
+            }
+        }
+        // Certificates are optional: a client without one is anonymous.
+        let v = rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider())
+            .allow_unauthenticated()
+            .build()
+            .map_err(|e| format!("clientcas: {e}"))?;
+        Some(v)
+    };
     let versions: &[&rustls::SupportedProtocolVersion] =
         if files.tls13_only { &[&rustls::version::TLS13] } else { &[&rustls::version::TLS12, &rustls::version::TLS13] };
-    let mut cfg = rustls::ServerConfig::builder_with_provider(provider())
+    let builder = rustls::ServerConfig::builder_with_provider(provider())
         .with_protocol_versions(versions)
-        .map_err(|e| e.to_string())?
-        .with_no_client_auth()
-        .with_cert_resolver(resolver);
+        .map_err(|e| e.to_string())?;
+    let builder = match client_verifier {
+        Some(v) => builder.with_client_cert_verifier(v),
+        None => builder.with_no_client_auth(),
+    };
+    let mut cfg = builder.with_cert_resolver(resolver);
     cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(Arc::new(cfg))
 }
 
 /// A listener yielding TLS connections whose handshake has completed.
 pub struct TlsListener {
-    rx: mpsc::Receiver<(TlsStream<TcpStream>, SocketAddr)>,
+    rx: mpsc::Receiver<(TlsStream<TcpStream>, PeerInfo)>,
     local: SocketAddr,
 }
 
@@ -160,7 +184,11 @@ impl TlsListener {
                 tokio::spawn(async move {
                     match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
                         Ok(Ok(tls)) => {
-                            let _ = tx.send((tls, peer)).await;
+                            let client_cert = tls.get_ref().1.peer_certificates().and_then(|c| c.first()).map(|c| {
+                                let d = crate::digest::Digest::sha256_of(c.as_ref());
+                                format!("cert:{}", &d.hex()[..16])
+                            });
+                            let _ = tx.send((tls, PeerInfo { addr: peer, client_cert })).await;
                         }
                         Ok(Err(e)) => tracing::debug!(%peer, "TLS handshake failed: {e}"),
                         Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
@@ -174,7 +202,7 @@ impl TlsListener {
 
 impl axum::serve::Listener for TlsListener {
     type Io = TlsStream<TcpStream>;
-    type Addr = SocketAddr;
+    type Addr = PeerInfo;
 
     async fn accept(&mut self) -> (Self::Io, Self::Addr) {
         match self.rx.recv().await {
@@ -184,6 +212,6 @@ impl axum::serve::Listener for TlsListener {
     }
 
     fn local_addr(&self) -> std::io::Result<Self::Addr> {
-        Ok(self.local)
+        Ok(PeerInfo { addr: self.local, client_cert: None })
     }
 }

@@ -82,6 +82,24 @@ fn registry_status(e: &Error) -> StatusCode {
     }
 }
 
+impl IntoResponse for crate::auth::Refusal {
+    fn into_response(self) -> Response {
+        use crate::auth::Refusal;
+        let (status, code, message, challenge) = match self {
+            Refusal::Unauthorized { message, challenge } => (StatusCode::UNAUTHORIZED, "UNAUTHORIZED", message, challenge),
+            Refusal::Denied(m) => (StatusCode::FORBIDDEN, "DENIED", m, None),
+            Refusal::TooManyAttempts(m) => (StatusCode::TOO_MANY_REQUESTS, "TOOMANYREQUESTS", m, None),
+        };
+        let body = serde_json::json!({ "errors": [{ "code": code, "message": message, "detail": null }] });
+        let mut resp = (status, body.to_string()).into_response();
+        resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        if let Some(c) = challenge.and_then(|c| HeaderValue::from_str(&c).ok()) {
+            resp.headers_mut().insert(header::WWW_AUTHENTICATE, c);
+        }
+        resp
+    }
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let status = self.status();

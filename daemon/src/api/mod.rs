@@ -11,7 +11,11 @@ pub mod range;
 pub mod route;
 mod uploads;
 
+use crate::auth::{Action, Gate, Policy, Refusal, Scope};
+use crate::listen::PeerInfo;
+use crate::names::RepoName;
 use crate::registry::Registry;
+use axum::extract::ConnectInfo;
 use axum::body::Body;
 use axum::extract::{Request, State};
 use axum::http::request::Parts;
@@ -32,17 +36,22 @@ pub struct AppState {
     /// `http.host` without a trailing slash: makes `Location` headers
     /// absolute, as registry:2 does behind a proxy. Empty: relative.
     pub base_url: String,
+    /// Credential checks, shared by all listeners.
+    pub gate: Arc<Gate>,
+    /// What this listener allows.
+    pub policy: Policy,
 }
 
 pub type Shared = Arc<AppState>;
 pub type ApiResult = Result<Response, ApiError>;
 
-/// The `/v2` API as an axum router (one fallback: routing is ours).
+/// The `/v2` API as an axum router (one fallback: routing is ours). Serve
+/// it with `into_make_service_with_connect_info::<PeerInfo>()`.
 pub fn router(state: Shared) -> Router {
     Router::new().fallback(dispatch).with_state(state)
 }
 
-async fn dispatch(State(state): State<Shared>, req: Request) -> Response {
+async fn dispatch(State(state): State<Shared>, ConnectInfo(peer): ConnectInfo<PeerInfo>, req: Request) -> Response {
     let started = Instant::now();
     let (parts, body) = req.into_parts();
     let req = Request::from_parts(parts, drain::drain_on_drop(body));
@@ -52,7 +61,10 @@ async fn dispatch(State(state): State<Shared>, req: Request) -> Response {
     let mut resp = match route::parse(&path) {
         Ok(route) => {
             label = route.label();
-            handle(&state, route, req).await.unwrap_or_else(IntoResponse::into_response)
+            match authorize(&state, &route, &req, &peer) {
+                Ok(()) => handle(&state, route, req).await.unwrap_or_else(IntoResponse::into_response),
+                Err(refusal) => refusal.into_response(),
+            }
         }
         Err(RouteError::NotFound) => {
             ApiError::NotFound(format!("no API endpoint at {path}; the registry API is under /v2/")).into_response()
@@ -82,6 +94,40 @@ async fn dispatch(State(state): State<Shared>, req: Request) -> Response {
         );
     }
     resp
+}
+
+/// What a request needs from the listener's policy.
+fn scopes(route: &Route, method: &Method, req: &Request) -> Vec<Scope> {
+    let repo = |name: &RepoName, action| Scope::Repository { name: name.as_str().to_string(), action };
+    match route {
+        Route::Base => vec![Scope::Base],
+        Route::Catalog => vec![Scope::Catalog],
+        Route::Tags { repo: r } | Route::Referrers { repo: r, .. } => vec![repo(r, Action::Pull)],
+        Route::Manifest { repo: r, .. } | Route::Blob { repo: r, .. } => match *method {
+            Method::GET | Method::HEAD => vec![repo(r, Action::Pull)],
+            Method::DELETE => vec![repo(r, Action::Delete)],
+            _ => vec![repo(r, Action::Push)],
+        },
+        Route::Upload { repo: r, .. } => vec![repo(r, Action::Push)],
+        Route::UploadStart { repo: r } => {
+            let mut s = vec![repo(r, Action::Push)];
+            let q: Vec<(String, String)> = req
+                .uri()
+                .query()
+                .map(|q| form_urlencoded::parse(q.as_bytes()).into_owned().collect())
+                .unwrap_or_default();
+            if let Some(from) = query_param(&q, "from") {
+                s.push(Scope::Repository { name: from.to_string(), action: Action::Pull });
+            }
+            s
+        }
+    }
+}
+
+fn authorize(state: &AppState, route: &Route, req: &Request, peer: &PeerInfo) -> Result<(), Refusal> {
+    let authz = req.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
+    let scopes = scopes(route, req.method(), req);
+    state.gate.check(&state.policy, authz, peer.client_cert.as_deref(), peer.addr.ip(), &scopes).map(|_| ())
 }
 
 async fn handle(state: &AppState, route: Route, req: Request) -> ApiResult {

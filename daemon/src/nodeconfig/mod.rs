@@ -76,7 +76,14 @@ fn write(path: &Path, content: &str) -> Result<(), String> {
 
 /// The URL containerd should use for this node's berthd.
 pub fn berthd_url(config: &Config) -> String {
-    let addr = config.http.addr;
+    // The first plain-HTTP listener containerd can reach on this node.
+    let addr = config
+        .listeners
+        .iter()
+        .filter(|l| l.tls.is_none())
+        .map(|l| l.addr)
+        .min_by_key(|a| !(a.ip().is_loopback() || a.ip().is_unspecified()))
+        .unwrap_or(config.http.addr);
     let ip = match addr.ip() {
         std::net::IpAddr::V4(v) if v.is_unspecified() => "127.0.0.1".to_string(),
         std::net::IpAddr::V6(v) if v.is_unspecified() => "[::1]".to_string(),

@@ -38,6 +38,8 @@ use tokio::sync::watch;
 pub type ContentKey = fn(&str) -> Option<Digest>;
 
 const READ_CHUNK: usize = 256 * 1024;
+/// Bytes gathered before each write of a fill.
+const FILL_BATCH: usize = 1024 * 1024;
 /// Bound on remembered metadata for serving while the backend is down.
 const MAX_META: usize = 20_000;
 
@@ -296,18 +298,31 @@ impl Shared {
         let mut stream = self.inner.reader(path, 0).await?;
         let mut hasher = Hasher::new(d.algorithm());
         let mut written = 0u64;
-        while let Some(chunk) = stream.next().await {
-            let chunk = chunk.map_err(|e| StorageError::Unavailable {
-                backend: self.inner.name().to_string(),
-                message: format!("reading {path}: {e}"),
-            })?;
-            file.write_all(&chunk).await.map_err(io)?;
-            // tokio's File writes in the background: flush so the bytes are
-            // in the file before readers are told they are there.
-            file.flush().await.map_err(io)?;
-            hasher.update(&chunk);
-            written += chunk.len() as u64;
-            tx.send_modify(|p| p.written = written);
+        // Chunks are gathered into larger writes: each tokio file write is a
+        // trip to the blocking pool, and readers are told about bytes only
+        // once they are in the file.
+        let mut pending = bytes::BytesMut::with_capacity(FILL_BATCH);
+        loop {
+            let next = stream.next().await;
+            let end = next.is_none();
+            if let Some(chunk) = next {
+                let chunk = chunk.map_err(|e| StorageError::Unavailable {
+                    backend: self.inner.name().to_string(),
+                    message: format!("reading {path}: {e}"),
+                })?;
+                hasher.update(&chunk);
+                pending.extend_from_slice(&chunk);
+            }
+            if pending.len() >= FILL_BATCH || (end && !pending.is_empty()) {
+                file.write_all(&pending).await.map_err(io)?;
+                file.flush().await.map_err(io)?;
+                written += pending.len() as u64;
+                pending.clear();
+                tx.send_modify(|p| p.written = written);
+            }
+            if end {
+                break;
+            }
         }
         file.flush().await.map_err(io)?;
         file.sync_all().await.map_err(io)?;

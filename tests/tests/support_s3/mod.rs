@@ -90,7 +90,41 @@ impl Seaweed {
         w
     }
 
+    /// Starts weed; on a port clash (ports are picked free but another
+    /// test may take one first) it retries with fresh ports.
     fn spawn(&mut self) {
+        for attempt in 0..3 {
+            match self.try_spawn() {
+                Ok(()) => return,
+                Err(log) if attempt < 2 => {
+                    eprintln!("SeaweedFS did not start (attempt {}), retrying with new ports: {log}", attempt + 1);
+                    self.remove_sockets();
+                    for (name, p) in self.ports.iter_mut() {
+                        if name != "admin.port" && name != "admin.port.grpc" {
+                            *p = free_port();
+                        }
+                    }
+                    let admin = free_admin_port();
+                    for (name, p) in self.ports.iter_mut() {
+                        match name.as_str() {
+                            "admin.port" => *p = admin,
+                            "admin.port.grpc" => *p = admin + 10000,
+                            _ => {}
+                        }
+                    }
+                    let get = |k: &str| self.ports.iter().find(|(n, _)| n == k).unwrap().1;
+                    self.s3_port = get("s3.port");
+                    self.metrics_port = get("metricsPort");
+                    if self.https_port.is_some() {
+                        self.https_port = Some(free_port());
+                    }
+                }
+                Err(log) => panic!("SeaweedFS did not become ready: {log}"),
+            }
+        }
+    }
+
+    fn try_spawn(&mut self) -> Result<(), String> {
         let d = self.dir.path();
         let mut cmd = Command::new("weed");
         cmd.arg(format!("-logdir={}", d.join("log").display()))
@@ -131,13 +165,26 @@ impl Seaweed {
                 }
             });
         }
-        if rx.recv_timeout(Duration::from_secs(60)).is_err() {
-            let _ = child.kill();
-            panic!("SeaweedFS did not become ready in 60s (logs in {})", d.join("log").display());
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            if rx.recv_timeout(Duration::from_millis(200)).is_ok() {
+                break;
+            }
+            let exited = matches!(child.try_wait(), Ok(Some(_)));
+            if exited || std::time::Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(format!(
+                    "weed {} (logs in {})",
+                    if exited { "exited" } else { "was not ready in 60s" },
+                    d.join("log").display()
+                ));
+            }
         }
         self.child = Some(child);
         // Signed requests can still fail for a moment after "ready".
         std::thread::sleep(Duration::from_millis(700));
+        Ok(())
     }
 
     pub fn endpoint(&self) -> String {

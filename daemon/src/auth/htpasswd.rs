@@ -1,0 +1,139 @@
+//! Apache htpasswd files with bcrypt entries (`htpasswd -B`), re-read when
+//! the file changes. Other hash kinds (MD5, SHA1, crypt, plain) are refused
+//! at load with a message naming the line, because they are weak and
+//! registry:2 never accepted them either.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, RwLock};
+use std::time::{Duration, Instant, SystemTime};
+
+const RELOAD_CHECK: Duration = Duration::from_secs(1);
+
+
+#[derive(Debug)]
+pub struct Htpasswd {
+    path: PathBuf,
+    users: RwLock<(HashMap<String, String>, Option<SystemTime>)>,
+    last_check: Mutex<Instant>,
+    /// A bcrypt hash (at the users' cost) of a random password: unknown
+    /// users are checked against it, so a wrong user name costs as much
+    /// time as a wrong password.
+    dummy: String,
+}
+
+/// The cost of a bcrypt hash (`$2y$NN$…`).
+fn cost_of(hash: &str) -> Option<u32> {
+    hash.get(4..6)?.parse().ok()
+}
+
+/// Parses htpasswd text; errors name the line and the user.
+pub fn parse(text: &str, path: &Path) -> Result<HashMap<String, String>, String> {
+    let mut users = HashMap::new();
+    for (i, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let n = i + 1;
+        let Some((user, hash)) = line.split_once(':') else {
+            return Err(format!("{}:{n}: not a `user:hash` line", path.display()));
+        };
+        if !(hash.starts_with("$2y$") || hash.starts_with("$2a$") || hash.starts_with("$2b$")) {
+            return Err(format!(
+                "{}:{n}: user {user:?} has a non-bcrypt hash; only bcrypt entries are accepted, recreate it with `htpasswd -B {} {user}`",
+                path.display(),
+                path.display()
+            ));
+        }
+        users.insert(user.to_string(), hash.to_string());
+    }
+    Ok(users)
+}
+
+fn mtime(path: &Path) -> Option<SystemTime> {
+    std::fs::metadata(path).and_then(|m| m.modified()).ok()
+}
+
+impl Htpasswd {
+    pub fn load(path: &Path) -> Result<Htpasswd, String> {
+        let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read htpasswd file {}: {e}", path.display()))?;
+        let users = parse(&text, path)?;
+        let cost = users.values().find_map(|h| cost_of(h)).unwrap_or(bcrypt::DEFAULT_COST);
+        let dummy = bcrypt::hash(uuid::Uuid::new_v4().to_string(), cost).map_err(|e| e.to_string())?;
+        Ok(Htpasswd {
+            path: path.to_path_buf(),
+            users: RwLock::new((users, mtime(path))),
+            last_check: Mutex::new(Instant::now()),
+            dummy,
+        })
+    }
+
+    fn maybe_reload(&self) {
+        {
+            let mut last = self.last_check.lock().unwrap();
+            if last.elapsed() < RELOAD_CHECK {
+                return;
+            }
+            *last = Instant::now();
+        }
+        let stamp = mtime(&self.path);
+        if self.users.read().unwrap().1 == stamp {
+            return;
+        }
+        match std::fs::read_to_string(&self.path).map_err(|e| e.to_string()).and_then(|t| parse(&t, &self.path)) {
+            Ok(users) => {
+                let n = users.len();
+                *self.users.write().unwrap() = (users, stamp);
+                tracing::info!(path = %self.path.display(), users = n, "htpasswd file reloaded");
+            }
+            Err(e) => {
+                self.users.write().unwrap().1 = stamp;
+                tracing::error!("htpasswd file not reloaded, keeping the previous users: {e}");
+            }
+        }
+    }
+
+    /// Checks a user's password. Takes the same time whether or not the
+    /// user exists (one bcrypt verification either way).
+    pub fn verify(&self, user: &str, password: &str) -> bool {
+        self.maybe_reload();
+        let hash = self.users.read().unwrap().0.get(user).cloned();
+        let known = hash.is_some();
+        let ok = bcrypt::verify(password, hash.as_deref().unwrap_or(&self.dummy)).unwrap_or(false);
+        known && ok
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bcrypt_only_and_verification() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("htpasswd");
+        let hash = bcrypt::hash("s3cret", 4).unwrap();
+        std::fs::write(&p, format!("# users\nalice:{hash}\n")).unwrap();
+        let h = Htpasswd::load(&p).unwrap();
+        assert!(h.verify("alice", "s3cret"));
+        assert!(!h.verify("alice", "wrong"));
+        assert!(!h.verify("bob", "s3cret"));
+
+        std::fs::write(&p, "carol:$apr1$abc$def\n").unwrap();
+        let e = Htpasswd::load(&p).unwrap_err();
+        assert!(e.contains(":1:") && e.contains("carol") && e.contains("htpasswd -B"), "{e}");
+        std::fs::write(&p, "no-colon-here\n").unwrap();
+        assert!(Htpasswd::load(&p).unwrap_err().contains(":1:"));
+    }
+
+    #[test]
+    fn unknown_users_cost_a_real_verification() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("htpasswd");
+        std::fs::write(&p, format!("alice:{}\n", bcrypt::hash("x", 5).unwrap())).unwrap();
+        let h = Htpasswd::load(&p).unwrap();
+        assert_eq!(cost_of(&h.dummy), Some(5));
+        assert!(bcrypt::verify("anything", &h.dummy).is_ok());
+    }
+}

@@ -1,0 +1,120 @@
+//! Token authentication, the docker_auth / registry:2 flow: clients get a
+//! JWT from the `realm` and present it as `Bearer`. Tokens are verified
+//! against the certificates in `rootcertbundle` (RS256/384/512,
+//! ES256/384), the `issuer`, the audience (= `service`) and their expiry.
+//! Their `access` claims grant actions per repository.
+
+use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::CertificateDer;
+use serde::Deserialize;
+use std::path::Path;
+
+/// One `access` claim: `{"type":"repository","name":"app","actions":["pull"]}`.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+pub struct Grant {
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub name: String,
+    #[serde(default)]
+    pub actions: Vec<String>,
+}
+
+#[derive(Debug, Deserialize)]
+struct Claims {
+    #[serde(default)]
+    sub: String,
+    #[serde(default)]
+    access: Vec<Grant>,
+}
+
+enum KeyKind {
+    Rsa,
+    Ec,
+}
+
+pub struct TokenVerifier {
+    pub realm: String,
+    pub service: String,
+    issuer: String,
+    keys: Vec<(KeyKind, DecodingKey)>,
+}
+
+impl std::fmt::Debug for TokenVerifier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TokenVerifier").field("realm", &self.realm).field("service", &self.service).finish_non_exhaustive()
+    }
+}
+
+/// A verified token: who it was issued to and what it grants.
+#[derive(Debug, Clone)]
+pub struct VerifiedToken {
+    pub subject: String,
+    pub grants: Vec<Grant>,
+}
+
+fn spki_pem(spki: &[u8]) -> String {
+    use base64::Engine;
+    let b64 = base64::engine::general_purpose::STANDARD.encode(spki);
+    let lines: Vec<&str> = b64.as_bytes().chunks(64).map(|c| std::str::from_utf8(c).unwrap_or_default()).collect();
+    format!("-----BEGIN PUBLIC KEY-----\n{}\n-----END PUBLIC KEY-----\n", lines.join("\n"))
+}
+
+impl TokenVerifier {
+    pub fn load(realm: &str, service: &str, issuer: &str, bundle: &Path) -> Result<TokenVerifier, String> {
+        let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(bundle)
+            .map_err(|e| format!("cannot read auth.token.rootcertbundle {}: {e}", bundle.display()))?
+            .collect::<Result<_, _>>()
+            .map_err(|e| format!("auth.token.rootcertbundle {} is not valid PEM: {e}", bundle.display()))?;
+        let mut keys = Vec::new();
+        for (i, der) in certs.iter().enumerate() {
+            let cert = webpki::EndEntityCert::try_from(der)
+                .map_err(|e| format!("certificate {} in {} cannot be parsed: {e:?}", i + 1, bundle.display()))?;
+            let pem = spki_pem(cert.subject_public_key_info().as_ref());
+            if let Ok(k) = DecodingKey::from_rsa_pem(pem.as_bytes()) {
+                keys.push((KeyKind::Rsa, k));
+            } else if let Ok(k) = DecodingKey::from_ec_pem(pem.as_bytes()) {
+                keys.push((KeyKind::Ec, k));
+            } else {
+                return Err(format!("certificate {} in {} has neither an RSA nor an EC key", i + 1, bundle.display()));
+            }
+        }
+        if keys.is_empty() {
+            return Err(format!("auth.token.rootcertbundle {} holds no certificate", bundle.display()));
+        }
+        Ok(TokenVerifier { realm: realm.into(), service: service.into(), issuer: issuer.into(), keys })
+    }
+
+    /// Verifies a token; the error says why it was refused.
+    pub fn verify(&self, token: &str) -> Result<VerifiedToken, String> {
+        let header = jsonwebtoken::decode_header(token).map_err(|e| format!("malformed token: {e}"))?;
+        let kind_ok = |k: &KeyKind| match header.alg {
+            Algorithm::RS256 | Algorithm::RS384 | Algorithm::RS512 => matches!(k, KeyKind::Rsa),
+            Algorithm::ES256 | Algorithm::ES384 => matches!(k, KeyKind::Ec),
+            _ => false,
+        };
+        let mut validation = Validation::new(header.alg);
+        validation.set_issuer(&[&self.issuer]);
+        validation.set_audience(&[&self.service]);
+        validation.set_required_spec_claims(&["exp", "iss", "aud"]);
+        validation.leeway = 30;
+        let mut last = format!("token algorithm {:?} is not accepted (RS256/384/512, ES256/384)", header.alg);
+        for (kind, key) in self.keys.iter().filter(|(k, _)| kind_ok(k)) {
+            match jsonwebtoken::decode::<Claims>(token, key, &validation) {
+                Ok(data) => return Ok(VerifiedToken { subject: data.claims.sub, grants: data.claims.access }),
+                Err(e) => {
+                    use jsonwebtoken::errors::ErrorKind::*;
+                    last = match e.kind() {
+                        ExpiredSignature => "the token has expired; get a new one from the token service".into(),
+                        InvalidIssuer => format!("the token was not issued by {}", self.issuer),
+                        InvalidAudience => format!("the token is not for service {}", self.service),
+                        InvalidSignature => "the token's signature does not match any certificate in auth.token.rootcertbundle".into(),
+                        _ => format!("invalid token: {e}"),
+                    };
+                    let _ = kind;
+                }
+            }
+        }
+        Err(last)
+    }
+}
