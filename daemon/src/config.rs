@@ -605,7 +605,10 @@ fn auth_config(tree: &Value) -> Result<AuthConfig, ConfigError> {
     let kinds: Vec<&str> = map.keys().filter_map(|k| k.as_str()).collect();
     for k in &kinds {
         if !["htpasswd", "token"].contains(k) {
-            return Err(invalid(&format!("auth.{k}"), "is not supported; berthd authenticates with auth.htpasswd or auth.token"));
+            return Err(invalid(
+                &format!("auth.{k}"),
+                "is not supported; berthd authenticates with auth.htpasswd or auth.token",
+            ));
         }
     }
     if kinds.len() > 1 {
@@ -649,7 +652,9 @@ fn listeners_config(
         // registry:2's semantics: with auth, everything needs credentials;
         // without, everyone may do everything — but only on loopback.
         let access = match auth {
-            AuthConfig::None if http_addr.ip().is_loopback() => Policy { anonymous: Actions::ALL, authenticated: Actions::ALL },
+            AuthConfig::None if http_addr.ip().is_loopback() => {
+                Policy { anonymous: Actions::ALL, authenticated: Actions::ALL }
+            }
             AuthConfig::None => {
                 warnings.push(format!(
                     "http.addr {http_addr} is not loopback and no auth is configured: anonymous clients may pull but not push or delete; configure auth or listeners[].access"
@@ -660,7 +665,8 @@ fn listeners_config(
         };
         return Ok(vec![ListenerConfig { addr: http_addr, tls: http_tls, access }]);
     };
-    let items = list.as_sequence().ok_or_else(|| invalid("listeners", "expected a list of listeners (addr, tls, access)"))?;
+    let items =
+        list.as_sequence().ok_or_else(|| invalid("listeners", "expected a list of listeners (addr, tls, access)"))?;
     if items.is_empty() {
         return Err(invalid("listeners", "needs at least one listener"));
     }
@@ -675,13 +681,24 @@ fn listeners_config(
                 warnings.push(format!("config key `{key}.{k}` is not used by berthd and is ignored"));
             }
         }
-        let addr = parse_addr(&format!("{key}.addr"), &map_str(item, "addr", &key)?.ok_or_else(|| invalid(&format!("{key}.addr"), "is required"))?)?;
+        let addr = parse_addr(
+            &format!("{key}.addr"),
+            &map_str(item, "addr", &key)?.ok_or_else(|| invalid(&format!("{key}.addr"), "is required"))?,
+        )?;
         let tls = tls_files(item.get("tls"), &format!("{key}.tls"))?;
         let access = item.get("access");
         let anon_default = if addr.ip().is_loopback() { Actions::PULL } else { Actions::NONE };
         let policy = Policy {
-            anonymous: actions(access.and_then(|a| a.get("anonymous")), &format!("{key}.access.anonymous"), anon_default)?,
-            authenticated: actions(access.and_then(|a| a.get("authenticated")), &format!("{key}.access.authenticated"), Actions::ALL)?,
+            anonymous: actions(
+                access.and_then(|a| a.get("anonymous")),
+                &format!("{key}.access.anonymous"),
+                anon_default,
+            )?,
+            authenticated: actions(
+                access.and_then(|a| a.get("authenticated")),
+                &format!("{key}.access.authenticated"),
+                Actions::ALL,
+            )?,
         };
         if !addr.ip().is_loopback() && (policy.anonymous.push || policy.anonymous.delete) {
             warnings.push(format!("{key} ({addr}) lets anonymous clients write; anyone who can reach it can push"));
@@ -1063,7 +1080,9 @@ mod tests {
         assert_eq!(l.config.listeners[0].access.anonymous, Actions::PULL);
         assert!(l.warnings.iter().any(|w| w.contains("not loopback")));
         // With auth: everything needs credentials (registry:2's semantics).
-        let l = load_str("auth:\n  htpasswd:\n    realm: r\n    path: /etc/htpasswd\n", &[("REGISTRY_HTTP_ADDR", ":5000")]).unwrap();
+        let l =
+            load_str("auth:\n  htpasswd:\n    realm: r\n    path: /etc/htpasswd\n", &[("REGISTRY_HTTP_ADDR", ":5000")])
+                .unwrap();
         assert_eq!(l.config.listeners[0].access.anonymous, Actions::NONE);
         assert!(matches!(l.config.auth, AuthConfig::Htpasswd { .. }));
         // Explicit listeners: loopback defaults to anonymous pull.
@@ -1077,7 +1096,8 @@ mod tests {
         assert_eq!(ls[1].access.anonymous, Actions::NONE);
         assert!(!ls[1].access.authenticated.delete);
         assert_eq!(ls[1].tls.as_ref().unwrap().client_cas, vec![PathBuf::from("/ca")]);
-        let e = load_str("listeners:\n  - addr: 127.0.0.1:1\n    access:\n      anonymous: [write]\n", &[]).unwrap_err();
+        let e =
+            load_str("listeners:\n  - addr: 127.0.0.1:1\n    access:\n      anonymous: [write]\n", &[]).unwrap_err();
         assert!(e.to_string().contains("listeners[0].access.anonymous"), "{e}");
     }
 

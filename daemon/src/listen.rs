@@ -2,8 +2,8 @@
 //! [`PeerInfo`] per connection — the client's address for rate limiting and
 //! logs, and the fingerprint of a verified client certificate, if any.
 
-use axum::serve::{IncomingStream, Listener};
 use axum::extract::connect_info::Connected;
+use axum::serve::{IncomingStream, Listener};
 use std::net::SocketAddr;
 use std::time::Duration;
 use tokio::net::{TcpListener, TcpStream};

@@ -10,6 +10,7 @@
 //! up the accept loop; finished connections are handed to the HTTP server
 //! through a channel.
 
+use crate::listen::PeerInfo;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::{ClientHello, ResolvesServerCert};
@@ -22,7 +23,6 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 use tokio_rustls::server::TlsStream;
 use tokio_rustls::TlsAcceptor;
-use crate::listen::PeerInfo;
 
 /// How often the files are checked for changes (on handshakes only).
 const RELOAD_CHECK: Duration = Duration::from_secs(1);

@@ -86,7 +86,9 @@ impl IntoResponse for crate::auth::Refusal {
     fn into_response(self) -> Response {
         use crate::auth::Refusal;
         let (status, code, message, challenge) = match self {
-            Refusal::Unauthorized { message, challenge } => (StatusCode::UNAUTHORIZED, "UNAUTHORIZED", message, challenge),
+            Refusal::Unauthorized { message, challenge } => {
+                (StatusCode::UNAUTHORIZED, "UNAUTHORIZED", message, challenge)
+            }
             Refusal::Denied(m) => (StatusCode::FORBIDDEN, "DENIED", m, None),
             Refusal::TooManyAttempts(m) => (StatusCode::TOO_MANY_REQUESTS, "TOOMANYREQUESTS", m, None),
         };

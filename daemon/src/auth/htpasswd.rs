@@ -10,7 +10,6 @@ use std::time::{Duration, Instant, SystemTime};
 
 const RELOAD_CHECK: Duration = Duration::from_secs(1);
 
-
 #[derive(Debug)]
 pub struct Htpasswd {
     path: PathBuf,
@@ -57,7 +56,8 @@ fn mtime(path: &Path) -> Option<SystemTime> {
 
 impl Htpasswd {
     pub fn load(path: &Path) -> Result<Htpasswd, String> {
-        let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read htpasswd file {}: {e}", path.display()))?;
+        let text =
+            std::fs::read_to_string(path).map_err(|e| format!("cannot read htpasswd file {}: {e}", path.display()))?;
         let users = parse(&text, path)?;
         let cost = users.values().find_map(|h| cost_of(h)).unwrap_or(bcrypt::DEFAULT_COST);
         let dummy = bcrypt::hash(uuid::Uuid::new_v4().to_string(), cost).map_err(|e| e.to_string())?;

@@ -72,7 +72,10 @@ pub enum Scope {
     Base,
     /// `GET /v2/_catalog`: `registry:catalog:*` for tokens, pull otherwise.
     Catalog,
-    Repository { name: String, action: Action },
+    Repository {
+        name: String,
+        action: Action,
+    },
 }
 
 impl Scope {
@@ -178,7 +181,13 @@ impl Gate {
 
     /// Identifies the client from its `Authorization` header (or its
     /// verified client certificate).
-    fn identify(&self, authorization: Option<&str>, client_cert: Option<&str>, peer: IpAddr, scopes: &[Scope]) -> Result<Identity, Refusal> {
+    fn identify(
+        &self,
+        authorization: Option<&str>,
+        client_cert: Option<&str>,
+        peer: IpAddr,
+        scopes: &[Scope],
+    ) -> Result<Identity, Refusal> {
         let unauthorized = |message: String| Refusal::Unauthorized { message, challenge: self.challenge(scopes) };
         let Some(header) = authorization.filter(|h| !h.trim().is_empty()) else {
             return Ok(client_cert.map(|c| Identity::User(c.to_string())).unwrap_or(Identity::Anonymous));
@@ -192,7 +201,10 @@ impl Gate {
         let result = match (&self.auth, scheme.to_ascii_lowercase().as_str()) {
             (Authenticator::Htpasswd { file, .. }, "basic") => {
                 use base64::Engine;
-                let decoded = base64::engine::general_purpose::STANDARD.decode(value.trim()).ok().and_then(|b| String::from_utf8(b).ok());
+                let decoded = base64::engine::general_purpose::STANDARD
+                    .decode(value.trim())
+                    .ok()
+                    .and_then(|b| String::from_utf8(b).ok());
                 match decoded.as_deref().and_then(|d| d.split_once(':')) {
                     Some((user, pass)) if file.verify(user, pass) => Ok(Identity::User(user.to_string())),
                     Some((user, _)) => {
@@ -211,7 +223,8 @@ impl Gate {
                 }
             },
             (Authenticator::None, _) => Err(unauthorized(
-                "this listener has no authentication configured (auth.htpasswd or auth.token); send no credentials".into(),
+                "this listener has no authentication configured (auth.htpasswd or auth.token); send no credentials"
+                    .into(),
             )),
             (_, s) => Err(unauthorized(format!("the {s:?} authorization scheme is not accepted here"))),
         };
@@ -252,11 +265,15 @@ impl Gate {
             return Err(match identity {
                 Identity::Anonymous => {
                     let hint = match &self.auth {
-                        Authenticator::None => " (this listener has no authentication configured; use a listener that allows it)",
+                        Authenticator::None => {
+                            " (this listener has no authentication configured; use a listener that allows it)"
+                        }
                         _ => "; log in (e.g. `skopeo login`, `--creds`) and retry",
                     };
                     Refusal::Unauthorized {
-                        message: format!("authentication required: anonymous clients lack {what} on this listener{hint}"),
+                        message: format!(
+                            "authentication required: anonymous clients lack {what} on this listener{hint}"
+                        ),
                         challenge: self.challenge(scopes),
                     }
                 }
@@ -274,7 +291,9 @@ impl Gate {
 fn token_grants(t: &token::VerifiedToken, scope: &Scope) -> bool {
     match scope {
         Scope::Base => true,
-        Scope::Catalog => t.grants.iter().any(|g| g.kind == "registry" && g.name == "catalog" && g.actions.iter().any(|a| a == "*")),
+        Scope::Catalog => {
+            t.grants.iter().any(|g| g.kind == "registry" && g.name == "catalog" && g.actions.iter().any(|a| a == "*"))
+        }
         Scope::Repository { name, action } => t.grants.iter().any(|g| {
             g.kind == "repository"
                 && (g.name == *name || crate::upstream::glob_match(&g.name, name))
@@ -296,24 +315,36 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("htpasswd");
         std::fs::write(&p, format!("alice:{}\n", bcrypt::hash("pw", 4).unwrap())).unwrap();
-        let gate = Gate::new(Authenticator::Htpasswd { realm: "berth".into(), file: htpasswd::Htpasswd::load(&p).unwrap() });
+        let gate =
+            Gate::new(Authenticator::Htpasswd { realm: "berth".into(), file: htpasswd::Htpasswd::load(&p).unwrap() });
         let policy = Policy { anonymous: Actions::PULL, authenticated: Actions::ALL };
         let ip: IpAddr = "10.1.2.3".parse().unwrap();
         assert!(gate.check(&policy, None, None, ip, &repo(Action::Pull)).is_ok());
         let e = gate.check(&policy, None, None, ip, &repo(Action::Push)).unwrap_err();
-        assert!(matches!(&e, Refusal::Unauthorized { message, challenge: Some(c) } if message.contains("repository:team/app:push") && c.starts_with("Basic")), "{e:?}");
+        assert!(
+            matches!(&e, Refusal::Unauthorized { message, challenge: Some(c) } if message.contains("repository:team/app:push") && c.starts_with("Basic")),
+            "{e:?}"
+        );
         use base64::Engine;
         let good = format!("Basic {}", base64::engine::general_purpose::STANDARD.encode("alice:pw"));
         let bad = format!("Basic {}", base64::engine::general_purpose::STANDARD.encode("alice:nope"));
         assert!(gate.check(&policy, Some(&good), None, ip, &repo(Action::Push)).is_ok());
-        assert!(matches!(gate.check(&policy, Some(&bad), None, ip, &repo(Action::Pull)), Err(Refusal::Unauthorized { .. })));
+        assert!(matches!(
+            gate.check(&policy, Some(&bad), None, ip, &repo(Action::Pull)),
+            Err(Refusal::Unauthorized { .. })
+        ));
         let pull_only = Policy { anonymous: Actions::NONE, authenticated: Actions::PULL };
-        assert!(matches!(gate.check(&pull_only, Some(&good), None, ip, &repo(Action::Delete)), Err(Refusal::Denied(m)) if m.contains("delete")));
+        assert!(
+            matches!(gate.check(&pull_only, Some(&good), None, ip, &repo(Action::Delete)), Err(Refusal::Denied(m)) if m.contains("delete"))
+        );
         // Failed logins are limited per address.
         for _ in 0..MAX_FAILS {
             let _ = gate.check(&policy, Some(&bad), None, ip, &repo(Action::Pull));
         }
-        assert!(matches!(gate.check(&policy, Some(&good), None, ip, &repo(Action::Pull)), Err(Refusal::TooManyAttempts(_))));
+        assert!(matches!(
+            gate.check(&policy, Some(&good), None, ip, &repo(Action::Pull)),
+            Err(Refusal::TooManyAttempts(_))
+        ));
         let other: IpAddr = "10.9.9.9".parse().unwrap();
         assert!(gate.check(&policy, Some(&good), None, other, &repo(Action::Pull)).is_ok());
     }
@@ -322,7 +353,11 @@ mod tests {
     fn token_grants_are_per_repository_and_action() {
         let t = token::VerifiedToken {
             subject: "ci".into(),
-            grants: vec![token::Grant { kind: "repository".into(), name: "team/app".into(), actions: vec!["pull".into()] }],
+            grants: vec![token::Grant {
+                kind: "repository".into(),
+                name: "team/app".into(),
+                actions: vec!["pull".into()],
+            }],
         };
         assert!(token_grants(&t, &Scope::Repository { name: "team/app".into(), action: Action::Pull }));
         assert!(!token_grants(&t, &Scope::Repository { name: "team/app".into(), action: Action::Push }));

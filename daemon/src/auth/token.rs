@@ -42,7 +42,10 @@ pub struct TokenVerifier {
 
 impl std::fmt::Debug for TokenVerifier {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("TokenVerifier").field("realm", &self.realm).field("service", &self.service).finish_non_exhaustive()
+        f.debug_struct("TokenVerifier")
+            .field("realm", &self.realm)
+            .field("service", &self.service)
+            .finish_non_exhaustive()
     }
 }
 
@@ -108,7 +111,9 @@ impl TokenVerifier {
                         ExpiredSignature => "the token has expired; get a new one from the token service".into(),
                         InvalidIssuer => format!("the token was not issued by {}", self.issuer),
                         InvalidAudience => format!("the token is not for service {}", self.service),
-                        InvalidSignature => "the token's signature does not match any certificate in auth.token.rootcertbundle".into(),
+                        InvalidSignature => {
+                            "the token's signature does not match any certificate in auth.token.rootcertbundle".into()
+                        }
                         _ => format!("invalid token: {e}"),
                     };
                     let _ = kind;

@@ -54,8 +54,10 @@ pub fn require_tool(tool: &str) -> PathBuf {
 /// A running `berthd` with its own temporary data directory. Killed on drop.
 pub struct Berthd {
     pub child: Child,
-    /// `host:port` it listens on.
+    /// `host:port` it listens on (its first listener).
     pub addr: String,
+    /// Every listener's `host:port`, in config order.
+    pub addrs: Vec<String>,
     /// `host:port` of its debug listener (`/metrics`, `/healthz`).
     pub debug_addr: String,
     /// Temporary directory holding the config and (unless overridden) the data.
@@ -121,13 +123,14 @@ impl Berthd {
                 }
             });
         }
-        let (mut addr, mut debug_addr) = (None, None);
+        // Listeners are bound (and logged) before the debug listener.
+        let (mut addrs, mut debug_addr) = (Vec::new(), None);
         let deadline = std::time::Instant::now() + Duration::from_secs(30);
-        while addr.is_none() || debug_addr.is_none() {
+        while addrs.is_empty() || debug_addr.is_none() {
             let exited = matches!(child.try_wait(), Ok(Some(_)));
             match rx.recv_timeout(Duration::from_millis(200)) {
                 Ok((true, a)) => debug_addr = Some(a),
-                Ok((false, a)) => addr = Some(a),
+                Ok((false, a)) => addrs.push(a),
                 Err(_) if !exited && std::time::Instant::now() < deadline => {}
                 Err(_) => {
                     std::thread::sleep(Duration::from_millis(100)); // let the log threads drain
@@ -139,7 +142,10 @@ impl Berthd {
                 }
             }
         }
-        Berthd { child, addr: addr.unwrap(), debug_addr: debug_addr.unwrap(), dir, root, log }
+        while let Ok((false, a)) = rx.try_recv() {
+            addrs.push(a);
+        }
+        Berthd { child, addr: addrs[0].clone(), addrs, debug_addr: debug_addr.unwrap(), dir, root, log }
     }
 
     /// Prometheus text from the debug listener.
