@@ -219,3 +219,160 @@ fn configure_is_idempotent_and_reversible_on_real_config_files() {
     configure_in(&dir, &cfg, &[&["--remove"][..], &k3s_args[..]].concat());
     assert_eq!(std::fs::read_to_string(&reg_yaml).unwrap(), original, "byte for byte");
 }
+
+/// A minimal token service, as docker_auth runs it: checks basic
+/// credentials and signs a token for the requested scope.
+struct TokenService {
+    addr: String,
+    requests: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl TokenService {
+    fn start(key_pem: Vec<u8>, user: &'static str, password: &'static str) -> TokenService {
+        use std::io::{BufRead, BufReader, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let requests = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let seen = requests.clone();
+        std::thread::spawn(move || {
+            let key = jsonwebtoken::EncodingKey::from_rsa_pem(&key_pem).unwrap();
+            for stream in listener.incoming().flatten() {
+                let mut reader = BufReader::new(stream.try_clone().unwrap());
+                let mut request_line = String::new();
+                reader.read_line(&mut request_line).unwrap();
+                let mut authorized = false;
+                loop {
+                    let mut h = String::new();
+                    if reader.read_line(&mut h).unwrap() == 0 || h == "\r\n" {
+                        break;
+                    }
+                    use base64::Engine;
+                    let expected = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
+                    if h.to_ascii_lowercase().starts_with("authorization:") && h.contains(&expected) {
+                        authorized = true;
+                    }
+                }
+                seen.lock().unwrap().push(request_line.clone());
+                let query =
+                    request_line.split_whitespace().nth(1).unwrap_or("").split_once('?').map(|x| x.1).unwrap_or("");
+                let scope: String = form_decode(query, "scope");
+                let mut stream = stream;
+                if !authorized {
+                    let _ = stream
+                        .write_all(b"HTTP/1.1 401 Unauthorized\r\ncontent-length: 0\r\nconnection: close\r\n\r\n");
+                    continue;
+                }
+                let parts: Vec<&str> = scope.split(':').collect();
+                let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+                let claims = serde_json::json!({
+                    "iss": "upstream-issuer", "sub": user, "aud": "upstream", "exp": now + 300, "iat": now,
+                    "access": [{"type": parts.first().unwrap_or(&""), "name": parts.get(1).unwrap_or(&""),
+                                "actions": parts.get(2).unwrap_or(&"").split(',').collect::<Vec<_>>()}],
+                });
+                let token =
+                    jsonwebtoken::encode(&jsonwebtoken::Header::new(jsonwebtoken::Algorithm::RS256), &claims, &key)
+                        .unwrap();
+                let body = serde_json::json!({ "token": token, "expires_in": 300 }).to_string();
+                let _ = write!(stream, "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}", body.len());
+            }
+        });
+        TokenService { addr, requests }
+    }
+}
+
+fn form_decode(query: &str, key: &str) -> String {
+    query
+        .split('&')
+        .filter_map(|kv| kv.split_once('='))
+        .find(|(k, _)| *k == key)
+        .map(|(_, v)| {
+            let v = v.replace('+', " ");
+            let mut out = Vec::new();
+            let b = v.as_bytes();
+            let mut i = 0;
+            while i < b.len() {
+                if b[i] == b'%' && i + 2 < b.len() {
+                    out.push(u8::from_str_radix(&v[i + 1..i + 3], 16).unwrap_or(b'?'));
+                    i += 3;
+                } else {
+                    out.push(b[i]);
+                    i += 1;
+                }
+            }
+            String::from_utf8_lossy(&out).into_owned()
+        })
+        .unwrap_or_default()
+}
+
+#[test]
+fn the_mirror_follows_the_bearer_token_flow() {
+    let work = tempfile::tempdir().unwrap();
+    run(Command::new(require_tool("openssl")).current_dir(work.path()).args([
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "signer.key",
+        "-out",
+        "signer.crt",
+        "-subj",
+        "/CN=upstream-token-signer",
+        "-days",
+        "2",
+    ]));
+    let tokens = TokenService::start(std::fs::read(work.path().join("signer.key")).unwrap(), "mirror-bot", "hub-token");
+
+    // The upstream: a berthd with token auth (what Docker Hub does).
+    let up_dir = tempfile::tempdir().unwrap();
+    let up_root = up_dir.path().join("data");
+    let up_yaml = format!(
+        "storage:\n  filesystem:\n    rootdirectory: {}\nauth:\n  token:\n    realm: http://{}/token\n    service: upstream\n    issuer: upstream-issuer\n    rootcertbundle: {}\nlisteners:\n  - addr: 127.0.0.1:0\n    access:\n      anonymous: []\n",
+        up_root.display(),
+        tokens.addr,
+        work.path().join("signer.crt").display()
+    );
+    let upstream = Berthd::start_config(up_dir, up_root, &up_yaml, &[]);
+    let img = build_busybox_image(work.path(), "img");
+    let push_token = {
+        let key =
+            jsonwebtoken::EncodingKey::from_rsa_pem(&std::fs::read(work.path().join("signer.key")).unwrap()).unwrap();
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+        let claims = serde_json::json!({"iss":"upstream-issuer","sub":"admin","aud":"upstream","exp":now+300,
+            "access":[{"type":"repository","name":"library/busybox","actions":["pull","push"]}]});
+        jsonwebtoken::encode(&jsonwebtoken::Header::new(jsonwebtoken::Algorithm::RS256), &claims, &key).unwrap()
+    };
+    Skopeo::new().ok(&[
+        "copy",
+        "--dest-tls-verify=false",
+        "--dest-registry-token",
+        &push_token,
+        &img.layout.oci_ref(),
+        &format!("docker://{}/library/busybox:1.36", upstream.addr),
+    ]);
+
+    // The mirror, named docker.io: one-word names get `library/`.
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("data");
+    let yaml = format!(
+        "storage:\n  filesystem:\n    rootdirectory: {}\nmirrors:\n  - name: docker.io\n    url: http://{}\n    username: mirror-bot\n    password: hub-token\n",
+        root.display(),
+        upstream.addr
+    );
+    let mirror = Berthd::start_config(dir, root, &yaml, &[]);
+    let r = http_get(&format!("{}/v2/busybox/manifests/1.36?ns=docker.io", mirror.url()));
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(common::sha256(&r.body), img.manifest_digest);
+    let layer = http_get(&format!("{}/v2/library/busybox/blobs/{}?ns=docker.io", mirror.url(), img.layer_digest));
+    assert_eq!(layer.status, 200);
+    assert_eq!(common::sha256(&layer.body), img.layer_digest);
+    let seen = tokens.requests.lock().unwrap().clone();
+    assert!(
+        seen.iter().any(|l| l.contains("scope=repository%3Alibrary%2Fbusybox%3Apull")
+            || l.contains("scope=repository:library/busybox:pull")),
+        "the mirror asked the token service for the pull scope: {seen:?}"
+    );
+    assert!(seen.len() <= 2, "tokens are reused until they expire: {seen:?}");
+    assert!(!mirror.log_text().contains("hub-token"), "the upstream password never appears in the log");
+}
