@@ -52,6 +52,17 @@ fn node(weed: &Seaweed) -> Berthd {
     Berthd::start_config(dir, cache, &yaml, &Seaweed::env())
 }
 
+/// A node without a cache: every read is proxied from S3.
+fn uncached_node(weed: &Seaweed) -> Berthd {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = dir.path().join("cache");
+    let yaml = weed
+        .berthd_yaml(&cache, "4GiB")
+        .replace("level: info", "level: info\n  accesslog:\n    disabled: true")
+        .replace("cache:\n", "cache:\n  enabled: false\n");
+    Berthd::start_config(dir, cache, &yaml, &Seaweed::env())
+}
+
 fn main() {
     if std::env::var_os("BERTHD_BIN").is_none() {
         let release = common::workspace_root().join("target/release/berthd");
@@ -93,7 +104,8 @@ fn main() {
     let sigv4 = ["--aws-sigv4", "aws:amz:us-east-1:s3", "--user", creds.as_str()];
 
     let blob_path = format!("/v2/bench/layer/blobs/{digest}");
-    let (mut direct, mut cold, mut warm, mut r2) = (vec![], vec![], vec![], vec![]);
+    let (mut direct, mut cold, mut warm, mut r2, mut proxied) = (vec![], vec![], vec![], vec![], vec![]);
+    let uncached = uncached_node(&weed);
     let storage = format!(
         "storage:\n  s3:\n    accesskey: {ACCESS_KEY}\n    secretkey: {SECRET_KEY}\n    region: us-east-1\n    regionendpoint: {}\n    bucket: {BUCKET}\n    secure: false\n    v4auth: true\n    rootdirectory: /\n  redirect:\n    disable: true\n",
         weed.endpoint()
@@ -103,16 +115,18 @@ fn main() {
     for _ in 0..runs {
         direct.push(curl_time(&s3_url, &sigv4, size));
         r2.push(curl_time(&format!("{}{blob_path}", registry2.url()), &[], size));
+        proxied.push(curl_time(&format!("{}{blob_path}", uncached.url()), &[], size));
         let b = node(&weed); // empty cache
         cold.push(curl_time(&format!("{}{blob_path}", b.url()), &[], size));
         warm.push(curl_time(&format!("{}{blob_path}", b.url()), &[], size));
     }
     let mibs = |t: f64| mib as f64 / t;
-    let (d, c, w, r) = (median(direct), median(cold), median(warm), median(r2));
+    let (d, c, w, r, p) = (median(direct), median(cold), median(warm), median(r2), median(proxied));
     println!("| {mib} MiB layer, median of {runs} | seconds | MiB/s | vs direct S3 GET |");
     println!("|---|---|---|---|");
     println!("| direct S3 GET (curl, SigV4) | {d:.2} | {:.0} | 1.00× |", mibs(d));
     println!("| registry:2 2.8 S3 driver, proxied | {r:.2} | {:.0} | {:.2}× |", mibs(r), d / r);
+    println!("| berthd without cache, proxied | {p:.2} | {:.0} | {:.2}× |", mibs(p), d / p);
     println!("| berthd cold pull (fills node cache) | {c:.2} | {:.0} | {:.2}× |", mibs(c), d / c);
     println!("| berthd warm pull (from node cache) | {w:.2} | {:.0} | {:.2}× |", mibs(w), d / w);
 }

@@ -37,7 +37,7 @@ use tokio::sync::watch;
 /// content-addressed.
 pub type ContentKey = fn(&str) -> Option<Digest>;
 
-const READ_CHUNK: usize = 256 * 1024;
+const READ_CHUNK: usize = 1024 * 1024;
 /// Bytes gathered before each write of a fill.
 const FILL_BATCH: usize = 1024 * 1024;
 /// Bound on remembered metadata for serving while the backend is down.
@@ -101,6 +101,9 @@ struct Progress {
     written: u64,
     /// Too large for the cache: readers go to the backend directly.
     bypass: bool,
+    /// Every byte is written and the digest checked out: readers may
+    /// finish without waiting for the file to be synced and renamed.
+    verified: bool,
     done: Option<std::result::Result<(), FillError>>,
 }
 
@@ -199,6 +202,14 @@ impl CachedDriver {
         Ok(CachedDriver { shared, key_of })
     }
 
+    /// Waits until no fill is running (fills finish in the background
+    /// after their readers are done).
+    pub async fn settled(&self) {
+        while !self.shared.fills.lock().unwrap().is_empty() {
+            tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+        }
+    }
+
     /// Bytes currently cached.
     pub fn size(&self) -> u64 {
         self.shared.index.lock().unwrap().total
@@ -293,40 +304,48 @@ impl Shared {
             return Ok(());
         }
         let io = |e| StorageError::io(path, e);
-        let mut file = tokio::fs::File::create(tmp).await.map_err(io)?;
+        let file = std::fs::File::create(tmp).map_err(io)?;
         tx.send_modify(|p| p.total = Some(size));
         let mut stream = self.inner.reader(path, 0).await?;
+        // A blocking writer thread takes batches of about FILL_BATCH bytes
+        // while this task keeps reading and hashing: network, hash and disk
+        // overlap. Readers are told about bytes once they are in the file.
+        let (batches, mut rx) = tokio::sync::mpsc::channel::<Bytes>(4);
+        let progress = tx.clone();
+        let writer = tokio::task::spawn_blocking(move || -> std::io::Result<(std::fs::File, u64)> {
+            use std::io::Write;
+            let mut file = file;
+            let mut written = 0u64;
+            while let Some(batch) = rx.blocking_recv() {
+                file.write_all(&batch)?;
+                written += batch.len() as u64;
+                progress.send_modify(|p| p.written = written);
+            }
+            Ok((file, written))
+        });
         let mut hasher = Hasher::new(d.algorithm());
-        let mut written = 0u64;
-        // Chunks are gathered into larger writes: each tokio file write is a
-        // trip to the blocking pool, and readers are told about bytes only
-        // once they are in the file.
         let mut pending = bytes::BytesMut::with_capacity(FILL_BATCH);
-        loop {
-            let next = stream.next().await;
-            let end = next.is_none();
-            if let Some(chunk) = next {
+        let read: Result<()> = async {
+            while let Some(chunk) = stream.next().await {
                 let chunk = chunk.map_err(|e| StorageError::Unavailable {
                     backend: self.inner.name().to_string(),
                     message: format!("reading {path}: {e}"),
                 })?;
                 hasher.update(&chunk);
                 pending.extend_from_slice(&chunk);
+                if pending.len() >= FILL_BATCH && batches.send(pending.split().freeze()).await.is_err() {
+                    break; // the writer failed; its error is reported below
+                }
             }
-            if pending.len() >= FILL_BATCH || (end && !pending.is_empty()) {
-                file.write_all(&pending).await.map_err(io)?;
-                file.flush().await.map_err(io)?;
-                written += pending.len() as u64;
-                pending.clear();
-                tx.send_modify(|p| p.written = written);
+            if !pending.is_empty() {
+                let _ = batches.send(pending.split().freeze()).await;
             }
-            if end {
-                break;
-            }
+            Ok(())
         }
-        file.flush().await.map_err(io)?;
-        file.sync_all().await.map_err(io)?;
-        drop(file);
+        .await;
+        drop(batches);
+        let (file, written) = writer.await.map_err(|e| io(std::io::Error::other(e)))?.map_err(io)?;
+        read?;
         let actual = hasher.finish();
         if &actual != d || written != size {
             return Err(StorageError::Io {
@@ -336,6 +355,11 @@ impl Shared {
                 )),
             });
         }
+        tx.send_modify(|p| p.verified = true);
+        tokio::task::spawn_blocking(move || file.sync_all())
+            .await
+            .map_err(|e| io(std::io::Error::other(e)))?
+            .map_err(io)?;
         let dest = cache_path(&self.dir, d);
         if let Some(parent) = dest.parent() {
             tokio::fs::create_dir_all(parent).await.map_err(io)?;
@@ -439,6 +463,9 @@ fn fill_stream(fill: Arc<Fill>, final_path: PathBuf, path: String, offset: u64) 
                 }
                 st.pos += n as u64;
                 return Some((Ok(Bytes::from(buf)), st));
+            }
+            if p.verified && Some(st.pos) == p.total {
+                return None;
             }
             match p.done {
                 Some(Ok(())) => return None,
@@ -708,6 +735,7 @@ mod tests {
     async fn read(c: &CachedDriver, path: &str, offset: u64) -> Result<Vec<u8>> {
         let s = c.reader(path, offset).await?;
         let chunks: Vec<Bytes> = s.try_collect().await.map_err(|e| StorageError::io(path, e))?;
+        c.settled().await;
         Ok(chunks.concat())
     }
 

@@ -525,6 +525,11 @@ impl DockerRegistry {
         self.log.lock().unwrap().join("\n")
     }
 
+    /// Process id, for resource measurements.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Stops the registry (SIGKILL; it holds no state outside the root).
     pub fn stop(mut self) {
         let _ = self.child.kill();

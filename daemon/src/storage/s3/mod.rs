@@ -375,8 +375,15 @@ impl StorageDriver for S3Driver {
         }
         match req.send().await {
             Ok(out) => {
-                let reader = out.body.into_async_read();
-                Ok(tokio_util::io::ReaderStream::with_capacity(reader, 256 * 1024).boxed())
+                // Hand on the HTTP body's chunks as they are, without copying.
+                let stream = futures_util::stream::unfold(out.body, |mut body| async move {
+                    match body.next().await {
+                        Some(Ok(chunk)) => Some((Ok(chunk), body)),
+                        Some(Err(e)) => Some((Err(std::io::Error::other(e)), body)),
+                        None => None,
+                    }
+                });
+                Ok(stream.boxed())
             }
             Err(e) => {
                 let is_range = matches!(&e, SdkError::ServiceError(s) if s.err().code() == Some("InvalidRange"));
