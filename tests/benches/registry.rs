@@ -80,20 +80,32 @@ fn curl(args: &[&str]) -> (f64, u64) {
     (v[0].parse().unwrap(), v[1].parse::<u64>().unwrap().max(v[2].parse().unwrap_or(0)))
 }
 
-/// Pushes `file` in one request (`POST ?digest=`); seconds.
+/// Pushes `file` monolithically (POST, then one PUT with the whole body,
+/// streamed from disk — registry:2 has no single-POST upload); seconds.
 fn push_monolithic(t: &Target, repo: &str, file: &Path, digest: &str) -> f64 {
-    curl(&[
-        "-o",
-        "/dev/null",
-        "-X",
-        "POST",
-        "-H",
-        "Content-Type: application/octet-stream",
-        "--data-binary",
-        &format!("@{}", file.display()),
-        &format!("{}/v2/{repo}/blobs/uploads/?digest={digest}", t.url),
-    ])
-    .0
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    rt.block_on(async {
+        let client = reqwest::Client::new();
+        let len = std::fs::metadata(file).unwrap().len();
+        let started = Instant::now();
+        let r = client.post(format!("{}/v2/{repo}/blobs/uploads/", t.url)).send().await.unwrap();
+        assert_eq!(r.status(), 202);
+        let location = r.headers()["location"].to_str().unwrap().to_string();
+        let url = if location.starts_with('/') { format!("{}{location}", t.url) } else { location };
+        let sep = if url.contains('?') { '&' } else { '?' };
+        let f = tokio::fs::File::open(file).await.unwrap();
+        let body = reqwest::Body::wrap_stream(tokio_util::io::ReaderStream::with_capacity(f, 1 << 20));
+        let r = client
+            .put(format!("{url}{sep}digest={digest}"))
+            .header("content-type", "application/octet-stream")
+            .header("content-length", len)
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 201, "{:?}", r.text().await);
+        started.elapsed().as_secs_f64()
+    })
 }
 
 /// Pushes `file` as PATCH chunks of `chunk` bytes; seconds.
@@ -130,7 +142,11 @@ fn push_chunked(t: &Target, repo: &str, file: &Path, digest: &str, chunk: u64) -
 
 /// Pulls a blob `streams` times at once; aggregate MiB/s.
 fn pull_parallel(t: &Target, repo: &str, digest: &str, streams: usize, size: u64) -> f64 {
-    let url = format!("{}/v2/{repo}/blobs/{digest}", t.url);
+    pull_parallel_url(&format!("{}/v2/{repo}/blobs/{digest}", t.url), streams, size)
+}
+
+fn pull_parallel_url(url: &str, streams: usize, size: u64) -> f64 {
+    let url = url.to_string();
     let started = Instant::now();
     let children: Vec<_> = (0..streams)
         .map(|_| Command::new("curl").args(["-sf", "-o", "/dev/null", &url]).stdout(Stdio::null()).spawn().unwrap())
@@ -141,16 +157,11 @@ fn pull_parallel(t: &Target, repo: &str, digest: &str, streams: usize, size: u64
     (size * streams as u64) as f64 / (1024.0 * 1024.0) / started.elapsed().as_secs_f64()
 }
 
-/// wrk with 64 connections: (requests/s, p50 ms, p99 ms).
-fn wrk(url: &str, head: bool, secs: u64, script_dir: &Path) -> (f64, f64, f64) {
-    let accept = "Accept: application/vnd.oci.image.manifest.v1+json, application/vnd.oci.image.index.v1+json, application/vnd.docker.distribution.manifest.v2+json, application/vnd.docker.distribution.manifest.list.v2+json";
+/// wrk with 64 connections (GET): (requests/s, p50 ms, p99 ms).
+fn wrk(url: &str, secs: u64) -> (f64, f64, f64) {
+    let accept = format!("Accept: {MANIFEST_ACCEPT}");
     let mut cmd = Command::new("wrk");
-    cmd.args(["-t2", "-c64", &format!("-d{secs}s"), "--latency", "-H", accept]);
-    if head {
-        let script = script_dir.join("head.lua");
-        std::fs::write(&script, "wrk.method = \"HEAD\"\n").unwrap();
-        cmd.arg("-s").arg(&script);
-    }
+    cmd.args(["-t2", "-c64", &format!("-d{secs}s"), "--latency", "-H", &accept]);
     let out = cmd.arg(url).output().unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(!text.contains("Non-2xx"), "wrk saw errors for {url}:\n{text}");
@@ -169,6 +180,93 @@ fn wrk(url: &str, head: bool, secs: u64, script_dir: &Path) -> (f64, f64, f64) {
         }
     };
     (rps, pct("50%"), pct("99%"))
+}
+
+/// A closed-loop load of `conns` connections sending `method` to `url` for
+/// `secs`: (requests/s, p50 ms, p99 ms). Used for HEAD, which wrk 4.1
+/// cannot measure (it waits for a body after a HEAD's Content-Length).
+fn load(url: &str, method: reqwest::Method, conns: usize, secs: u64) -> (f64, f64, f64) {
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    rt.block_on(async {
+        let client = reqwest::Client::builder().pool_max_idle_per_host(conns).build().unwrap();
+        let deadline = Instant::now() + Duration::from_secs(secs);
+        let tasks: Vec<_> = (0..conns)
+            .map(|_| {
+                let (client, url, method) = (client.clone(), url.to_string(), method.clone());
+                tokio::spawn(async move {
+                    let mut lat = Vec::new();
+                    while Instant::now() < deadline {
+                        let t0 = Instant::now();
+                        let r = client
+                            .request(method.clone(), &url)
+                            .header("accept", MANIFEST_ACCEPT)
+                            .send()
+                            .await
+                            .unwrap();
+                        assert_eq!(r.status(), 200);
+                        let _ = r.bytes().await.unwrap();
+                        lat.push(t0.elapsed().as_secs_f64() * 1000.0);
+                    }
+                    lat
+                })
+            })
+            .collect();
+        let mut all = Vec::new();
+        for t in tasks {
+            all.extend(t.await.unwrap());
+        }
+        all.sort_by(|a, b| a.partial_cmp(b).unwrap());
+        let pct = |p: f64| all[((all.len() as f64 * p) as usize).min(all.len() - 1)];
+        (all.len() as f64 / secs as f64, pct(0.50), pct(0.99))
+    })
+}
+
+const MANIFEST_ACCEPT: &str = "application/vnd.oci.image.manifest.v1+json, application/vnd.oci.image.index.v1+json, application/vnd.docker.distribution.manifest.v2+json, application/vnd.docker.distribution.manifest.list.v2+json";
+
+/// nginx serving `dir` with sendfile, the ceiling for blob pulls.
+struct Nginx {
+    child: std::process::Child,
+    url: String,
+}
+
+impl Nginx {
+    fn start(dir: &Path, work: &Path) -> Nginx {
+        let nginx = require_tool("nginx");
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let prefix = work.join("nginx");
+        std::fs::create_dir_all(prefix.join("logs")).unwrap();
+        let conf = prefix.join("nginx.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "daemon off;\nworker_processes 2;\npid {p}/nginx.pid;\nerror_log {p}/logs/error.log;\nevents {{ worker_connections 1024; }}\nhttp {{\n  access_log off;\n  sendfile on;\n  tcp_nopush on;\n  client_body_temp_path {p}/body;\n  proxy_temp_path {p}/proxy;\n  fastcgi_temp_path {p}/fastcgi;\n  uwsgi_temp_path {p}/uwsgi;\n  scgi_temp_path {p}/scgi;\n  server {{ listen 127.0.0.1:{port}; root {d}; }}\n}}\n",
+                p = prefix.display(),
+                d = dir.display()
+            ),
+        )
+        .unwrap();
+        let child = Command::new(nginx).arg("-p").arg(&prefix).arg("-c").arg(&conf).spawn().unwrap();
+        let url = format!("http://127.0.0.1:{port}");
+        for _ in 0..100 {
+            if Command::new("curl")
+                .args(["-s", "-o", "/dev/null", &format!("{url}/")])
+                .status()
+                .map(|s| s.success())
+                .unwrap_or(false)
+            {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Nginx { child, url }
+    }
+}
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
 
 /// Seconds from spawning to the first 200 on `/v2/`.
@@ -236,6 +334,20 @@ fn main() {
         .collect();
     let extra: Vec<(&str, &[u8])> = img_extra.iter().map(|(p, d)| (p.as_str(), d.as_slice())).collect();
     let image = build_busybox_image_with(work.path(), "img", &extra);
+    // Every timed push gets an image of its own, so no layer is already there.
+    let push_images: Vec<_> = (0..runs * 2)
+        .map(|i| {
+            let files: Vec<(String, Vec<u8>)> = (0..4)
+                .map(|j| {
+                    let p = work.path().join(format!("l{i}-{j}"));
+                    random_file(&p, 16 << 20, 1000 + (i * 10 + j) as u64);
+                    (format!("opt/data{j}"), std::fs::read(&p).unwrap())
+                })
+                .collect();
+            let extra: Vec<(&str, &[u8])> = files.iter().map(|(p, d)| (p.as_str(), d.as_slice())).collect();
+            build_busybox_image_with(work.path(), &format!("push{i}"), &extra)
+        })
+        .collect();
     let sk = Skopeo::new();
 
     // Start-up time to first 200, for each.
@@ -262,7 +374,7 @@ fn main() {
         Target { name: "registry:2", url: r2.url(), pid: r2.pid() },
     ];
     std::thread::sleep(Duration::from_secs(1));
-    for t in &targets {
+    for (ti, t) in targets.iter().enumerate() {
         let idle_rss = proc_status_kib(t.pid, "VmRSS:") / 1024.0;
         let mono: Vec<f64> = (0..runs).map(|_| push_monolithic(t, "bench/blob", &blob, &digest)).collect();
         let chunked: Vec<f64> = (0..runs).map(|_| push_chunked(t, "bench/chunked", &blob, &digest, 16 << 20)).collect();
@@ -279,7 +391,7 @@ fn main() {
         let push_img: Vec<f64> = (0..runs)
             .map(|i| {
                 let started = Instant::now();
-                sk.push(&image.layout, &addr, &format!("bench/app{i}:v1"), &[]);
+                sk.push(&push_images[ti * runs + i].layout, &addr, &format!("bench/app{i}:v1"), &[]);
                 started.elapsed().as_secs_f64()
             })
             .collect();
@@ -300,7 +412,9 @@ fn main() {
         let digest_url = format!("{}/v2/bench/app/manifests/{}", t.url, image.manifest_digest);
         let mut manifest = Vec::new();
         for (url, head) in [(&tag_url, false), (&digest_url, false), (&tag_url, true), (&digest_url, true)] {
-            let r: Vec<(f64, f64, f64)> = (0..runs).map(|_| wrk(url, head, wrk_secs, work.path())).collect();
+            let r: Vec<(f64, f64, f64)> = (0..runs)
+                .map(|_| if head { load(url, reqwest::Method::HEAD, 64, wrk_secs) } else { wrk(url, wrk_secs) })
+                .collect();
             manifest.push(median(r.iter().map(|x| x.0).collect()));
             manifest.push(median(r.iter().map(|x| x.1).collect()));
             manifest.push(median(r.iter().map(|x| x.2).collect()));
@@ -319,6 +433,20 @@ fn main() {
         row.push(peak_rss);
         results.push(row);
     }
+    // The sendfile ceiling: nginx serving the same file.
+    let ng = Nginx::start(work.path(), work.path());
+    let ng_target = Target { name: "nginx", url: ng.url.clone(), pid: ng.child.id() };
+    let nginx1 = median(
+        (0..runs)
+            .map(|_| {
+                let (secs, n) = curl(&["-o", "/dev/null", &format!("{}/blob", ng_target.url)]);
+                assert_eq!(n, size);
+                blob_mib as f64 / secs
+            })
+            .collect(),
+    );
+    let nginx16 = median((0..runs).map(|_| pull_parallel_url(&format!("{}/blob", ng_target.url), 16, size)).collect());
+    drop(ng);
     let (b, r) = (&results[0], &results[1]);
     let mut rows = vec![
         Row {
@@ -350,7 +478,7 @@ fn main() {
             higher_better: true,
         },
         Row {
-            what: "skopeo push, 5-layer image (~65 MiB)".into(),
+            what: "skopeo push, new 5-layer image (~65 MiB)".into(),
             unit: "s",
             berthd: b[4],
             registry2: r[4],
@@ -418,7 +546,7 @@ fn main() {
         String::from("| measurement | unit | berthd | registry:2 | berthd advantage |\n|---|---|---|---|---|\n");
     for row in &rows {
         table.push_str(&format!(
-            "| {} | {} | {:.1} | {:.1} | {:.2}× |\n",
+            "| {} | {} | {:.2} | {:.2} | {:.2}× |\n",
             row.what,
             row.unit,
             row.berthd,
@@ -426,6 +554,11 @@ fn main() {
             row.ratio()
         ));
     }
+    table.push_str(&format!(
+        "\nnginx with sendfile serving the same file: {nginx1:.0} MiB/s (1 stream), {nginx16:.0} MiB/s (16 streams); berthd reaches {:.0}% and {:.0}% of it.\n",
+        b[2] / nginx1 * 100.0,
+        b[3] / nginx16 * 100.0
+    ));
     println!("{table}");
     let out_dir =
         std::env::var("BENCH_OUT").map(PathBuf::from).unwrap_or_else(|_| common::workspace_root().join("target/bench"));

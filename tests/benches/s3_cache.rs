@@ -92,7 +92,15 @@ fn main() {
     std::fs::write(&file, &data).unwrap();
     drop(data);
     let push = Command::new("curl")
-        .args(["-sf", "-X", "POST", "--data-binary", &format!("@{}", file.display())])
+        .args([
+            "-sf",
+            "-X",
+            "POST",
+            "-H",
+            "Content-Type: application/octet-stream",
+            "--data-binary",
+            &format!("@{}", file.display()),
+        ])
         .arg(format!("{}/v2/bench/layer/blobs/uploads/?digest={digest}", pusher.url()))
         .output()
         .unwrap();

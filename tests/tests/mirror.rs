@@ -126,6 +126,32 @@ fn containerd_pulls_through_the_mirror_once_per_cluster() {
     }
     assert_eq!(blob_gets(&reg), after_a, "node B served the layers without asking the upstream");
 
+    // Concurrent first pulls of an uncached layer on one node: one upstream fetch.
+    let big = build_busybox_image_with(work.path(), "big", &[("opt/big", &vec![7u8; 8 << 20][..])]);
+    sk.ok(&[
+        "copy",
+        "--dest-creds",
+        &format!("{USER}:{PASSWORD}"),
+        "--dest-cert-dir",
+        &certs.display().to_string(),
+        &big.layout.oci_ref(),
+        &format!("docker://{}/library/big:v1", reg.addr),
+    ]);
+    let before = blob_gets(&reg);
+    let url = format!("{}/v2/library/big/blobs/{}?ns={}", node_b.url(), big.layer_digest, reg.addr);
+    let pulls: Vec<_> = (0..8)
+        .map(|_| {
+            let url = url.clone();
+            std::thread::spawn(move || http_get(&url))
+        })
+        .collect();
+    for p in pulls {
+        let r = p.join().unwrap();
+        assert_eq!(r.status, 200);
+        assert_eq!(common::sha256(&r.body), big.layer_digest);
+    }
+    assert_eq!(blob_gets(&reg) - before, 1, "8 concurrent first pulls fetched the layer from the upstream once");
+
     // Upstream gone: the cached image still pulls (tag revalidation fails,
     // the last known digest is served).
     let up_addr = reg.addr.clone();
