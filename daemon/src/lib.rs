@@ -16,6 +16,7 @@ pub mod metrics;
 pub mod names;
 pub mod nodeconfig;
 pub mod outbound_tls;
+pub mod pem;
 pub mod registry;
 pub mod server;
 pub mod storage;

@@ -6,7 +6,6 @@
 //! the cluster CA without anyone installing that CA on the node.
 
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
 use std::path::{Path, PathBuf};
@@ -30,17 +29,6 @@ pub struct Trust {
     pub discover_cluster_ca: bool,
 }
 
-fn load_pem_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
-    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(path)
-        .map_err(|e| format!("cannot read CA file {}: {e}", path.display()))?
-        .collect::<Result<_, _>>()
-        .map_err(|e| format!("CA file {} is not valid PEM: {e}", path.display()))?;
-    if certs.is_empty() {
-        return Err(format!("CA file {} holds no CERTIFICATE block", path.display()));
-    }
-    Ok(certs)
-}
-
 /// The root store: system roots, discovered cluster CAs and `tls.cacerts`.
 /// Returns the store and the CA files that were added.
 pub fn root_store(trust: &Trust) -> Result<(RootCertStore, Vec<PathBuf>), String> {
@@ -52,14 +40,14 @@ pub fn root_store(trust: &Trust) -> Result<(RootCertStore, Vec<PathBuf>), String
     roots.add_parsable_certificates(native.certs);
     let mut used = Vec::new();
     for path in &trust.ca_files {
-        for cert in load_pem_certs(path)? {
+        for cert in crate::pem::certificates(path, "CA file")? {
             roots.add(cert).map_err(|e| format!("CA file {}: {e}", path.display()))?;
         }
         used.push(path.clone());
     }
     if trust.discover_cluster_ca {
         for p in CLUSTER_CA_PATHS.iter().map(Path::new).filter(|p| p.is_file()) {
-            match load_pem_certs(p) {
+            match crate::pem::certificates(p, "cluster CA file") {
                 Ok(certs) => {
                     roots.add_parsable_certificates(certs);
                     used.push(p.to_path_buf());

@@ -12,7 +12,7 @@
 
 use crate::listen::PeerInfo;
 use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::pki_types::PrivateKeyDer;
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 use std::net::SocketAddr;
@@ -35,13 +35,7 @@ fn provider() -> Arc<rustls::crypto::CryptoProvider> {
 /// Loads a PEM certificate chain and private key, checking they match.
 /// Errors name the file and say what is wrong with it.
 pub fn load_certified_key(cert: &Path, key: &Path) -> Result<CertifiedKey, String> {
-    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
-        .map_err(|e| format!("cannot read certificate file {}: {e}", cert.display()))?
-        .collect::<Result<_, _>>()
-        .map_err(|e| format!("certificate file {} is not valid PEM: {e}", cert.display()))?;
-    if chain.is_empty() {
-        return Err(format!("certificate file {} holds no CERTIFICATE block", cert.display()));
-    }
+    let chain = crate::pem::certificates(cert, "certificate file")?;
     let der = PrivateKeyDer::from_pem_file(key).map_err(|e| {
         format!("key file {} holds no usable private key (PKCS#8, PKCS#1 or SEC1 PEM): {e}", key.display())
     })?;
@@ -126,10 +120,7 @@ pub fn server_config(files: &crate::config::TlsFiles) -> Result<Arc<rustls::Serv
     } else {
         let mut roots = rustls::RootCertStore::empty();
         for path in &files.client_cas {
-            let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(path)
-                .map_err(|e| format!("cannot read clientcas file {}: {e}", path.display()))?
-                .collect::<Result<_, _>>()
-                .map_err(|e| format!("clientcas file {} is not valid PEM: {e}", path.display()))?;
+            let certs = crate::pem::certificates(path, "clientcas file")?;
             for c in certs {
                 roots.add(c).map_err(|e| format!("clientcas file {}: {e}", path.display()))?;
             }

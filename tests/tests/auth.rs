@@ -6,11 +6,11 @@ mod common;
 mod support_e2e;
 
 use common::{berthd_bin, require_tool, run, sha256, Berthd};
-use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
 use std::path::Path;
 use std::process::Command;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 use support_e2e::pki::Pki;
+use support_e2e::token::Signer;
 use support_e2e::*;
 
 fn htpasswd(dir: &Path, users: &[(&str, &str)]) -> std::path::PathBuf {
@@ -152,44 +152,6 @@ fn a_malformed_htpasswd_line_is_reported_at_start() {
     assert!(err.contains("htpasswd:1") && err.contains("alice") && err.contains("bcrypt"), "{err}");
 }
 
-/// A token signer: an RSA key and a self-signed certificate for it.
-struct Signer {
-    key: EncodingKey,
-    bundle: std::path::PathBuf,
-}
-
-impl Signer {
-    fn new(dir: &Path) -> Signer {
-        let openssl = require_tool("openssl");
-        run(Command::new(&openssl).current_dir(dir).args([
-            "req",
-            "-x509",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-keyout",
-            "signer.key",
-            "-out",
-            "signer.crt",
-            "-subj",
-            "/CN=token-signer",
-            "-days",
-            "2",
-        ]));
-        let key = EncodingKey::from_rsa_pem(&std::fs::read(dir.join("signer.key")).unwrap()).unwrap();
-        Signer { key, bundle: dir.join("signer.crt") }
-    }
-
-    fn token(&self, access: serde_json::Value, expires_in: i64, issuer: &str) -> String {
-        let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs() as i64;
-        let claims = serde_json::json!({
-            "iss": issuer, "sub": "ci", "aud": "berth-test", "iat": now, "nbf": now - 5, "exp": now + expires_in,
-            "access": access,
-        });
-        encode(&Header::new(Algorithm::RS256), &claims, &self.key).unwrap()
-    }
-}
-
 #[test]
 fn tokens_grant_exactly_their_scopes() {
     let work = tempfile::tempdir().unwrap();
@@ -209,16 +171,26 @@ fn tokens_grant_exactly_their_scopes() {
         serde_json::json!([{"type":"repository","name":"team/app","actions":["pull","push"]}]),
         300,
         "test-issuer",
+        "berth-test",
     );
     let pull_token = signer.token(
         serde_json::json!([{"type":"repository","name":"team/app","actions":["pull"]}]),
         300,
         "test-issuer",
+        "berth-test",
     );
-    let expired =
-        signer.token(serde_json::json!([{"type":"repository","name":"team/app","actions":["*"]}]), -120, "test-issuer");
-    let foreign =
-        signer.token(serde_json::json!([{"type":"repository","name":"team/app","actions":["*"]}]), 300, "someone-else");
+    let expired = signer.token(
+        serde_json::json!([{"type":"repository","name":"team/app","actions":["*"]}]),
+        -120,
+        "test-issuer",
+        "berth-test",
+    );
+    let foreign = signer.token(
+        serde_json::json!([{"type":"repository","name":"team/app","actions":["*"]}]),
+        300,
+        "someone-else",
+        "berth-test",
+    );
 
     // Without a token: the challenge names realm, service and scope.
     let r = http("GET", &format!("{}/v2/team/app/tags/list", berthd.url()), &[]).unwrap();
@@ -255,8 +227,12 @@ fn tokens_grant_exactly_their_scopes() {
     // The catalog needs registry:catalog:*.
     let r = http("GET", &format!("{}/v2/_catalog", berthd.url()), &[("authorization", &bearer(&push_token))]).unwrap();
     assert_eq!(r.status, 403);
-    let catalog =
-        signer.token(serde_json::json!([{"type":"registry","name":"catalog","actions":["*"]}]), 300, "test-issuer");
+    let catalog = signer.token(
+        serde_json::json!([{"type":"registry","name":"catalog","actions":["*"]}]),
+        300,
+        "test-issuer",
+        "berth-test",
+    );
     let r = http("GET", &format!("{}/v2/_catalog", berthd.url()), &[("authorization", &bearer(&catalog))]).unwrap();
     assert_eq!(r.status, 200);
 }

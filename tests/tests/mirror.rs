@@ -13,6 +13,7 @@ use std::path::Path;
 use std::process::Command;
 use support_e2e::containerd::Containerd;
 use support_e2e::pki::Pki;
+use support_e2e::token::Signer;
 use support_e2e::*;
 
 const USER: &str = "mirror";
@@ -333,21 +334,7 @@ fn form_decode(query: &str, key: &str) -> String {
 #[test]
 fn the_mirror_follows_the_bearer_token_flow() {
     let work = tempfile::tempdir().unwrap();
-    run(Command::new(require_tool("openssl")).current_dir(work.path()).args([
-        "req",
-        "-x509",
-        "-newkey",
-        "rsa:2048",
-        "-nodes",
-        "-keyout",
-        "signer.key",
-        "-out",
-        "signer.crt",
-        "-subj",
-        "/CN=upstream-token-signer",
-        "-days",
-        "2",
-    ]));
+    let signer = Signer::new(work.path());
     let tokens = TokenService::start(std::fs::read(work.path().join("signer.key")).unwrap(), "mirror-bot", "hub-token");
 
     // The upstream: a berthd with token auth (what Docker Hub does).
@@ -357,18 +344,16 @@ fn the_mirror_follows_the_bearer_token_flow() {
         "storage:\n  filesystem:\n    rootdirectory: {}\nauth:\n  token:\n    realm: http://{}/token\n    service: upstream\n    issuer: upstream-issuer\n    rootcertbundle: {}\nlisteners:\n  - addr: 127.0.0.1:0\n    access:\n      anonymous: []\n",
         up_root.display(),
         tokens.addr,
-        work.path().join("signer.crt").display()
+        signer.bundle.display()
     );
     let upstream = Berthd::start_config(up_dir, up_root, &up_yaml, &[]);
     let img = build_busybox_image(work.path(), "img");
-    let push_token = {
-        let key =
-            jsonwebtoken::EncodingKey::from_rsa_pem(&std::fs::read(work.path().join("signer.key")).unwrap()).unwrap();
-        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
-        let claims = serde_json::json!({"iss":"upstream-issuer","sub":"admin","aud":"upstream","exp":now+300,
-            "access":[{"type":"repository","name":"library/busybox","actions":["pull","push"]}]});
-        jsonwebtoken::encode(&jsonwebtoken::Header::new(jsonwebtoken::Algorithm::RS256), &claims, &key).unwrap()
-    };
+    let push_token = signer.token(
+        serde_json::json!([{"type":"repository","name":"library/busybox","actions":["pull","push"]}]),
+        300,
+        "upstream-issuer",
+        "upstream",
+    );
     Skopeo::new().ok(&[
         "copy",
         "--dest-tls-verify=false",

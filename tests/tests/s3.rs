@@ -14,14 +14,7 @@ use std::time::{Duration, Instant};
 use support_e2e::containerd::{Containerd, MIRROR_HOST};
 use support_e2e::pki::Pki;
 use support_e2e::*;
-use support_s3::{berthd_yaml, Seaweed, ACCESS_KEY, BUCKET, SECRET_KEY};
-
-fn node(weed: &Seaweed, cache_max: &str) -> Berthd {
-    let dir = tempfile::tempdir().unwrap();
-    let cache = dir.path().join("cache");
-    let yaml = weed.berthd_yaml(&cache, cache_max);
-    Berthd::start_config(dir, cache, &yaml, &Seaweed::env())
-}
+use support_s3::{berthd_yaml, node, Seaweed, ACCESS_KEY, BUCKET, SECRET_KEY};
 
 fn random(len: usize, seed: u64) -> Vec<u8> {
     let mut x = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);

@@ -35,11 +35,7 @@ pub async fn get(
         RangeRequest::Partial(r) => (StatusCode::PARTIAL_CONTENT, r.start, r.len),
         RangeRequest::Unsatisfiable => return Err(Error::RangeNotSatisfiable { size: info.size }.into()),
     };
-    let not_modified = req
-        .headers
-        .get(header::IF_NONE_MATCH)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.split(',').any(|t| t.trim() == etag));
+    let not_modified = super::etag_matches(&req.headers, &etag);
     if req.method == Method::GET && !not_modified {
         if let Some(url) = reg.blob_redirect(digest).await? {
             let mut r = StatusCode::TEMPORARY_REDIRECT.into_response();

@@ -53,11 +53,7 @@ pub async fn get(
     }
     let etag = format!("\"{}\"", m.digest);
     let len = m.body.len();
-    let not_modified = req
-        .headers
-        .get(header::IF_NONE_MATCH)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.split(',').any(|t| t.trim() == etag));
+    let not_modified = super::etag_matches(&req.headers, &etag);
     let mut resp = if not_modified {
         StatusCode::NOT_MODIFIED.into_response()
     } else if req.method == Method::HEAD {

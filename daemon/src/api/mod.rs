@@ -191,6 +191,11 @@ pub(crate) fn set(h: &mut HeaderMap, name: impl axum::http::header::IntoHeaderNa
     }
 }
 
+/// Whether `If-None-Match` names `etag` (the client has this content).
+pub(crate) fn etag_matches(h: &HeaderMap, etag: &str) -> bool {
+    h.get(header::IF_NONE_MATCH).and_then(|v| v.to_str().ok()).is_some_and(|v| v.split(',').any(|t| t.trim() == etag))
+}
+
 /// Decoded query parameters.
 pub(crate) fn query(req: &Parts) -> Vec<(String, String)> {
     req.uri.query().map(|q| form_urlencoded::parse(q.as_bytes()).into_owned().collect()).unwrap_or_default()

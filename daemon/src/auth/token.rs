@@ -5,8 +5,6 @@
 //! Their `access` claims grant actions per repository.
 
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::CertificateDer;
 use serde::Deserialize;
 use std::path::Path;
 
@@ -65,10 +63,7 @@ fn spki_pem(spki: &[u8]) -> String {
 
 impl TokenVerifier {
     pub fn load(realm: &str, service: &str, issuer: &str, bundle: &Path) -> Result<TokenVerifier, String> {
-        let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(bundle)
-            .map_err(|e| format!("cannot read auth.token.rootcertbundle {}: {e}", bundle.display()))?
-            .collect::<Result<_, _>>()
-            .map_err(|e| format!("auth.token.rootcertbundle {} is not valid PEM: {e}", bundle.display()))?;
+        let certs = crate::pem::certificates(bundle, "auth.token.rootcertbundle")?;
         let mut keys = Vec::new();
         for (i, der) in certs.iter().enumerate() {
             let cert = webpki::EndEntityCert::try_from(der)

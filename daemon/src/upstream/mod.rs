@@ -161,7 +161,7 @@ impl Upstream {
         let first = build(cached.map(|t| format!("Bearer {t}")).or_else(|| self.basic()))
             .send()
             .await
-            .map_err(|e| self.unreachable(error_chain(&e)))?;
+            .map_err(|e| self.unreachable(crate::error::chain(&e)))?;
         if first.status() != StatusCode::UNAUTHORIZED {
             return Ok(first);
         }
@@ -191,7 +191,7 @@ impl Upstream {
                 })
             }
         };
-        let second = build(Some(auth)).send().await.map_err(|e| self.unreachable(error_chain(&e)))?;
+        let second = build(Some(auth)).send().await.map_err(|e| self.unreachable(crate::error::chain(&e)))?;
         if second.status() == StatusCode::UNAUTHORIZED || second.status() == StatusCode::FORBIDDEN {
             return Err(UpstreamError::Refused {
                 name: self.cfg.name.clone(),
@@ -218,8 +218,10 @@ impl Upstream {
         if let Some(b) = self.basic() {
             req = req.header(AUTHORIZATION, b);
         }
-        let resp =
-            req.send().await.map_err(|e| self.unreachable(format!("token service {realm}: {}", error_chain(&e))))?;
+        let resp = req
+            .send()
+            .await
+            .map_err(|e| self.unreachable(format!("token service {realm}: {}", crate::error::chain(&e))))?;
         if !resp.status().is_success() {
             return Err(UpstreamError::Refused {
                 name: self.cfg.name.clone(),
@@ -310,17 +312,6 @@ impl Upstream {
 
 fn header_str(h: &HeaderMap, name: &str) -> Option<String> {
     h.get(name).and_then(|v| v.to_str().ok()).map(str::to_string)
-}
-
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
 }
 
 #[cfg(test)]

@@ -11,6 +11,7 @@
 
 pub mod containerd;
 pub mod pki;
+pub mod token;
 
 use std::collections::BTreeSet;
 use std::io::{BufRead, BufReader};

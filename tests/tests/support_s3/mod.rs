@@ -271,6 +271,14 @@ pub fn berthd_yaml(
     )
 }
 
+/// A berthd node on this bucket with its own cache directory.
+pub fn node(weed: &Seaweed, cache_max: &str) -> crate::common::Berthd {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = dir.path().join("cache");
+    let yaml = weed.berthd_yaml(&cache, cache_max);
+    crate::common::Berthd::start_config(dir, cache, &yaml, &Seaweed::env())
+}
+
 impl Drop for Seaweed {
     fn drop(&mut self) {
         if let Some(mut c) = self.child.take() {

@@ -148,9 +148,9 @@ impl S3Driver {
         }
         match &e {
             SdkError::DispatchFailure(_) | SdkError::TimeoutError(_) | SdkError::ResponseError(_) => {
-                StorageError::Unavailable { backend: self.describe(), message: error_chain(&e) }
+                StorageError::Unavailable { backend: self.describe(), message: crate::error::chain(&e) }
             }
-            _ => StorageError::Io { path: path.to_string(), source: std::io::Error::other(error_chain(&e)) },
+            _ => StorageError::Io { path: path.to_string(), source: std::io::Error::other(crate::error::chain(&e)) },
         }
     }
 
@@ -324,17 +324,6 @@ impl S3Driver {
             .map_err(|e| self.err(dest, e))?;
         Ok(())
     }
-}
-
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
 }
 
 #[async_trait]
