@@ -16,7 +16,7 @@ use crate::registry::{Policy, Registry};
 use crate::storage::cache::CachedDriver;
 use crate::storage::fs::FsDriver;
 use crate::storage::instrumented::Instrumented;
-use crate::storage::s3::{S3Driver, S3Settings};
+use crate::storage::s3::S3Driver;
 use crate::storage::StorageDriver;
 use crate::upstream::Upstream;
 use crate::{Error, Result};
@@ -39,18 +39,7 @@ pub async fn build_storage(config: &Config) -> Result<Arc<dyn StorageDriver>> {
             }
             let trust = Trust { ca_files: config.tls_cacerts.clone(), discover_cluster_ca: true };
             let tls = outbound_tls::client_config(&trust, s3.skip_verify).map_err(Error::Tls)?;
-            let driver = S3Driver::new(S3Settings {
-                bucket: s3.bucket.clone(),
-                region: s3.region.clone(),
-                endpoint: s3.endpoint.clone(),
-                root_directory: s3.root_directory.clone(),
-                access_key: s3.access_key.clone(),
-                secret_key: s3.secret_key.clone(),
-                chunk_size: s3.chunk_size,
-                force_path_style: s3.force_path_style,
-                tls,
-            })
-            .await;
+            let driver = S3Driver::new(s3, tls).await;
             tracing::info!("storage: {}", driver.describe());
             Arc::new(driver)
         }

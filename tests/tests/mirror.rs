@@ -41,6 +41,19 @@ fn mirror_yaml(root: &Path, up_addr: &str, ca: &str, tagttl: &str, allow: &str) 
     )
 }
 
+/// Pushes to the TLS + auth upstream with the test CA and credentials.
+fn push_upstream(sk: &Skopeo, certs: &Path, layout: &Layout, addr: &str, repo_tag: &str) {
+    sk.ok(&[
+        "copy",
+        "--dest-creds",
+        &format!("{USER}:{PASSWORD}"),
+        "--dest-cert-dir",
+        &certs.display().to_string(),
+        &layout.oci_ref(),
+        &format!("docker://{addr}/{repo_tag}"),
+    ]);
+}
+
 fn blob_gets(reg: &DockerRegistry) -> usize {
     reg.log_text().lines().filter(|l| l.contains("GET /v2/") && l.contains("/blobs/sha256:")).count()
 }
@@ -56,15 +69,7 @@ fn containerd_pulls_through_the_mirror_once_per_cluster() {
     std::fs::create_dir_all(&certs).unwrap();
     std::fs::copy(pki.dir.join("ca.crt"), certs.join("ca.crt")).unwrap();
     let sk = Skopeo::new();
-    sk.ok(&[
-        "copy",
-        "--dest-creds",
-        &format!("{USER}:{PASSWORD}"),
-        "--dest-cert-dir",
-        &certs.display().to_string(),
-        &img.layout.oci_ref(),
-        &format!("docker://{}/library/app:v1", reg.addr),
-    ]);
+    push_upstream(&sk, &certs, &img.layout, &reg.addr, "library/app:v1");
     let pushed_gets = blob_gets(&reg);
 
     // Two nodes on one shared storage root.
@@ -129,15 +134,7 @@ fn containerd_pulls_through_the_mirror_once_per_cluster() {
 
     // Concurrent first pulls of an uncached layer on one node: one upstream fetch.
     let big = build_busybox_image_with(work.path(), "big", &[("opt/big", &vec![7u8; 8 << 20][..])]);
-    sk.ok(&[
-        "copy",
-        "--dest-creds",
-        &format!("{USER}:{PASSWORD}"),
-        "--dest-cert-dir",
-        &certs.display().to_string(),
-        &big.layout.oci_ref(),
-        &format!("docker://{}/library/big:v1", reg.addr),
-    ]);
+    push_upstream(&sk, &certs, &big.layout, &reg.addr, "library/big:v1");
     let before = blob_gets(&reg);
     let url = format!("{}/v2/library/big/blobs/{}?ns={}", node_b.url(), big.layer_digest, reg.addr);
     let pulls: Vec<_> = (0..8)

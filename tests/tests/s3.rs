@@ -7,8 +7,9 @@ mod common;
 mod support_e2e;
 mod support_s3;
 
+use berthd::config::S3Config;
 use berthd::outbound_tls::{client_config, Trust};
-use berthd::storage::s3::{S3Driver, S3Settings};
+use berthd::storage::s3::S3Driver;
 use common::{sha256, Berthd};
 use std::time::{Duration, Instant};
 use support_e2e::containerd::{Containerd, MIRROR_HOST};
@@ -53,7 +54,7 @@ fn dir_size(p: &std::path::Path) -> u64 {
 async fn storage_contract_holds_on_seaweedfs() {
     let weed = Seaweed::start();
     let tls = client_config(&Trust::default(), false).unwrap();
-    let driver = S3Driver::new(S3Settings {
+    let cfg = S3Config {
         bucket: BUCKET.into(),
         region: "us-east-1".into(),
         endpoint: Some(weed.endpoint()),
@@ -62,9 +63,9 @@ async fn storage_contract_holds_on_seaweedfs() {
         secret_key: Some(SECRET_KEY.into()),
         chunk_size: 5 * 1024 * 1024,
         force_path_style: true,
-        tls,
-    })
-    .await;
+        skip_verify: false,
+    };
+    let driver = S3Driver::new(&cfg, tls).await;
     berthd::storage::suite::run_all(&driver).await;
 }
 

@@ -15,6 +15,7 @@
 mod http;
 
 use super::{check_path, ByteStream, FileInfo, FileWriter, Result, StorageDriver, StorageError};
+use crate::config::S3Config;
 use async_trait::async_trait;
 use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::primitives::ByteStream as S3Body;
@@ -33,34 +34,6 @@ const MAX_SINGLE_COPY: u64 = 5 * 1024 * 1024 * 1024;
 const COPY_PART_SIZE: u64 = 1024 * 1024 * 1024;
 /// How long a presigned blob URL stays valid (registry:2 uses 20 minutes).
 const PRESIGN_TTL: std::time::Duration = std::time::Duration::from_secs(20 * 60);
-
-/// Connection settings, from registry:2's `storage.s3` keys.
-#[derive(Clone)]
-pub struct S3Settings {
-    pub bucket: String,
-    pub region: String,
-    /// `regionendpoint` with its scheme (`http://…` when `secure: false`).
-    pub endpoint: Option<String>,
-    pub root_directory: String,
-    pub access_key: Option<String>,
-    pub secret_key: Option<String>,
-    pub chunk_size: usize,
-    pub force_path_style: bool,
-    pub tls: Arc<rustls::ClientConfig>,
-}
-
-impl std::fmt::Debug for S3Settings {
-    // Never prints the secret key.
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("S3Settings")
-            .field("bucket", &self.bucket)
-            .field("region", &self.region)
-            .field("endpoint", &self.endpoint)
-            .field("root_directory", &self.root_directory)
-            .field("chunk_size", &self.chunk_size)
-            .finish_non_exhaustive()
-    }
-}
 
 /// An open multipart upload: the parts sent so far and the tail not yet
 /// large enough to be a part.
@@ -86,10 +59,12 @@ pub struct S3Driver {
 }
 
 impl S3Driver {
-    pub async fn new(s: S3Settings) -> S3Driver {
+    /// A driver for registry:2's `storage.s3` settings, with berthd's
+    /// outbound TLS configuration.
+    pub async fn new(s: &S3Config, tls: Arc<rustls::ClientConfig>) -> S3Driver {
         let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest())
             .region(aws_config::Region::new(s.region.clone()))
-            .http_client(http::RustlsHttpClient::shared(s.tls.clone()));
+            .http_client(http::RustlsHttpClient::shared(tls));
         if let (Some(a), Some(k)) = (&s.access_key, &s.secret_key) {
             loader =
                 loader.credentials_provider(aws_sdk_s3::config::Credentials::new(a, k, None, None, "berthd-config"));
@@ -105,7 +80,7 @@ impl S3Driver {
         S3Driver {
             client: Client::from_conf(cfg.build()),
             endpoint: s.endpoint.clone().unwrap_or_else(|| format!("s3.{}.amazonaws.com", s.region)),
-            bucket: s.bucket,
+            bucket: s.bucket.clone(),
             prefix,
             chunk_size: s.chunk_size.max(MIN_CHUNK_SIZE),
             open: OpenUploads::default(),
