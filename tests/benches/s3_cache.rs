@@ -75,17 +75,7 @@ fn main() {
     let weed = Seaweed::start();
 
     // One random layer, pushed through a node.
-    let data: Vec<u8> = {
-        let mut x = 0x9e3779b97f4a7c15u64;
-        (0..size)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                x as u8
-            })
-            .collect()
-    };
+    let data = common::random_bytes(size as usize, 0x9e3779b97f4a7c15);
     let digest = common::sha256(&data);
     let pusher = node(&weed);
     let file = pusher.dir.path().join("layer");

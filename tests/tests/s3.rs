@@ -17,18 +17,6 @@ use support_e2e::pki::Pki;
 use support_e2e::*;
 use support_s3::{berthd_yaml, node, Seaweed, ACCESS_KEY, BUCKET, SECRET_KEY};
 
-fn random(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
-}
-
 async fn push_blob(base: &str, repo: &str, data: &[u8]) -> String {
     let digest = sha256(data);
     let r = reqwest::Client::new()
@@ -102,7 +90,7 @@ fn an_image_pushed_on_one_node_runs_on_another() {
 async fn sixteen_concurrent_pulls_fetch_a_blob_from_s3_once() {
     let weed = Seaweed::start();
     let (a, b) = (node(&weed, "1GiB"), node(&weed, "1GiB"));
-    let data = random(12 * 1024 * 1024 + 4321, 1);
+    let data = common::random_bytes(12 * 1024 * 1024 + 4321, 1);
     let digest = push_blob(&a.url(), "big/blob", &data).await;
 
     let before = weed.bytes_sent();
@@ -147,7 +135,7 @@ async fn the_cache_stays_under_its_bound() {
     let client = reqwest::Client::new();
     let mut digests = Vec::new();
     for i in 0..4 {
-        digests.push(push_blob(&a.url(), "bound/test", &random(5 * 1024 * 1024, 10 + i)).await);
+        digests.push(push_blob(&a.url(), "bound/test", &common::random_bytes(5 * 1024 * 1024, 10 + i)).await);
     }
     for d in &digests {
         let r = client.get(format!("{}/v2/bound/test/blobs/{d}", b.url())).send().await.unwrap();
@@ -254,7 +242,7 @@ async fn blob_reads_redirect_to_s3_only_when_enabled() {
     let yaml = berthd_yaml(&weed.endpoint(), &cache, "1GiB", "  redirect:\n    disable: false\n", "");
     let redirecting = Berthd::start_config(dir, cache, &yaml, &Seaweed::env());
     let proxying = node(&weed, "1GiB");
-    let data = random(100_000, 7);
+    let data = common::random_bytes(100_000, 7);
     let digest = push_blob(&redirecting.url(), "redir/app", &data).await;
     let client = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap();
 
@@ -283,7 +271,7 @@ async fn s3_over_tls_trusts_the_configured_ca_only() {
     let trusting_yaml =
         berthd_yaml(&endpoint, &cache, "1GiB", "", &format!("tls:\n  cacerts:\n    - {}\n", pki.path("ca.crt")));
     let trusting = Berthd::start_config(dir, cache, &trusting_yaml, &Seaweed::env());
-    let data = random(300_000, 8);
+    let data = common::random_bytes(300_000, 8);
     let digest = push_blob(&trusting.url(), "tls/app", &data).await;
     let got = reqwest::get(format!("{}/v2/tls/app/blobs/{digest}", trusting.url())).await.unwrap();
     assert_eq!(got.bytes().await.unwrap().as_ref(), data.as_slice());

@@ -111,11 +111,7 @@ fn scopes(route: &Route, method: &Method, req: &Request) -> Vec<Scope> {
         Route::Upload { repo: r, .. } => vec![repo(r, Action::Push)],
         Route::UploadStart { repo: r } => {
             let mut s = vec![repo(r, Action::Push)];
-            let q: Vec<(String, String)> = req
-                .uri()
-                .query()
-                .map(|q| form_urlencoded::parse(q.as_bytes()).into_owned().collect())
-                .unwrap_or_default();
+            let q = query_of(req.uri());
             if let Some(from) = query_param(&q, "from") {
                 s.push(Scope::Repository { name: from.to_string(), action: Action::Pull });
             }
@@ -198,7 +194,11 @@ pub(crate) fn etag_matches(h: &HeaderMap, etag: &str) -> bool {
 
 /// Decoded query parameters.
 pub(crate) fn query(req: &Parts) -> Vec<(String, String)> {
-    req.uri.query().map(|q| form_urlencoded::parse(q.as_bytes()).into_owned().collect()).unwrap_or_default()
+    query_of(&req.uri)
+}
+
+fn query_of(uri: &axum::http::Uri) -> Vec<(String, String)> {
+    uri.query().map(|q| form_urlencoded::parse(q.as_bytes()).into_owned().collect()).unwrap_or_default()
 }
 
 pub(crate) fn query_param<'a>(q: &'a [(String, String)], key: &str) -> Option<&'a str> {
