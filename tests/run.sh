@@ -9,8 +9,11 @@ cd "$(dirname "$0")/.."
 step() { printf '\n==> %s\n' "$*"; }
 
 step "installing test dependencies"
-bash tests/scripts/install-deps.sh
-bash tests/scripts/install-seaweedfs.sh
+# Every tests/scripts/install-*.sh, in name order: each installs only what is
+# missing, so a warm machine pays almost nothing.
+for script in tests/scripts/install-*.sh; do
+    bash "$script"
+done
 
 step "cargo fmt --check"
 cargo fmt --all --check

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Installs the external programs the end-to-end tests drive (Debian 12 bookworm):
 # skopeo, containerd (+ctr), runc, umoci, busybox-static, docker-registry, jq,
-# openssl and curl (TLS tests), apache2-utils (htpasswd for an authenticated upstream).
+# openssl and curl (TLS tests), apache2-utils (htpasswd for an authenticated upstream),
+# protobuf-compiler (containerd's API types are generated at build time) and
+# fuse3 (the snapshotter's lazy mounts).
 #
 # Idempotent: does nothing when everything is already present; otherwise runs
 # `apt-get update` once and installs the missing packages (only those). It never leaves a
@@ -22,6 +24,8 @@ declare -A probe=(
   [openssl]=openssl
   [curl]=curl
   [apache2-utils]=htpasswd
+  [protobuf-compiler]=protoc
+  [fuse3]=fusermount3
 )
 
 dpkg_installed() {
@@ -47,7 +51,7 @@ is_installed() {
 }
 
 missing=()
-for pkg in skopeo containerd runc umoci busybox-static docker-registry jq openssl curl apache2-utils; do
+for pkg in "${!probe[@]}"; do
   is_installed "$pkg" || missing+=("$pkg")
 done
 
@@ -109,7 +113,7 @@ fi
 stop_new docker-registry "$before_registry"
 stop_new containerd "$before_containerd"
 
-for pkg in skopeo containerd runc umoci busybox-static docker-registry jq openssl curl apache2-utils; do
+for pkg in "${!probe[@]}"; do
   is_installed "$pkg" || { echo "install-deps: $pkg still missing after install" >&2; exit 1; }
 done
 echo "install-deps: done"

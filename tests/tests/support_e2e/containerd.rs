@@ -28,6 +28,12 @@ pub struct Containerd {
 
 impl Containerd {
     pub fn start() -> Containerd {
+        Containerd::start_with("")
+    }
+
+    /// A private containerd whose config.toml ends with `extra` (e.g. a
+    /// `[proxy_plugins.berth]` table).
+    pub fn start_with(extra: &str) -> Containerd {
         let containerd = require_tool("containerd");
         let ctr = require_tool("ctr");
         require_tool("runc");
@@ -62,6 +68,8 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
 
 [metrics]
   address = ""
+
+{extra}
 "#,
                 root = p.join("root").display(),
                 state = p.join("state").display(),

@@ -11,6 +11,7 @@
 
 pub mod containerd;
 pub mod pki;
+pub mod snapshotter;
 pub mod token;
 
 use std::collections::BTreeSet;

@@ -1,0 +1,55 @@
+//! `berth-snapshotter serve` settings: defaults, then the YAML config file,
+//! then command-line flags.
+
+use serde::Deserialize;
+use std::path::{Path, PathBuf};
+
+pub const DEFAULT_ADDRESS: &str = "/run/berth/snapshotter.sock";
+pub const DEFAULT_ROOT: &str = "/var/lib/berth-snapshotter";
+pub const DEFAULT_BERTHD: &str = "http://127.0.0.1:5000";
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// The unix socket containerd's proxy plugin dials.
+    pub address: PathBuf,
+    /// Metadata and snapshot trees.
+    pub root: PathBuf,
+    /// The node's berthd: `http://127.0.0.1:PORT` or `unix:///path`.
+    pub berthd: String,
+}
+
+impl Default for Config {
+    fn default() -> Config {
+        Config { address: DEFAULT_ADDRESS.into(), root: DEFAULT_ROOT.into(), berthd: DEFAULT_BERTHD.into() }
+    }
+}
+
+impl Config {
+    /// Reads `path` (YAML); every key is optional.
+    pub fn load(path: &Path) -> Result<Config, String> {
+        let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+        if text.trim().is_empty() {
+            return Ok(Config::default());
+        }
+        serde_yaml::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn file_keys_and_unknown_keys() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("c.yml");
+        std::fs::write(&p, "root: /srv/snap\n").unwrap();
+        let c = Config::load(&p).unwrap();
+        assert_eq!(c.root, PathBuf::from("/srv/snap"));
+        assert_eq!(c.address, PathBuf::from(DEFAULT_ADDRESS));
+        std::fs::write(&p, "rooot: /srv/snap\n").unwrap();
+        let e = Config::load(&p).unwrap_err();
+        assert!(e.contains("rooot"), "{e}");
+    }
+}

@@ -1,0 +1,75 @@
+//! `berth-snapshotter`: the command line. All logic lives in the library.
+
+use berth_snapshotter::config::Config;
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+#[derive(Parser)]
+#[command(name = "berth-snapshotter", version = berth_snapshotter::VERSION, about = "Berth's containerd snapshotter")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve containerd's snapshots API on a unix socket (a proxy plugin).
+    Serve {
+        /// YAML file with `address`, `root` and `berthd`; flags win over it.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// Unix socket containerd dials [default: /run/berth/snapshotter.sock].
+        #[arg(long)]
+        address: Option<PathBuf>,
+        /// Metadata and snapshot directory [default: /var/lib/berth-snapshotter].
+        #[arg(long)]
+        root: Option<PathBuf>,
+        /// The node's berthd [default: http://127.0.0.1:5000].
+        #[arg(long)]
+        berthd: Option<String>,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("BERTH_LOG").unwrap_or_else(|_| "info".into()))
+        .with_writer(std::io::stderr)
+        .init();
+    match cli.command {
+        Command::Serve { config, address, root, berthd } => {
+            let mut cfg = match config {
+                Some(p) => match Config::load(&p) {
+                    Ok(c) => c,
+                    Err(e) => return fail(&e),
+                },
+                None => Config::default(),
+            };
+            cfg.address = address.unwrap_or(cfg.address);
+            cfg.root = root.unwrap_or(cfg.root);
+            cfg.berthd = berthd.unwrap_or(cfg.berthd);
+            let rt = tokio::runtime::Runtime::new().expect("tokio runtime");
+            match rt.block_on(berth_snapshotter::server::serve(&cfg, shutdown_signal())) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => fail(&e),
+            }
+        }
+    }
+}
+
+fn fail(msg: &str) -> ExitCode {
+    eprintln!("berth-snapshotter: {msg}");
+    ExitCode::FAILURE
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
+    tokio::select! {
+        _ = term.recv() => {},
+        _ = int.recv() => {},
+    }
+    tracing::info!("shutting down");
+}

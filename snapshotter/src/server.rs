@@ -1,0 +1,51 @@
+//! Binds the unix socket and serves the snapshots service until shutdown.
+
+use crate::config::Config;
+use crate::grpc::SnapshotsService;
+use crate::snapshots::Snapshotter;
+use std::future::Future;
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::sync::Arc;
+
+/// Serves until `shutdown` resolves; in-flight calls finish first.
+pub async fn serve(config: &Config, shutdown: impl Future<Output = ()> + Send) -> Result<(), String> {
+    let root = config.root.clone();
+    let snapshotter = tokio::task::spawn_blocking(move || Snapshotter::open(&root))
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| e.to_string())?;
+    let listener = bind(&config.address)?;
+    tracing::info!(address = %config.address.display(), root = %config.root.display(), "serving containerd snapshots");
+    let incoming = tokio_stream::wrappers::UnixListenerStream::new(listener);
+    let result = tonic::transport::Server::builder()
+        .add_service(SnapshotsService::new(Arc::new(snapshotter)))
+        .serve_with_incoming_shutdown(incoming, shutdown)
+        .await
+        .map_err(|e| format!("gRPC server: {e}"));
+    let _ = std::fs::remove_file(&config.address);
+    result
+}
+
+/// Binds `path`, replacing a stale socket but never a live one (a second
+/// snapshotter on the same socket would steal containerd's calls).
+fn bind(path: &Path) -> Result<tokio::net::UnixListener, String> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    }
+    if path.exists() {
+        if std::os::unix::net::UnixStream::connect(path).is_ok() {
+            return Err(format!(
+                "{} is in use by a running snapshotter; stop it first or pass another --address",
+                path.display()
+            ));
+        }
+        std::fs::remove_file(path).map_err(|e| format!("cannot remove stale socket {}: {e}", path.display()))?;
+    }
+    let listener =
+        tokio::net::UnixListener::bind(path).map_err(|e| format!("cannot listen on {}: {e}", path.display()))?;
+    // containerd runs as root; nobody else may drive the snapshotter.
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+        .map_err(|e| format!("cannot restrict {}: {e}", path.display()))?;
+    Ok(listener)
+}

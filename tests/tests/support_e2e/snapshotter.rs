@@ -1,0 +1,94 @@
+//! A `berth-snapshotter serve` process for tests: its own socket and root
+//! in a temp dir, killed on drop (or by the test, to test restarts).
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::common::workspace_root;
+
+pub fn snapshotter_bin() -> PathBuf {
+    if let Ok(p) = std::env::var("BERTH_SNAPSHOTTER_BIN") {
+        return PathBuf::from(p);
+    }
+    let target =
+        std::env::var("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|_| workspace_root().join("target"));
+    for profile in ["debug", "release"] {
+        let p = target.join(profile).join("berth-snapshotter");
+        if p.exists() {
+            return p;
+        }
+    }
+    panic!("berth-snapshotter not found under {}: run `cargo build --workspace` first", target.display());
+}
+
+pub struct SnapshotterProc {
+    pub child: Option<Child>,
+    pub sock: PathBuf,
+    pub root: PathBuf,
+    pub log: PathBuf,
+}
+
+impl SnapshotterProc {
+    /// Starts one with socket `<dir>/snap.sock` and root `<dir>/snap-root`.
+    pub fn start(dir: &Path, berthd_url: &str) -> SnapshotterProc {
+        let mut s = SnapshotterProc {
+            child: None,
+            sock: dir.join("snap.sock"),
+            root: dir.join("snap-root"),
+            log: dir.join("snapshotter.log"),
+        };
+        s.spawn(berthd_url);
+        s
+    }
+
+    pub fn spawn(&mut self, berthd_url: &str) {
+        let logf = std::fs::OpenOptions::new().create(true).append(true).open(&self.log).unwrap();
+        let child = Command::new(snapshotter_bin())
+            .arg("serve")
+            .arg("--address")
+            .arg(&self.sock)
+            .arg("--root")
+            .arg(&self.root)
+            .arg("--berthd")
+            .arg(berthd_url)
+            .env("BERTH_LOG", "debug")
+            .stdin(Stdio::null())
+            .stdout(logf.try_clone().unwrap())
+            .stderr(logf)
+            .spawn()
+            .expect("spawn berth-snapshotter");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while std::os::unix::net::UnixStream::connect(&self.sock).is_err() {
+            if let Ok(Some(st)) = self.child.as_mut().unwrap().try_wait() {
+                panic!("berth-snapshotter exited with {st}:\n{}", self.log_text());
+            }
+            assert!(Instant::now() < deadline, "berth-snapshotter not listening in 20s:\n{}", self.log_text());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// SIGKILL, as a crash would.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// containerd config lines registering this snapshotter as `berth`.
+    pub fn proxy_plugin_toml(&self) -> String {
+        format!("[proxy_plugins.berth]\n  type = \"snapshot\"\n  address = \"{}\"\n", self.sock.display())
+    }
+}
+
+impl Drop for SnapshotterProc {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
