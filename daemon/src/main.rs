@@ -60,6 +60,14 @@ enum ContainerdCommand {
         /// Restart containerd (or k3s) when its configuration changed.
         #[arg(long)]
         restart: bool,
+        /// Also make berth-snapshotter containerd's snapshotter: adds
+        /// `[proxy_plugins.berth]` and sets the CRI plugin's
+        /// `snapshotter = "berth"`, `disable_snapshot_annotations = false`.
+        #[arg(long)]
+        snapshotter: bool,
+        /// The socket berth-snapshotter listens on.
+        #[arg(long, default_value = berthd::nodeconfig::DEFAULT_SNAPSHOTTER_SOCKET)]
+        snapshotter_address: PathBuf,
     },
 }
 
@@ -78,13 +86,22 @@ fn main() -> ExitCode {
                     dry_run,
                     remove,
                     restart,
+                    snapshotter,
+                    snapshotter_address,
                 },
         } => {
             let k3s_detected = k3s || std::path::Path::new("/etc/rancher/k3s").is_dir();
             let k3s_registries =
                 k3s_registries.or_else(|| k3s_detected.then(|| PathBuf::from(berthd::nodeconfig::k3s::DEFAULT_PATH)));
-            let opts =
-                berthd::nodeconfig::Options { certs_d, containerd_config, k3s_registries, dry_run, remove, restart };
+            let opts = berthd::nodeconfig::Options {
+                certs_d,
+                containerd_config,
+                k3s_registries,
+                dry_run,
+                remove,
+                restart,
+                snapshotter: snapshotter.then_some(snapshotter_address),
+            };
             configure(config, &opts)
         }
     }

@@ -319,3 +319,49 @@ fn ctr_pulls_and_runs_on_the_berth_snapshotter() {
     assert!(snaps.lines().any(|l| l.contains("Committed")), "{snaps}");
     ctd.ctr_ok(&["images", "rm", "--sync", &image]);
 }
+
+#[test]
+fn configure_snapshotter_is_read_by_containerd_and_reversible() {
+    let work = tempfile::tempdir().unwrap();
+    let dir = work.path();
+    let cfg = dir.join("berthd.yml");
+    std::fs::write(&cfg, "http:\n  addr: 127.0.0.1:5000\ncontainerd:\n  registries: [registry.example.test]\n")
+        .unwrap();
+    let containerd = common::require_tool("containerd");
+    // containerd 1.6's own default config, as a node has it.
+    let original = common::run(Command::new(&containerd).args(["config", "default"]));
+    let ctd_config = dir.join("config.toml");
+    std::fs::write(&ctd_config, &original).unwrap();
+    let configure = |extra: &[&str]| {
+        common::run(
+            Command::new(common::berthd_bin())
+                .args(["containerd", "configure", "--snapshotter", "--snapshotter-address", "/run/berth/test.sock"])
+                .arg("--config")
+                .arg(&cfg)
+                .arg("--certs-d")
+                .arg(dir.join("certs.d"))
+                .arg("--containerd-config")
+                .arg(&ctd_config)
+                .args(extra),
+        )
+    };
+    let first = configure(&[]);
+    assert!(first.contains("must be restarted"), "{first}");
+    // What containerd itself makes of the edited file.
+    let dump = common::run(Command::new(&containerd).arg("--config").arg(&ctd_config).args(["config", "dump"]));
+    let compact: String = dump.split_whitespace().collect::<Vec<_>>().join(" ");
+    assert!(
+        compact.contains(r#"[proxy_plugins.berth] address = "/run/berth/test.sock" type = "snapshot""#)
+            || compact.contains(
+                r#"[proxy_plugins] [proxy_plugins.berth] address = "/run/berth/test.sock" type = "snapshot""#
+            ),
+        "{dump}"
+    );
+    let cri = dump.split("[plugins.\"io.containerd.grpc.v1.cri\".containerd]").nth(1).expect("cri section");
+    let cri = cri.split("\n  [").next().unwrap();
+    assert!(cri.contains("snapshotter = \"berth\""), "{cri}");
+    assert!(cri.contains("disable_snapshot_annotations = false"), "{cri}");
+    assert!(configure(&[]).contains("nothing to change"));
+    configure(&["--remove"]);
+    assert_eq!(std::fs::read_to_string(&ctd_config).unwrap(), original, "byte for byte");
+}

@@ -2,6 +2,10 @@
 //! `config_path` in containerd's `config.toml`, editing the TOML in place so
 //! the user's comments and other settings stay as they are.
 //!
+//! With `--snapshotter` it also registers berth-snapshotter as a proxy
+//! plugin and makes the CRI plugin use it, with snapshot annotations on
+//! (the labels that let a snapshotter mount layers lazily).
+//!
 //! containerd 1.6/1.7 files (`version = 2`) keep it under
 //! `[plugins."io.containerd.grpc.v1.cri".registry]`; containerd 2.x files
 //! (`version = 3`) under `[plugins."io.containerd.cri.v1.images".registry]`.
@@ -29,11 +33,8 @@ fn table<'a>(parent: &'a mut Table, key: &str) -> Result<&'a mut Table, String> 
     item.as_table_mut().ok_or_else(|| format!("`{key}` in containerd's config is not a table"))
 }
 
-/// Returns `text` with `config_path` including `certs_d`. An existing
-/// different `config_path` is kept after ours (containerd accepts a
-/// `:`-separated list).
-pub fn set_config_path(text: &str, certs_d: &str) -> Result<Edited, String> {
-    let mut doc: DocumentMut = if text.trim().is_empty() {
+fn parse(text: &str) -> Result<(DocumentMut, &'static str), String> {
+    let doc: DocumentMut = if text.trim().is_empty() {
         "version = 2\n".parse().expect("valid TOML")
     } else {
         text.parse().map_err(|e| format!("containerd's config.toml is not valid TOML: {e}"))?
@@ -48,6 +49,42 @@ pub fn set_config_path(text: &str, certs_d: &str) -> Result<Edited, String> {
             ))
         }
     };
+    Ok((doc, plugin))
+}
+
+/// The proxy plugin name containerd knows berth-snapshotter by.
+pub const SNAPSHOTTER: &str = "berth";
+
+/// Returns `text` with `[proxy_plugins.berth]` pointing at `address` and the
+/// CRI plugin using it: `snapshotter = "berth"` and
+/// `disable_snapshot_annotations = false` (under `.containerd` in version 2
+/// files, on the images plugin in version 3).
+pub fn set_snapshotter(text: &str, address: &str) -> Result<String, String> {
+    let (mut doc, plugin) = parse(text)?;
+    let root = doc.as_table_mut();
+    let proxy = table(table(root, "proxy_plugins")?, SNAPSHOTTER)?;
+    if proxy.get("type").and_then(|v| v.as_str()) != Some("snapshot") {
+        proxy["type"] = toml_edit::value("snapshot");
+    }
+    if proxy.get("address").and_then(|v| v.as_str()) != Some(address) {
+        proxy["address"] = toml_edit::value(address);
+    }
+    let cri = table(table(root, "plugins")?, plugin)?;
+    let target = if plugin == V2_PLUGIN { table(cri, "containerd")? } else { cri };
+    if target.get("snapshotter").and_then(|v| v.as_str()) != Some(SNAPSHOTTER) {
+        target["snapshotter"] = toml_edit::value(SNAPSHOTTER);
+    }
+    if target.get("disable_snapshot_annotations").and_then(|v| v.as_bool()) != Some(false) {
+        target["disable_snapshot_annotations"] = toml_edit::value(false);
+    }
+    Ok(doc.to_string())
+}
+
+/// Returns `text` with `config_path` including `certs_d`. An existing
+/// different `config_path` is kept after ours (containerd accepts a
+/// `:`-separated list).
+pub fn set_config_path(text: &str, certs_d: &str) -> Result<Edited, String> {
+    let (mut doc, plugin) = parse(text)?;
     let root = doc.as_table_mut();
     let plugins = table(root, "plugins")?;
     let cri = table(plugins, plugin)?;
@@ -103,5 +140,24 @@ root = "/var/lib/containerd"
         assert!(set_config_path("not toml [", "/x").is_err());
         let legacy = "version = 2\n[plugins.\"io.containerd.grpc.v1.cri\".registry.mirrors.\"docker.io\"]\n  endpoint = [\"https://m\"]\n";
         assert!(set_config_path(legacy, "/x").unwrap().legacy_mirrors);
+    }
+
+    #[test]
+    fn snapshotter_v2_and_v3() {
+        let out = set_snapshotter(V2, "/run/berth/snapshotter.sock").unwrap();
+        assert!(out.contains("# keep me"));
+        let doc: DocumentMut = out.parse().unwrap();
+        assert_eq!(doc["proxy_plugins"]["berth"]["type"].as_str(), Some("snapshot"));
+        assert_eq!(doc["proxy_plugins"]["berth"]["address"].as_str(), Some("/run/berth/snapshotter.sock"));
+        let ctd = &doc["plugins"][V2_PLUGIN]["containerd"];
+        assert_eq!(ctd["snapshotter"].as_str(), Some("berth"));
+        assert_eq!(ctd["disable_snapshot_annotations"].as_bool(), Some(false));
+        assert_eq!(set_snapshotter(&out, "/run/berth/snapshotter.sock").unwrap(), out, "idempotent");
+
+        let v3 = "version = 3\n[plugins.'io.containerd.cri.v1.images']\n  snapshotter = 'overlayfs'\n  disable_snapshot_annotations = true\n";
+        let doc: DocumentMut = set_snapshotter(v3, "/s.sock").unwrap().parse().unwrap();
+        assert_eq!(doc["plugins"][V3_PLUGIN]["snapshotter"].as_str(), Some("berth"));
+        assert_eq!(doc["plugins"][V3_PLUGIN]["disable_snapshot_annotations"].as_bool(), Some(false));
+        assert_eq!(doc["proxy_plugins"]["berth"]["address"].as_str(), Some("/s.sock"));
     }
 }

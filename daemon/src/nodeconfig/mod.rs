@@ -31,7 +31,13 @@ pub struct Options {
     pub dry_run: bool,
     pub remove: bool,
     pub restart: bool,
+    /// `Some(socket)`: also register berth-snapshotter (listening on
+    /// `socket`) as containerd's proxy snapshotter and make CRI use it.
+    pub snapshotter: Option<PathBuf>,
 }
+
+/// Where berth-snapshotter listens unless told otherwise.
+pub const DEFAULT_SNAPSHOTTER_SOCKET: &str = "/run/berth/snapshotter.sock";
 
 #[derive(Serialize, Deserialize, Default)]
 struct State {
@@ -210,6 +216,11 @@ fn plan(opts: &Options, config: &Config) -> Result<Vec<Change>, String> {
         Ok(())
     };
     match &opts.k3s_registries {
+        Some(_) if opts.snapshotter.is_some() => {
+            return Err("--snapshotter is not supported with k3s: k3s generates containerd's config itself; \
+                 configure the proxy plugin in /var/lib/rancher/k3s/agent/etc/containerd/config.toml.tmpl"
+                .into())
+        }
         Some(path) => {
             let names: Vec<String> = regs.iter().map(|(n, _)| n.clone()).collect();
             let current = read(path)?.unwrap_or_default();
@@ -228,7 +239,11 @@ fn plan(opts: &Options, config: &Config) -> Result<Vec<Change>, String> {
                     opts.containerd_config.display()
                 );
             }
-            push(opts.containerd_config.clone(), edited.text, true)?;
+            let text = match &opts.snapshotter {
+                Some(socket) => containerd_toml::set_snapshotter(&edited.text, &socket.display().to_string())?,
+                None => edited.text,
+            };
+            push(opts.containerd_config.clone(), text, true)?;
         }
     }
     Ok(changes)
