@@ -10,6 +10,7 @@ pub mod auth;
 pub mod config;
 pub mod digest;
 pub mod error;
+pub mod layerindex;
 pub mod listen;
 pub mod logging;
 pub mod metrics;

@@ -365,3 +365,54 @@ fn configure_snapshotter_is_read_by_containerd_and_reversible() {
     configure(&["--remove"]);
     assert_eq!(std::fs::read_to_string(&ctd_config).unwrap(), original, "byte for byte");
 }
+
+/// Polls the layer's seek index until berthd has built it (in the
+/// background after the manifest push).
+fn wait_index(berthd: &Berthd, repo: &str, layer: &str) -> serde_json::Value {
+    let url = format!("{}/v2/{repo}/_berth/layer/{layer}/index", berthd.url());
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let r = http_get(&url);
+        if r.status == 200 {
+            return r.json();
+        }
+        assert_eq!(r.status, 404, "{}", String::from_utf8_lossy(&r.body));
+        assert!(std::time::Instant::now() < deadline, "index of {layer} not built in 60s");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn berthd_indexes_pushed_layers_and_serves_uncompressed_ranges() {
+    let work = tempfile::tempdir().unwrap();
+    let motd = b"served from the middle of a gzip stream\n";
+    let img = build_busybox_image_with(work.path(), "src", &[("etc/motd", motd)]);
+    let berthd = Berthd::start("");
+    Skopeo::new().push(&img.layout, &berthd.addr, "app:v1", &[]);
+    let idx = wait_index(&berthd, "app", &img.layer_digest);
+    assert_eq!(idx["compression"], "gzip");
+    let entries = idx["entries"].as_array().unwrap();
+    let find = |p: &str| entries.iter().find(|e| e["path"] == p).unwrap_or_else(|| panic!("{p} not in the index"));
+    let e = find("etc/motd");
+    let (off, size) = (e["offset"].as_u64().unwrap(), e["size"].as_u64().unwrap());
+    assert_eq!(size, motd.len() as u64);
+    let url = format!("{}/v2/app/_berth/layer/{}/tar", berthd.url(), img.layer_digest);
+    let r = http("GET", &url, &[("Range", &format!("bytes={off}-{}", off + size - 1))]).unwrap();
+    assert_eq!(r.status, 206);
+    assert_eq!(r.body, motd);
+    assert_eq!(find("bin/sh")["kind"], "symlink");
+    assert_eq!(find("bin/sh")["link"], "busybox");
+    // busybox, read whole from the uncompressed stream, is the file we put in.
+    let b = find("bin/busybox");
+    let (off, size) = (b["offset"].as_u64().unwrap(), b["size"].as_u64().unwrap());
+    let r = http("GET", &url, &[("Range", &format!("bytes={off}-{}", off + size - 1))]).unwrap();
+    assert_eq!(r.body, std::fs::read("/bin/busybox").unwrap());
+    // Errors say what to do.
+    let r = http("GET", &url, &[]).unwrap();
+    assert_eq!(r.status, 400);
+    assert!(String::from_utf8_lossy(&r.body).contains("Range"));
+    let other = format!("sha256:{}", "0".repeat(64));
+    let r = http_get(&format!("{}/v2/app/_berth/layer/{other}/index", berthd.url()));
+    assert_eq!(r.status, 404);
+    assert!(String::from_utf8_lossy(&r.body).contains("BLOB_UNKNOWN"));
+}

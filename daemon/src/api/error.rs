@@ -61,9 +61,11 @@ impl ApiError {
 
 fn registry_status(e: &Error) -> StatusCode {
     match e {
-        Error::BlobUnknown(_) | Error::BlobUploadUnknown(_) | Error::ManifestUnknown(_) | Error::NameUnknown(_) => {
-            StatusCode::NOT_FOUND
-        }
+        Error::BlobUnknown(_)
+        | Error::BlobUploadUnknown(_)
+        | Error::ManifestUnknown(_)
+        | Error::NameUnknown(_)
+        | Error::IndexUnavailable(_) => StatusCode::NOT_FOUND,
         Error::BlobUploadInvalid(_)
         | Error::DigestInvalid(_)
         | Error::ManifestBlobUnknown(_)

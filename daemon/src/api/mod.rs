@@ -6,6 +6,7 @@ mod blobs;
 mod discovery;
 mod drain;
 pub mod error;
+mod layers;
 mod manifests;
 pub mod range;
 pub mod route;
@@ -102,7 +103,10 @@ fn scopes(route: &Route, method: &Method, req: &Request) -> Vec<Scope> {
     match route {
         Route::Base => vec![Scope::Base],
         Route::Catalog => vec![Scope::Catalog],
-        Route::Tags { repo: r } | Route::Referrers { repo: r, .. } => vec![repo(r, Action::Pull)],
+        Route::Tags { repo: r }
+        | Route::Referrers { repo: r, .. }
+        | Route::LayerIndex { repo: r, .. }
+        | Route::LayerTar { repo: r, .. } => vec![repo(r, Action::Pull)],
         Route::Manifest { repo: r, .. } | Route::Blob { repo: r, .. } => match *method {
             Method::GET | Method::HEAD => vec![repo(r, Action::Pull)],
             Method::DELETE => vec![repo(r, Action::Delete)],
@@ -169,6 +173,12 @@ async fn handle(state: &AppState, route: Route, req: Request) -> ApiResult {
         (Route::Upload { repo, id }, &Method::PATCH) => uploads::patch(reg, &repo, &id, req, body).await,
         (Route::Upload { repo, id }, &Method::PUT) => uploads::finish(reg, &repo, &id, req, body).await,
         (Route::Upload { repo, id }, &Method::DELETE) => uploads::cancel(reg, &repo, &id).await,
+        (Route::LayerIndex { repo, digest }, &Method::GET) => {
+            layers::index(reg, &repo, &digest, mirror.as_deref()).await
+        }
+        (Route::LayerTar { repo, digest }, &Method::GET) => {
+            layers::tar(reg, &repo, &digest, req, mirror.as_deref()).await
+        }
         _ => Err(not_allowed()),
     }
 }

@@ -24,6 +24,10 @@ pub enum Route {
     Upload { repo: RepoName, id: String },
     /// `/v2/<name>/referrers/<digest>`
     Referrers { repo: RepoName, subject: Digest },
+    /// `/v2/<name>/_berth/layer/<digest>/index`: a layer's seek index.
+    LayerIndex { repo: RepoName, digest: Digest },
+    /// `/v2/<name>/_berth/layer/<digest>/tar`: uncompressed ranges of a layer.
+    LayerTar { repo: RepoName, digest: Digest },
 }
 
 impl Route {
@@ -37,6 +41,7 @@ impl Route {
             Route::Blob { .. } => "blob",
             Route::UploadStart { .. } | Route::Upload { .. } => "upload",
             Route::Referrers { .. } => "referrers",
+            Route::LayerIndex { .. } | Route::LayerTar { .. } => "layer",
         }
     }
 }
@@ -103,6 +108,16 @@ pub fn parse(path: &str) -> Result<Route, RouteError> {
             id => Route::Upload { repo, id: id.to_string() },
         });
     }
+    // Berth's extension, `_berth` (a name component cannot start with `_`).
+    if n >= 5 && segs[n - 4] == "_berth" && segs[n - 3] == "layer" {
+        let repo = repo(&segs[..n - 4])?;
+        let digest: Digest = segs[n - 2].parse().map_err(Error::from)?;
+        match segs[n - 1] {
+            "index" => return Ok(Route::LayerIndex { repo, digest }),
+            "tar" => return Ok(Route::LayerTar { repo, digest }),
+            _ => return Err(RouteError::NotFound),
+        }
+    }
     if n >= 3 && segs[n - 2] == "blobs" && segs[n - 1] == "uploads" {
         return Ok(Route::UploadStart { repo: repo(&segs[..n - 2])? });
     }
@@ -160,6 +175,12 @@ mod tests {
         assert!(matches!(parse("/v2/x/blobs/uploads").unwrap(), Route::UploadStart { .. }));
         assert!(matches!(parse("/v2/x/blobs/uploads/abc").unwrap(), Route::Upload { id, .. } if id == "abc"));
         assert!(matches!(parse(&format!("/v2/x/referrers/{}", d())).unwrap(), Route::Referrers { .. }));
+        assert!(matches!(
+            parse(&format!("/v2/a/b/_berth/layer/{}/index", d())).unwrap(),
+            Route::LayerIndex { repo, .. } if repo.as_str() == "a/b"
+        ));
+        assert!(matches!(parse(&format!("/v2/a/_berth/layer/{}/tar", d())).unwrap(), Route::LayerTar { .. }));
+        assert!(matches!(parse(&format!("/v2/a/_berth/layer/{}/other", d())), Err(RouteError::NotFound)));
         // A repository may itself contain a segment called `manifests`.
         assert!(
             matches!(parse("/v2/manifests/manifests/v1").unwrap(), Route::Manifest { repo, .. } if repo.as_str() == "manifests")

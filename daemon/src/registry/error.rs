@@ -40,6 +40,10 @@ pub enum Error {
     Denied(String),
     #[error("{0}")]
     UpstreamUnavailable(String),
+    /// A layer's seek index does not exist (yet) or cannot serve a read:
+    /// the snapshotter falls back to a normal pull.
+    #[error("{0}")]
+    IndexUnavailable(String),
     #[error("{0}")]
     Upstream(String),
     #[error(transparent)]
@@ -64,6 +68,7 @@ impl Error {
             Error::Unsupported(_) => "UNSUPPORTED",
             Error::Denied(_) => "DENIED",
             Error::UpstreamUnavailable(_) => "UNAVAILABLE",
+            Error::IndexUnavailable(_) => "INDEX_UNAVAILABLE",
             Error::Upstream(_) => "UNKNOWN",
             Error::Storage(StorageError::Unavailable { .. }) => "UNAVAILABLE",
             Error::Storage(_) => "UNKNOWN",

@@ -101,6 +101,7 @@ impl Registry {
             Reference::Digest(_) => None,
         };
         self.persist_manifest(repo, tag, &digest, body, manifest.subject.as_ref()).await?;
+        self.index_layers(&manifest.blobs);
         Ok(PushedManifest { digest, subject: manifest.subject })
     }
 

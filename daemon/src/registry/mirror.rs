@@ -100,7 +100,7 @@ impl Registry {
     }
 
     /// The local repository holding what was mirrored for `repo`.
-    fn mirror_repo(&self, up: &Upstream, repo: &RepoName) -> Result<(RepoName, String)> {
+    pub(super) fn mirror_repo(&self, up: &Upstream, repo: &RepoName) -> Result<(RepoName, String)> {
         if !up.allows(repo.as_str()) && !up.allows(&up.upstream_repo(repo.as_str())) {
             return Err(Error::Denied(format!(
                 "repository {repo} is not in the allow-list of mirror {} ({}); ask an administrator to add it to the mirror's `allow` patterns",

@@ -8,6 +8,7 @@ pub mod paths;
 
 mod blobs;
 mod discovery;
+mod layer_index;
 mod maintenance;
 mod manifests;
 pub mod mirror;
@@ -42,6 +43,7 @@ pub struct Registry {
     policy: Policy,
     uploads: uploads::Sessions,
     mirrors: mirror::Mirrors,
+    indexer: layer_index::Indexer,
     /// This registry, for background work that outlives a request.
     me: std::sync::Weak<Registry>,
 }
@@ -57,6 +59,7 @@ impl Registry {
             policy,
             uploads: uploads::Sessions::default(),
             mirrors,
+            indexer: layer_index::Indexer::new(),
             me: me.clone(),
         })
     }

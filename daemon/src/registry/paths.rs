@@ -13,6 +13,12 @@
 //!     _referrers/<alg>/<hex>/<alg>/<hex>/link               Berth's referrers index
 //! ```
 //!
+//! Beside it, Berth's own derived data, which registry:2 never reads:
+//!
+//! ```text
+//! /berth/layer-index/v1/<alg>/<hex[0..2]>/<hex>/index.json  seek index of a layer blob
+//! ```
+//!
 //! A link file holds the digest as text (`sha256:…`, no newline). The
 //! `_referrers` directory is Berth's own addition (registry:2 2.8 has no
 //! referrers API); registry:2 ignores directories starting with `_`.
@@ -21,6 +27,20 @@ use crate::digest::Digest;
 use crate::names::{RepoName, Tag};
 
 pub const ROOT: &str = "/docker/registry/v2";
+
+/// Berth's derived data, outside registry:2's tree.
+pub const BERTH_ROOT: &str = "/berth";
+
+/// The seek index of layer blob `d` (see [`crate::layerindex`]).
+pub fn layer_index(d: &Digest) -> String {
+    format!(
+        "{BERTH_ROOT}/layer-index/v{}/{}/{}/{}/index.json",
+        crate::layerindex::FORMAT,
+        d.algorithm().as_str(),
+        &d.hex()[..2],
+        d.hex()
+    )
+}
 
 pub fn repositories() -> String {
     format!("{ROOT}/repositories")

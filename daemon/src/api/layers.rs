@@ -1,0 +1,57 @@
+//! Berth's layer extension for the snapshotter:
+//! `GET /v2/<name>/_berth/layer/<digest>/index` (the seek index, JSON) and
+//! `GET /v2/<name>/_berth/layer/<digest>/tar` with `Range: bytes=a-b`
+//! (uncompressed bytes of the layer's tar). Both need pull access to the
+//! repository, like the blob itself. See docs/api.md.
+
+use super::range::{parse_range, RangeRequest};
+use super::{json_response, set, ApiError, ApiResult};
+use crate::digest::Digest;
+use crate::layerindex::MAX_RANGE;
+use crate::names::RepoName;
+use crate::registry::Registry;
+use crate::upstream::Upstream;
+use axum::http::request::Parts;
+use axum::http::{header, StatusCode};
+use axum::response::Response;
+
+pub async fn index(reg: &Registry, repo: &RepoName, digest: &Digest, mirror: Option<&Upstream>) -> ApiResult {
+    let idx = reg.layer_index(mirror, repo, digest).await?;
+    let body = serde_json::to_string(&*idx).expect("index serializes");
+    let mut r = json_response(StatusCode::OK, body, "application/json");
+    // Content-addressed: the index of a digest never changes.
+    set(r.headers_mut(), header::CACHE_CONTROL, "max-age=31536000, immutable");
+    Ok(r)
+}
+
+pub async fn tar(
+    reg: &Registry,
+    repo: &RepoName,
+    digest: &Digest,
+    req: &Parts,
+    mirror: Option<&Upstream>,
+) -> ApiResult {
+    let range = req.headers.get(header::RANGE).and_then(|v| v.to_str().ok());
+    // The size is not known before the index is read; parse against the
+    // largest size so `bytes=a-b` keeps its numbers, then clamp.
+    let (start, len) = match parse_range(range, u64::MAX) {
+        RangeRequest::Partial(r) => (r.start, r.len.min(MAX_RANGE)),
+        _ => {
+            return Err(ApiError::BadRequest {
+                code: "RANGE_INVALID",
+                message: format!(
+                    "uncompressed layer reads need a `Range: bytes=<start>-<end>` header of at most {MAX_RANGE} bytes"
+                ),
+            })
+        }
+    };
+    let (bytes, size) = reg.layer_range(mirror, repo, digest, start, len).await?;
+    let end = start + bytes.len() as u64 - 1;
+    let n = bytes.len();
+    let mut r = Response::new(axum::body::Body::from(bytes));
+    *r.status_mut() = StatusCode::PARTIAL_CONTENT;
+    set(r.headers_mut(), header::CONTENT_LENGTH, &n.to_string());
+    set(r.headers_mut(), header::CONTENT_RANGE, &format!("bytes {start}-{end}/{size}"));
+    set(r.headers_mut(), header::CONTENT_TYPE, "application/x-tar");
+    Ok(r)
+}

@@ -1,0 +1,309 @@
+//! Seek indexes for layer blobs, so the snapshotter can mount a layer and
+//! read any file without downloading or unpacking the layer first.
+//!
+//! An index is built from one pass over the blob: the tar's table of
+//! contents ([`toc`]), zran checkpoints every [`CHECKPOINT_SPACING`] bytes
+//! of uncompressed stream for gzip layers ([`zran`]), and a sha256 per
+//! [`CHUNK_SIZE`] chunk of the uncompressed stream, so every byte the
+//! snapshotter serves can be checked. It holds nothing but facts derived
+//! from content-addressed bytes, so one node builds it and every node of
+//! the cluster reuses it from the shared storage.
+//!
+//! zstd layers are not indexed (the snapshotter falls back to a normal
+//! pull): a single-frame zstd stream has no resumable points.
+
+pub mod toc;
+pub mod zran;
+
+use crate::digest::Digest;
+use base64::Engine;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest as _, Sha256};
+use std::io::{self, Read};
+
+/// The index format; bumped on incompatible changes (old indexes are rebuilt).
+pub const FORMAT: u32 = 1;
+/// Uncompressed bytes per verified chunk: the unit the snapshotter fetches.
+pub const CHUNK_SIZE: u64 = 512 * 1024;
+/// Uncompressed bytes between zran checkpoints (each costs a 32 KiB window).
+pub const CHECKPOINT_SPACING: u64 = 2 * 1024 * 1024;
+/// The most uncompressed bytes one range read returns.
+pub const MAX_RANGE: u64 = 16 * 1024 * 1024;
+
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Compression {
+    Gzip,
+    None,
+}
+
+impl Compression {
+    /// From a layer media type; `None` for ones that cannot be indexed.
+    pub fn of_media_type(mt: &str) -> Option<Compression> {
+        match mt {
+            "application/vnd.oci.image.layer.v1.tar+gzip"
+            | "application/vnd.docker.image.rootfs.diff.tar.gzip"
+            | "application/vnd.oci.image.layer.nondistributable.v1.tar+gzip"
+            | "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip" => Some(Compression::Gzip),
+            "application/vnd.oci.image.layer.v1.tar" | "application/vnd.oci.image.layer.nondistributable.v1.tar" => {
+                Some(Compression::None)
+            }
+            _ => None,
+        }
+    }
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct StoredCheckpoint {
+    pub out: u64,
+    pub input: u64,
+    pub bits: u8,
+    /// base64 of up to 32 KiB.
+    pub window: String,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct LayerIndex {
+    pub format: u32,
+    /// The blob this indexes.
+    pub digest: String,
+    pub compression: Compression,
+    /// Size of the blob as stored.
+    pub compressed_size: u64,
+    /// Size of the uncompressed tar.
+    pub size: u64,
+    pub chunk_size: u64,
+    /// sha256 (hex) of each CHUNK_SIZE piece of the uncompressed tar.
+    pub chunks: Vec<String>,
+    pub checkpoints: Vec<StoredCheckpoint>,
+    pub entries: Vec<toc::Entry>,
+}
+
+/// Counts and hashes bytes as they pass: the compressed side (to check the
+/// blob digest) or the uncompressed side (chunk digests).
+struct Tap<R> {
+    inner: R,
+    whole: Option<Sha256>,
+    chunk: Option<(Sha256, u64, Vec<String>)>,
+    count: u64,
+}
+
+impl<R: Read> Read for Tap<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        let mut data = &buf[..n];
+        self.count += n as u64;
+        if let Some(h) = &mut self.whole {
+            h.update(data);
+        }
+        if let Some((h, filled, done)) = &mut self.chunk {
+            while !data.is_empty() {
+                let take = data.len().min((CHUNK_SIZE - *filled) as usize);
+                h.update(&data[..take]);
+                *filled += take as u64;
+                data = &data[take..];
+                if *filled == CHUNK_SIZE {
+                    done.push(hex::encode(std::mem::take(h).finalize()));
+                    *filled = 0;
+                }
+            }
+        }
+        Ok(n)
+    }
+}
+
+/// Builds the index of blob `digest` read from `blob`. Fails on a digest
+/// mismatch, a corrupt stream, or a tar lazy mounting cannot represent.
+pub fn build(blob: impl Read, digest: &Digest, compression: Compression) -> io::Result<LayerIndex> {
+    if digest.algorithm() != crate::digest::Algorithm::Sha256 {
+        return Err(io::Error::new(io::ErrorKind::InvalidData, "only sha256 layers are indexed"));
+    }
+    let compressed = Tap { inner: blob, whole: Some(Sha256::new()), chunk: None, count: 0 };
+    let (entries, chunks, size, checkpoints, compressed) = match compression {
+        Compression::Gzip => {
+            let inflated = zran::IndexingReader::new(compressed, CHECKPOINT_SPACING)?;
+            let mut tar = Tap { inner: inflated, whole: None, chunk: Some((Sha256::new(), 0, Vec::new())), count: 0 };
+            let entries = toc::read_toc(&mut tar)?;
+            // Whatever follows the end-of-archive marker is part of the stream.
+            io::copy(&mut tar, &mut io::sink())?;
+            let (chunks, size) = finish_chunks(&mut tar);
+            let inflated = tar.inner;
+            let cps = inflated.checkpoints.clone();
+            (entries, chunks, size, cps, inflated.into_inner())
+        }
+        Compression::None => {
+            let mut tar = Tap { inner: compressed, whole: None, chunk: Some((Sha256::new(), 0, Vec::new())), count: 0 };
+            let entries = toc::read_toc(&mut tar)?;
+            io::copy(&mut tar, &mut io::sink())?;
+            let (chunks, size) = finish_chunks(&mut tar);
+            (entries, chunks, size, Vec::new(), tar.inner)
+        }
+    };
+    let got = hex::encode(compressed.whole.expect("hashed").finalize());
+    if got != digest.hex() {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("blob {digest} read back as sha256:{got}; storage is corrupt"),
+        ));
+    }
+    let b64 = base64::engine::general_purpose::STANDARD;
+    Ok(LayerIndex {
+        format: FORMAT,
+        digest: digest.to_string(),
+        compression,
+        compressed_size: compressed.count,
+        size,
+        chunk_size: CHUNK_SIZE,
+        chunks,
+        checkpoints: checkpoints
+            .into_iter()
+            .map(|c| StoredCheckpoint { out: c.out, input: c.input, bits: c.bits, window: b64.encode(&c.window) })
+            .collect(),
+        entries,
+    })
+}
+
+fn finish_chunks<R>(tap: &mut Tap<R>) -> (Vec<String>, u64) {
+    let (h, filled, mut done) = tap.chunk.take().expect("chunk hashing");
+    if filled > 0 {
+        done.push(hex::encode(h.finalize()));
+    }
+    (done, tap.count)
+}
+
+/// Where and how to read the blob for an uncompressed range.
+pub struct RangePlan {
+    /// Byte of the blob to start reading at.
+    pub blob_offset: u64,
+    checkpoint: Option<zran::Checkpoint>,
+    offset: u64,
+    len: usize,
+}
+
+impl LayerIndex {
+    /// Plans reading `len` uncompressed bytes at `offset` (clamped to the
+    /// end of the tar and to [`MAX_RANGE`]).
+    pub fn plan(&self, offset: u64, len: u64) -> io::Result<RangePlan> {
+        if offset >= self.size {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("offset {offset} is past the end of the {}-byte tar", self.size),
+            ));
+        }
+        let len = len.min(self.size - offset).min(MAX_RANGE) as usize;
+        match self.compression {
+            Compression::None => Ok(RangePlan { blob_offset: offset, checkpoint: None, offset, len }),
+            Compression::Gzip => {
+                let i = self.checkpoints.partition_point(|c| c.out <= offset);
+                let c = i.checked_sub(1).map(|i| &self.checkpoints[i]).ok_or_else(|| {
+                    io::Error::new(io::ErrorKind::InvalidData, "index has no checkpoint at the start of the stream")
+                })?;
+                let window = base64::engine::general_purpose::STANDARD
+                    .decode(&c.window)
+                    .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, format!("index window: {e}")))?;
+                let cp = zran::Checkpoint { out: c.out, input: c.input, bits: c.bits, window };
+                let blob_offset = c.input - u64::from(c.bits > 0);
+                Ok(RangePlan { blob_offset, checkpoint: Some(cp), offset, len })
+            }
+        }
+    }
+}
+
+impl RangePlan {
+    /// Reads the planned bytes from `blob`, positioned at `blob_offset`.
+    pub fn read(self, mut blob: impl Read) -> io::Result<Vec<u8>> {
+        match &self.checkpoint {
+            None => {
+                let mut out = vec![0; self.len];
+                blob.read_exact(&mut out)?;
+                Ok(out)
+            }
+            Some(cp) => {
+                let out = zran::read_at(blob, cp, self.offset, self.len)?;
+                if out.len() != self.len {
+                    return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "layer stream ended early"));
+                }
+                Ok(out)
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn layer(files: &[(&str, Vec<u8>)]) -> Vec<u8> {
+        let mut b = tar::Builder::new(Vec::new());
+        for (name, data) in files {
+            let mut h = tar::Header::new_gnu();
+            h.set_uid(0);
+            h.set_gid(0);
+            h.set_mtime(0);
+            h.set_size(data.len() as u64);
+            h.set_mode(0o644);
+            b.append_data(&mut h, name, &data[..]).unwrap();
+        }
+        b.into_inner().unwrap()
+    }
+
+    fn noise(len: usize, seed: u64) -> Vec<u8> {
+        let mut x = seed | 1;
+        (0..len)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                (x >> 24) as u8
+            })
+            .collect()
+    }
+
+    fn digest(b: &[u8]) -> Digest {
+        format!("sha256:{}", hex::encode(Sha256::digest(b))).parse().unwrap()
+    }
+
+    #[test]
+    fn gzip_index_serves_every_file_and_checks_chunks() {
+        let big = noise(5 << 20, 7);
+        let tar = layer(&[("a.txt", b"small file".to_vec()), ("big.bin", big.clone()), ("z.txt", b"last".to_vec())]);
+        let gz = zran::tests::gzip(&tar, "-6");
+        let idx = build(&gz[..], &digest(&gz), Compression::Gzip).unwrap();
+        assert_eq!(idx.size, tar.len() as u64);
+        assert_eq!(idx.chunks.len() as u64, tar.len() as u64 / CHUNK_SIZE + 1);
+        assert!(idx.checkpoints.len() >= 2);
+        for e in &idx.entries {
+            let plan = idx.plan(e.offset, e.size.max(1)).unwrap();
+            let got = plan.read(&gz[idx.plan(e.offset, 1).unwrap().blob_offset as usize..]).unwrap();
+            assert_eq!(&got[..e.size as usize], &tar[e.offset as usize..(e.offset + e.size) as usize], "{}", e.path);
+        }
+        // Every chunk digest matches the uncompressed bytes.
+        for (i, want) in idx.chunks.iter().enumerate() {
+            let start = i as u64 * CHUNK_SIZE;
+            let plan = idx.plan(start, CHUNK_SIZE).unwrap();
+            let off = plan.blob_offset as usize;
+            let got = plan.read(&gz[off..]).unwrap();
+            assert_eq!(&hex::encode(Sha256::digest(&got)), want, "chunk {i}");
+        }
+        // The index round-trips through JSON (how it is stored).
+        let json = serde_json::to_vec(&idx).unwrap();
+        assert_eq!(serde_json::from_slice::<LayerIndex>(&json).unwrap(), idx);
+    }
+
+    #[test]
+    fn plain_tar_and_bad_input() {
+        let tar = layer(&[("f", noise(100_000, 3))]);
+        let idx = build(&tar[..], &digest(&tar), Compression::None).unwrap();
+        assert!(idx.checkpoints.is_empty());
+        let e = &idx.entries[0];
+        let plan = idx.plan(e.offset, e.size).unwrap();
+        let off = plan.blob_offset as usize;
+        assert_eq!(plan.read(&tar[off..]).unwrap(), &tar[e.offset as usize..(e.offset + e.size) as usize]);
+        assert!(idx.plan(idx.size, 1).is_err());
+
+        let wrong = digest(b"something else");
+        let e = build(&tar[..], &wrong, Compression::None).unwrap_err();
+        assert!(e.to_string().contains("corrupt"), "{e}");
+        assert!(build(&tar[..], &digest(&tar), Compression::Gzip).is_err(), "not gzip");
+    }
+}

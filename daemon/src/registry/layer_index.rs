@@ -1,0 +1,181 @@
+//! Seek indexes of layers ([`crate::layerindex`]) in the shared storage,
+//! and uncompressed byte ranges of layers served from them: what the
+//! snapshotter reads to mount a layer lazily.
+//!
+//! An index is built in the background when a manifest is pushed (for its
+//! gzip and plain tar layers), or the first time one is asked for and is
+//! missing; that request is answered "not yet" so the snapshotter falls
+//! back to a normal pull instead of waiting. Builds run one at a time per
+//! node: they read the whole layer once and must not starve requests.
+
+use super::{paths, Error, Registry, Result};
+use crate::digest::Digest;
+use crate::layerindex::{self, Compression, LayerIndex};
+use crate::names::RepoName;
+use crate::upstream::Upstream;
+use bytes::Bytes;
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+
+/// Parsed indexes kept in memory: a range read needs the checkpoints, and
+/// a lazily mounted layer is read many times in a row.
+const CACHED_INDEXES: usize = 16;
+
+pub(super) struct Indexer {
+    building: Mutex<HashSet<Digest>>,
+    one_at_a_time: tokio::sync::Semaphore,
+    cache: Mutex<Vec<(Digest, Arc<LayerIndex>)>>,
+}
+
+impl Indexer {
+    pub(super) fn new() -> Indexer {
+        Indexer { building: Mutex::default(), one_at_a_time: tokio::sync::Semaphore::new(1), cache: Mutex::default() }
+    }
+
+    fn cached(&self, d: &Digest) -> Option<Arc<LayerIndex>> {
+        let mut c = self.cache.lock().unwrap();
+        let i = c.iter().position(|(k, _)| k == d)?;
+        let hit = c.remove(i);
+        let idx = hit.1.clone();
+        c.insert(0, hit);
+        Some(idx)
+    }
+
+    fn remember(&self, d: &Digest, idx: Arc<LayerIndex>) {
+        let mut c = self.cache.lock().unwrap();
+        c.retain(|(k, _)| k != d);
+        c.insert(0, (d.clone(), idx));
+        c.truncate(CACHED_INDEXES);
+    }
+}
+
+impl Registry {
+    /// The repository a layer request reads: `repo` itself, or where a
+    /// mirror stores it.
+    fn layer_repo(&self, mirror: Option<&Upstream>, repo: &RepoName) -> Result<RepoName> {
+        match mirror {
+            Some(up) => Ok(self.mirror_repo(up, repo)?.0),
+            None => Ok(repo.clone()),
+        }
+    }
+
+    /// The index of layer `digest` in `repo` (through `mirror` when the
+    /// request names one). `Error::IndexUnavailable` when it is not built
+    /// yet (a build is then started).
+    pub async fn layer_index(
+        &self,
+        mirror: Option<&Upstream>,
+        repo: &RepoName,
+        digest: &Digest,
+    ) -> Result<Arc<LayerIndex>> {
+        let repo = self.layer_repo(mirror, repo)?;
+        self.stat_blob(&repo, digest).await?;
+        if let Some(idx) = self.indexer.cached(digest) {
+            return Ok(idx);
+        }
+        match self.driver.get_content(&paths::layer_index(digest)).await {
+            Ok(bytes) => {
+                let idx: LayerIndex = serde_json::from_slice(&bytes).map_err(|e| {
+                    Error::IndexUnavailable(format!(
+                        "stored index of {digest} is unreadable ({e}); delete it to rebuild"
+                    ))
+                })?;
+                let idx = Arc::new(idx);
+                self.indexer.remember(digest, idx.clone());
+                Ok(idx)
+            }
+            Err(e) if e.is_not_found() => {
+                // Unknown media type here: sniff the blob's first bytes.
+                self.index_soon(digest.clone(), None);
+                Err(Error::IndexUnavailable(format!(
+                    "no seek index for {digest} yet; one is being built, retry in a moment"
+                )))
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// `len` bytes of the uncompressed tar of layer `digest` at `offset`.
+    pub async fn layer_range(
+        &self,
+        mirror: Option<&Upstream>,
+        repo: &RepoName,
+        digest: &Digest,
+        offset: u64,
+        len: u64,
+    ) -> Result<(Bytes, u64)> {
+        let idx = self.layer_index(mirror, repo, digest).await?;
+        let plan = idx.plan(offset, len).map_err(|_| Error::RangeNotSatisfiable { size: idx.size })?;
+        let blob = self.read_blob(digest, plan.blob_offset).await?;
+        let reader = tokio_util::io::SyncIoBridge::new(tokio_util::io::StreamReader::new(blob));
+        let out = tokio::task::spawn_blocking(move || plan.read(reader))
+            .await
+            .map_err(|e| Error::Upstream(format!("layer read task failed: {e}")))?
+            .map_err(|e| Error::IndexUnavailable(format!("cannot read layer {digest} at {offset}: {e}")))?;
+        Ok((Bytes::from(out), idx.size))
+    }
+
+    /// Starts building the index of each indexable layer of a manifest.
+    pub(super) fn index_layers(&self, layers: &[super::manifest::Descriptor]) {
+        for l in layers {
+            if let Some(c) = Compression::of_media_type(&l.media_type) {
+                self.index_soon(l.digest.clone(), Some(c));
+            }
+        }
+    }
+
+    /// Builds the index of `digest` in the background unless it exists or
+    /// is being built. `compression: None` sniffs it from the blob.
+    fn index_soon(&self, digest: Digest, compression: Option<Compression>) {
+        let Some(me) = self.me.upgrade() else { return };
+        if !self.indexer.building.lock().unwrap().insert(digest.clone()) {
+            return;
+        }
+        tokio::spawn(async move {
+            let result = async {
+                let _permit = me.indexer.one_at_a_time.acquire().await.expect("semaphore never closed");
+                if me.exists(&paths::layer_index(&digest)).await? {
+                    return Ok(false);
+                }
+                me.build_index(&digest, compression).await.map(|_| true)
+            }
+            .await;
+            match result {
+                Ok(true) => tracing::info!(digest = %digest, "built layer seek index"),
+                Ok(false) => {}
+                Err(e) => {
+                    tracing::warn!(digest = %digest, error = %e, "no seek index for layer; lazy pulls of it fall back to full pulls")
+                }
+            }
+            me.indexer.building.lock().unwrap().remove(&digest);
+        });
+    }
+
+    async fn build_index(&self, digest: &Digest, compression: Option<Compression>) -> Result<()> {
+        let compression = match compression {
+            Some(c) => c,
+            None => {
+                let mut head = self.read_blob(digest, 0).await?;
+                let first = futures_util::StreamExt::next(&mut head).await.transpose().map_err(|e| {
+                    Error::Storage(crate::storage::StorageError::Io { path: paths::blob_data(digest), source: e })
+                })?;
+                match first.as_deref() {
+                    Some([0x1f, 0x8b, ..]) => Compression::Gzip,
+                    Some(b) if b.len() >= 262 && &b[257..262] == b"ustar" => Compression::None,
+                    _ => return Err(Error::Unsupported(format!("{digest} is not a gzip or tar layer"))),
+                }
+            }
+        };
+        let blob = self.read_blob(digest, 0).await?;
+        let reader = tokio_util::io::SyncIoBridge::new(tokio_util::io::StreamReader::new(blob));
+        let d = digest.clone();
+        let idx = tokio::task::spawn_blocking(move || layerindex::build(reader, &d, compression))
+            .await
+            .map_err(|e| Error::Upstream(format!("index task failed: {e}")))?
+            .map_err(|e| Error::Unsupported(format!("cannot index {digest}: {e}")))?;
+        let json = serde_json::to_vec(&idx).expect("index serializes");
+        self.driver.put_content(&paths::layer_index(digest), Bytes::from(json)).await?;
+        self.indexer.remember(digest, Arc::new(idx));
+        Ok(())
+    }
+}
