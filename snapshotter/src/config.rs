@@ -7,6 +7,8 @@ use std::path::{Path, PathBuf};
 pub const DEFAULT_ADDRESS: &str = "/run/berth/snapshotter.sock";
 pub const DEFAULT_ROOT: &str = "/var/lib/berth-snapshotter";
 pub const DEFAULT_BERTHD: &str = "http://127.0.0.1:5000";
+/// 8 MiB/s: a Pi on a 100 Mbit/s link keeps a third of it for everything else.
+pub const DEFAULT_FILL_RATE: u64 = 8 << 20;
 
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -17,11 +19,23 @@ pub struct Config {
     pub root: PathBuf,
     /// The node's berthd: `http://127.0.0.1:PORT` or `unix:///path`.
     pub berthd: String,
+    /// Mount layers lazily when berthd has their index (else every
+    /// snapshot is a normal overlayfs one).
+    pub lazy: bool,
+    /// Bytes per second a lazy layer's remaining chunks are fetched at in
+    /// the background (0: unlimited).
+    pub fill_rate: u64,
 }
 
 impl Default for Config {
     fn default() -> Config {
-        Config { address: DEFAULT_ADDRESS.into(), root: DEFAULT_ROOT.into(), berthd: DEFAULT_BERTHD.into() }
+        Config {
+            address: DEFAULT_ADDRESS.into(),
+            root: DEFAULT_ROOT.into(),
+            berthd: DEFAULT_BERTHD.into(),
+            lazy: true,
+            fill_rate: DEFAULT_FILL_RATE,
+        }
     }
 }
 

@@ -10,6 +10,7 @@
 //! synchronous, and a slow disk must not stall other calls.
 
 use crate::error::Error;
+use crate::lazy::Lazy;
 use crate::snapshots::{Info, Mount, Snapshotter};
 use crate::store::{Kind, Time};
 use containerd_client::services::v1::snapshots as pb;
@@ -26,11 +27,13 @@ use tonic::Status;
 #[derive(Clone)]
 pub struct SnapshotsService {
     inner: Arc<Snapshotter>,
+    /// Remote (lazily mounted) snapshots, when enabled.
+    lazy: Option<Arc<Lazy>>,
 }
 
 impl SnapshotsService {
-    pub fn new(inner: Arc<Snapshotter>) -> SnapshotsService {
-        SnapshotsService { inner }
+    pub fn new(inner: Arc<Snapshotter>, lazy: Option<Arc<Lazy>>) -> SnapshotsService {
+        SnapshotsService { inner, lazy }
     }
 }
 
@@ -51,12 +54,18 @@ impl tower::Service<http::Request<Body>> for SnapshotsService {
 
     fn call(&mut self, req: http::Request<Body>) -> Self::Future {
         let s = self.inner.clone();
+        let lazy = self.lazy.clone();
         Box::pin(async move {
             let method = req.uri().path().rsplit('/').next().unwrap_or_default().to_owned();
             let resp = match method.as_str() {
                 "Prepare" => {
-                    unary(req, s, |s, r: pb::PrepareSnapshotRequest| {
-                        let mounts = s.create(Kind::Active, &r.key, &r.parent, labels(r.labels))?;
+                    let rt = tokio::runtime::Handle::current();
+                    unary(req, s, move |s, r: pb::PrepareSnapshotRequest| {
+                        let labels = labels(r.labels);
+                        if let Some(exists) = lazy.as_ref().and_then(|l| l.prepare(s, &r.parent, &labels, &rt)) {
+                            return Err(exists);
+                        }
+                        let mounts = s.create(Kind::Active, &r.key, &r.parent, labels)?;
                         Ok(pb::PrepareSnapshotResponse { mounts: mounts_pb(mounts) })
                     })
                     .await

@@ -7,11 +7,20 @@
 //! Layers: [`grpc`] (containerd's wire protocol) → [`snapshots`] (the
 //! snapshot rules and the overlay layout) → [`store`] (metadata in an
 //! embedded transactional store). [`server`] binds the socket.
+//!
+//! Lazy layers: [`lazy`] decides and mounts, [`lazyfs`] is the FUSE file
+//! system of one layer, [`layer`] fetches and verifies its bytes from
+//! berthd ([`berthd`]) using the seek index berthd built ([`index`]).
 
+pub mod berthd;
 pub mod config;
 pub mod error;
 pub mod filter;
 pub mod grpc;
+pub mod index;
+pub mod layer;
+pub mod lazy;
+pub mod lazyfs;
 pub mod server;
 pub mod snapshots;
 pub mod store;

@@ -28,7 +28,14 @@ enum Command {
         /// The node's berthd [default: http://127.0.0.1:5000].
         #[arg(long)]
         berthd: Option<String>,
+        /// Background fetch rate of lazy layers, bytes/s (0: unlimited) [default: 8 MiB/s].
+        #[arg(long)]
+        fill_rate: Option<u64>,
     },
+    /// Serve one lazily mounted layer until it is unmounted (started by
+    /// `serve`; not for direct use).
+    #[command(hide = true)]
+    MountLayer { lazy_dir: PathBuf, mountpoint: PathBuf },
 }
 
 fn main() -> ExitCode {
@@ -38,7 +45,7 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .init();
     match cli.command {
-        Command::Serve { config, address, root, berthd } => {
+        Command::Serve { config, address, root, berthd, fill_rate } => {
             let mut cfg = match config {
                 Some(p) => match Config::load(&p) {
                     Ok(c) => c,
@@ -49,8 +56,15 @@ fn main() -> ExitCode {
             cfg.address = address.unwrap_or(cfg.address);
             cfg.root = root.unwrap_or(cfg.root);
             cfg.berthd = berthd.unwrap_or(cfg.berthd);
+            cfg.fill_rate = fill_rate.unwrap_or(cfg.fill_rate);
             let rt = tokio::runtime::Runtime::new().expect("tokio runtime");
             match rt.block_on(berth_snapshotter::server::serve(&cfg, shutdown_signal())) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => fail(&e),
+            }
+        }
+        Command::MountLayer { lazy_dir, mountpoint } => {
+            match berth_snapshotter::lazy::serve_mount(&lazy_dir, &mountpoint) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => fail(&e),
             }

@@ -2,6 +2,7 @@
 
 use crate::config::Config;
 use crate::grpc::SnapshotsService;
+use crate::lazy::Lazy;
 use crate::snapshots::Snapshotter;
 use std::future::Future;
 use std::os::unix::fs::PermissionsExt;
@@ -15,11 +16,20 @@ pub async fn serve(config: &Config, shutdown: impl Future<Output = ()> + Send) -
         .await
         .map_err(|e| e.to_string())?
         .map_err(|e| e.to_string())?;
+    let snapshotter = Arc::new(snapshotter);
+    let lazy = if config.lazy {
+        let lazy = Arc::new(Lazy::new(&config.berthd, config.fill_rate)?);
+        let (l, s) = (lazy.clone(), snapshotter.clone());
+        tokio::task::spawn_blocking(move || l.restore(&s)).await.map_err(|e| e.to_string())?;
+        Some(lazy)
+    } else {
+        None
+    };
     let listener = bind(&config.address)?;
     tracing::info!(address = %config.address.display(), root = %config.root.display(), "serving containerd snapshots");
     let incoming = tokio_stream::wrappers::UnixListenerStream::new(listener);
     let result = tonic::transport::Server::builder()
-        .add_service(SnapshotsService::new(Arc::new(snapshotter)))
+        .add_service(SnapshotsService::new(snapshotter, lazy))
         .serve_with_incoming_shutdown(incoming, shutdown)
         .await
         .map_err(|e| format!("gRPC server: {e}"));

@@ -12,6 +12,7 @@
 
 use crate::error::{Error, Result};
 use crate::filter::Filter;
+use crate::lazy::LABEL_LAZY;
 use crate::store::{Kind, LabelUpdate, Record, Resolved, Store};
 use std::collections::{BTreeMap, HashSet};
 use std::os::unix::fs::MetadataExt;
@@ -78,6 +79,37 @@ impl Snapshotter {
         Ok(self.mounts_of(&resolved))
     }
 
+    /// Records `name` as a committed snapshot whose tree `make` provides
+    /// (a lazy mount) in the snapshot's directory; nothing is recorded when
+    /// `make` fails.
+    pub fn create_committed(
+        &self,
+        name: &str,
+        parent: &str,
+        labels: BTreeMap<String, String>,
+        make: impl FnOnce(&Path) -> Result<()>,
+    ) -> Result<()> {
+        let parent = (!parent.is_empty()).then_some(parent);
+        self.store.create(name, parent, Kind::Committed, labels, |id| {
+            let dir = self.dir(id);
+            let _ = std::fs::remove_dir_all(&dir);
+            let fs = dir.join("fs");
+            std::fs::create_dir_all(&fs).map_err(Error::io(format!("cannot create {}", fs.display())))?;
+            if let Err(e) = make(&dir) {
+                let _ = std::fs::remove_dir_all(&dir);
+                return Err(e);
+            }
+            Ok(())
+        })?;
+        Ok(())
+    }
+
+    /// Directories of the snapshots served by lazy mounts.
+    pub fn lazy_dirs(&self) -> Vec<PathBuf> {
+        let all = self.store.list().unwrap_or_default();
+        all.into_iter().filter(|(_, r)| r.labels.contains_key(LABEL_LAZY)).map(|(_, r)| self.dir(r.id)).collect()
+    }
+
     pub fn mounts(&self, key: &str) -> Result<Vec<Mount>> {
         let resolved = self.store.get(key)?;
         if resolved.record.kind == Kind::Committed {
@@ -129,6 +161,7 @@ impl Snapshotter {
     pub fn remove(&self, key: &str) -> Result<()> {
         let rec = self.store.remove(key)?;
         let dir = self.dir(rec.id);
+        release_mount(&dir);
         if let Err(e) = std::fs::remove_dir_all(&dir) {
             if e.kind() != std::io::ErrorKind::NotFound {
                 // The record is gone; Cleanup retries the directory.
@@ -180,6 +213,10 @@ impl Snapshotter {
     pub fn usage(&self, key: &str) -> Result<(i64, i64)> {
         let r = self.store.get(key)?;
         match r.record.kind {
+            // What is on this node's disk of a lazy layer so far.
+            Kind::Committed if r.record.labels.contains_key(LABEL_LAZY) => {
+                disk_usage(&self.dir(r.record.id).join("lazy"))
+            }
             Kind::Committed => Ok((r.record.size, r.record.inodes)),
             _ => disk_usage(&self.fs(r.record.id)),
         }
@@ -195,12 +232,21 @@ impl Snapshotter {
             let name = entry.file_name();
             let owned_dir = name.to_str().and_then(|n| n.parse::<u64>().ok()).is_some_and(|id| owned.contains(&id));
             if !owned_dir {
+                release_mount(&entry.path());
                 std::fs::remove_dir_all(entry.path())
                     .map_err(Error::io(format!("cannot remove {}", entry.path().display())))?;
                 removed += 1;
             }
         }
         Ok(removed)
+    }
+}
+
+/// Unmounts a lazy snapshot's file system before its directory goes.
+fn release_mount(dir: &Path) {
+    let fs = dir.join("fs");
+    if crate::lazy::is_mounted(&fs) && !crate::lazy::unmount(&fs) {
+        tracing::warn!(mount = %fs.display(), "cannot unmount a removed lazy layer");
     }
 }
 

@@ -62,6 +62,22 @@ impl Api {
         Ok(self.client.prepare(r).await?.into_inner().mounts)
     }
 
+    async fn prepare_labeled(
+        &mut self,
+        key: &str,
+        parent: &str,
+        labels: &[(&str, &str)],
+    ) -> Result<Vec<containerd_client::types::Mount>, tonic::Status> {
+        let m = pb::PrepareSnapshotRequest {
+            snapshotter: self.snapshotter.clone(),
+            key: key.into(),
+            parent: parent.into(),
+            labels: labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+        };
+        let r = self.req(m);
+        Ok(self.client.prepare(r).await?.into_inner().mounts)
+    }
+
     async fn view(&mut self, key: &str, parent: &str) -> Result<Vec<containerd_client::types::Mount>, tonic::Status> {
         let m = pb::ViewSnapshotRequest {
             snapshotter: self.snapshotter.clone(),
@@ -415,4 +431,83 @@ fn berthd_indexes_pushed_layers_and_serves_uncompressed_ranges() {
     let r = http_get(&format!("{}/v2/app/_berth/layer/{other}/index", berthd.url()));
     assert_eq!(r.status, 404);
     assert!(String::from_utf8_lossy(&r.body).contains("BLOB_UNKNOWN"));
+}
+
+/// Chunk files fetched so far for `layer` under the snapshotter's root.
+fn chunks_fetched(root: &Path, layer: &str) -> usize {
+    let mut n = 0;
+    for d in std::fs::read_dir(root.join("snapshots")).unwrap().flatten() {
+        let spec = std::fs::read_to_string(d.path().join("lazy/layer.json")).unwrap_or_default();
+        if spec.contains(layer) {
+            n += std::fs::read_dir(d.path().join("lazy/chunks")).map(|r| r.count()).unwrap_or(0);
+        }
+    }
+    n
+}
+
+/// What `umoci unpack` (a normal, full unpack) makes of the image.
+fn unpacked_tree(layout: &Layout, work: &Path) -> Vec<String> {
+    let bundle = work.join("reference-unpack");
+    common::run(
+        Command::new(common::require_tool("umoci"))
+            .args(["unpack", "--image", &format!("{}:{}", layout.dir.display(), layout.tag)])
+            .arg(&bundle),
+    );
+    tree_listing(&bundle.join("rootfs"))
+}
+
+#[test]
+fn lazy_layers_are_served_by_fuse_and_match_a_full_unpack() {
+    let work = tempfile::tempdir().unwrap();
+    let img = build_layered_image(work.path(), "lazy", 200 << 20);
+    let berthd = Berthd::start("");
+    Skopeo::new().push(&img.layout, &berthd.addr, "app:v1", &[]);
+    for l in &img.layers {
+        wait_index(&berthd, "app", l);
+    }
+    // A slow background fill, so the test sees reads served before it.
+    let mut snap = SnapshotterProc::start_with(work.path(), &berthd.url(), &["--fill-rate", "65536"]);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let mnt = work.path().join("lazy-view");
+    rt.block_on(async {
+        let mut api = Api::connect(&snap.sock, "", "").await;
+        let mut parent = String::new();
+        for (i, layer) in img.layers.iter().enumerate() {
+            let target = format!("chain-{i}");
+            let labels = [
+                ("containerd.io/snapshot.ref", target.as_str()),
+                ("containerd.io/snapshot/cri.image-ref", "registry.example.test/app:v1"),
+                ("containerd.io/snapshot/cri.layer-digest", layer.as_str()),
+            ];
+            let r = api.prepare_labeled(&format!("extract-{i}"), &parent, &labels).await;
+            assert_eq!(code(r), Code::AlreadyExists, "layer {i} is mounted lazily, so containerd skips it");
+            let info = api.stat(&target).await.unwrap();
+            assert_eq!(info.kind, pb::Kind::Committed as i32);
+            assert_eq!(info.labels.get("berth.io/lazy-layer"), Some(layer));
+            parent = target;
+        }
+        let v = api.view("lazy-view", &parent).await.unwrap();
+        mount_all(&v, &mnt);
+    });
+    // Small files read before the big layer was.
+    assert_eq!(std::fs::read_to_string(mnt.join("etc/motd")).unwrap(), "layer three motd\n");
+    assert_eq!(std::fs::read_to_string(mnt.join("etc/motd.link")).unwrap(), "layer three motd\n");
+    assert!(!mnt.join("etc/old").exists() && !mnt.join("etc/dir/a").exists(), "whiteouts hide deleted files");
+    let out = common::run(Command::new(mnt.join("bin/busybox")).args(["echo", "busybox runs from a lazy layer"]));
+    assert_eq!(out, "busybox runs from a lazy layer\n");
+    let big_chunks = chunks_fetched(&snap.root, &img.layers[1]);
+    assert!(big_chunks <= 2, "the 200 MiB layer was not read yet ({big_chunks} chunks fetched)");
+
+    // The whole tree, file by file, equals a full unpack (this reads all of it).
+    let lazy = tree_listing(&mnt);
+    let full = unpacked_tree(&img.layout, work.path());
+    assert_eq!(lazy, full);
+    assert!(lazy.iter().any(|l| l.starts_with("/data/big.bin file") && l.contains(&img.big_sha256)));
+
+    // Killed with the view mounted: the mounts live on, and a restart adopts them.
+    snap.kill();
+    assert_eq!(std::fs::read_to_string(mnt.join("etc/new")).unwrap(), "new in layer three\n");
+    snap.spawn(&berthd.url());
+    assert_eq!(std::fs::read_to_string(mnt.join("etc/keep")).unwrap(), "kept\n");
+    umount(&mnt);
 }

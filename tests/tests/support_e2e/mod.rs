@@ -203,6 +203,101 @@ pub fn build_busybox_image_with(work: &Path, name: &str, extra: &[(&str, &[u8])]
     BusyboxImage { layout, manifest_digest, config_digest, layer_digest }
 }
 
+/// A three-layer image for lazy-pull tests, tagged `latest` in `work/<name>`:
+/// 1. busybox, `/etc/motd`, `/etc/old`, `/etc/dir/{a,b}`, `/etc/keep`;
+/// 2. `/data/big.bin` (`big` bytes of incompressible data) and a hard link
+///    `/data/big.link` to it;
+/// 3. deletes `/etc/old` and `/etc/dir/a`, replaces `/etc/motd`, adds a
+///    symlink `/etc/motd.link` and `/etc/new`.
+pub struct LayeredImage {
+    pub layout: Layout,
+    pub layers: Vec<String>,
+    pub big_sha256: String,
+}
+
+pub fn build_layered_image(work: &Path, name: &str, big: usize) -> LayeredImage {
+    let umoci = require_tool("umoci");
+    let base = build_busybox_image_with(
+        work,
+        name,
+        &[
+            ("etc/motd", b"layer one motd\n"),
+            ("etc/old", b"deleted by layer three\n"),
+            ("etc/dir/a", b"a\n"),
+            ("etc/dir/b", b"b\n"),
+            ("etc/keep", b"kept\n"),
+        ],
+    );
+    let dir = base.layout.dir.clone();
+    let image = format!("{}:latest", dir.display());
+    let bundle = work.join(format!("{name}-layers"));
+    let step = |change: &dyn Fn(&Path)| {
+        let _ = std::fs::remove_dir_all(&bundle);
+        run(Command::new(&umoci).args(["unpack", "--image", &image]).arg(&bundle));
+        change(&bundle.join("rootfs"));
+        run(Command::new(&umoci).args(["repack", "--image", &image]).arg(&bundle));
+        let _ = std::fs::remove_dir_all(&bundle);
+    };
+    let data = crate::common::random_bytes(big, 99);
+    let big_sha256 = sha256(&data);
+    step(&|root: &Path| {
+        std::fs::create_dir_all(root.join("data")).unwrap();
+        std::fs::write(root.join("data/big.bin"), &data).unwrap();
+        std::fs::hard_link(root.join("data/big.bin"), root.join("data/big.link")).unwrap();
+    });
+    drop(data);
+    step(&|root: &Path| {
+        std::fs::remove_file(root.join("etc/old")).unwrap();
+        std::fs::remove_file(root.join("etc/dir/a")).unwrap();
+        std::fs::write(root.join("etc/motd"), b"layer three motd\n").unwrap();
+        std::os::unix::fs::symlink("motd", root.join("etc/motd.link")).unwrap();
+        std::fs::write(root.join("etc/new"), b"new in layer three\n").unwrap();
+    });
+    run(Command::new(&umoci).arg("gc").arg("--layout").arg(&dir));
+    let layout = Layout { dir, tag: "latest".into() };
+    let manifest: serde_json::Value = serde_json::from_slice(&layout.blob(&layout.digest())).unwrap();
+    let layers: Vec<String> =
+        manifest["layers"].as_array().unwrap().iter().map(|l| l["digest"].as_str().unwrap().to_string()).collect();
+    assert_eq!(layers.len(), 3, "{manifest}");
+    LayeredImage { layout, layers, big_sha256 }
+}
+
+/// Every path under `root` (not crossing mounts) with what unpacking
+/// decides: type, mode, owner, size, content digest or link target.
+pub fn tree_listing(root: &Path) -> Vec<String> {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    let mut out = Vec::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(p) = stack.pop() {
+        let md = std::fs::symlink_metadata(&p).unwrap();
+        let rel = p.strip_prefix(root).unwrap().display().to_string();
+        let ft = md.file_type();
+        let what = if ft.is_dir() {
+            let mut kids: Vec<PathBuf> = std::fs::read_dir(&p).unwrap().map(|e| e.unwrap().path()).collect();
+            kids.sort();
+            stack.extend(kids.into_iter().rev());
+            "dir".to_string()
+        } else if ft.is_symlink() {
+            format!("link->{}", std::fs::read_link(&p).unwrap().display())
+        } else if ft.is_file() {
+            format!("file {} {}", md.len(), sha256(&std::fs::read(&p).unwrap()))
+        } else if ft.is_char_device() {
+            format!("char {}", md.rdev())
+        } else {
+            "other".to_string()
+        };
+        out.push(format!(
+            "/{rel} {what} mode={:o} uid={} gid={} nlink={}",
+            md.mode() & 0o7777,
+            md.uid(),
+            md.gid(),
+            if ft.is_dir() { 0 } else { md.nlink() }
+        ));
+    }
+    out.sort();
+    out
+}
+
 /// A two-platform OCI index (linux/amd64 + linux/arm64) sharing the busybox
 /// layer, with distinct configs and manifests, in a new layout `work/<name>`
 /// tagged `multi`. Returns the layout and the index digest.

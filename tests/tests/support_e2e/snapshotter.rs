@@ -24,6 +24,7 @@ pub fn snapshotter_bin() -> PathBuf {
 
 pub struct SnapshotterProc {
     pub child: Option<Child>,
+    pub args: Vec<String>,
     pub sock: PathBuf,
     pub root: PathBuf,
     pub log: PathBuf,
@@ -32,8 +33,14 @@ pub struct SnapshotterProc {
 impl SnapshotterProc {
     /// Starts one with socket `<dir>/snap.sock` and root `<dir>/snap-root`.
     pub fn start(dir: &Path, berthd_url: &str) -> SnapshotterProc {
+        SnapshotterProc::start_with(dir, berthd_url, &[])
+    }
+
+    /// With extra `serve` flags (kept for restarts).
+    pub fn start_with(dir: &Path, berthd_url: &str, args: &[&str]) -> SnapshotterProc {
         let mut s = SnapshotterProc {
             child: None,
+            args: args.iter().map(|a| a.to_string()).collect(),
             sock: dir.join("snap.sock"),
             root: dir.join("snap-root"),
             log: dir.join("snapshotter.log"),
@@ -52,6 +59,7 @@ impl SnapshotterProc {
             .arg(&self.root)
             .arg("--berthd")
             .arg(berthd_url)
+            .args(&self.args)
             .env("BERTH_LOG", "debug")
             .stdin(Stdio::null())
             .stdout(logf.try_clone().unwrap())
@@ -90,5 +98,9 @@ impl SnapshotterProc {
 impl Drop for SnapshotterProc {
     fn drop(&mut self) {
         self.kill();
+        // Lazy layers' FUSE mounts (their serving processes exit with them).
+        for m in crate::support_e2e::containerd::mounts_under(&self.root).iter().rev() {
+            let _ = Command::new("umount").arg("-l").arg(m).stderr(Stdio::null()).status();
+        }
     }
 }

@@ -1,0 +1,178 @@
+//! The node's berthd, as the snapshotter reads from it: layer indexes and
+//! uncompressed ranges over HTTP/1.1 on loopback or a unix socket. One
+//! connection per request: on loopback that costs microseconds, and no
+//! pool can go stale when berthd restarts.
+
+use crate::index::LayerIndex;
+use bytes::Bytes;
+use http_body_util::{BodyExt, Empty};
+use hyper_util::rt::TokioIo;
+use std::path::PathBuf;
+use std::time::Duration;
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Target {
+    Tcp(String),
+    Unix(PathBuf),
+}
+
+/// Where to reach berthd.
+#[derive(Clone, Debug)]
+pub struct Berthd {
+    target: Target,
+    timeout: Duration,
+}
+
+/// A layer as berthd names it: the repository (and, for a mirrored or
+/// cluster registry, its name as `ns`) and the blob digest.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct LayerRef {
+    pub ns: String,
+    pub repo: String,
+    pub digest: String,
+}
+
+impl LayerRef {
+    /// From CRI's `cri.image-ref` label (`host/repo:tag`, `repo@digest`,
+    /// or a Docker Hub short name) and the layer digest.
+    pub fn from_image_ref(image: &str, digest: &str) -> Option<LayerRef> {
+        let no_digest = image.split('@').next()?;
+        // A tag follows the last `:` after the last `/`.
+        let name = match no_digest.rfind(':') {
+            Some(i) if !no_digest[i..].contains('/') => &no_digest[..i],
+            _ => no_digest,
+        };
+        let (host, repo) = match name.split_once('/') {
+            Some((h, r)) if h.contains('.') || h.contains(':') || h == "localhost" => (h.to_string(), r.to_string()),
+            _ => ("docker.io".to_string(), name.to_string()),
+        };
+        let repo = if host == "docker.io" && !repo.contains('/') { format!("library/{repo}") } else { repo };
+        let ok = !repo.is_empty()
+            && digest.starts_with("sha256:")
+            && digest.len() == 71
+            && digest[7..].bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase());
+        ok.then(|| LayerRef { ns: host, repo, digest: digest.to_string() })
+    }
+
+    fn path(&self, what: &str) -> String {
+        format!("/v2/{}/_berth/layer/{}/{what}?ns={}", self.repo, self.digest, self.ns)
+    }
+}
+
+impl Berthd {
+    /// `http://127.0.0.1:5000` or `unix:///run/berth/berthd.sock`.
+    pub fn parse(url: &str) -> Result<Berthd, String> {
+        let target = if let Some(p) = url.strip_prefix("unix://") {
+            Target::Unix(PathBuf::from(p))
+        } else if let Some(rest) = url.strip_prefix("http://") {
+            let hostport = rest.trim_end_matches('/');
+            if hostport.is_empty() || hostport.contains('/') {
+                return Err(format!("berthd URL {url:?} must be http://HOST:PORT"));
+            }
+            let hostport = if hostport.contains(':') { hostport.to_string() } else { format!("{hostport}:80") };
+            Target::Tcp(hostport)
+        } else {
+            return Err(format!("berthd URL {url:?} must start with http:// or unix://"));
+        };
+        Ok(Berthd { target, timeout: Duration::from_secs(30) })
+    }
+
+    pub fn with_timeout(mut self, t: Duration) -> Berthd {
+        self.timeout = t;
+        self
+    }
+
+    async fn get(&self, path: &str, range: Option<(u64, u64)>) -> Result<(u16, Bytes), String> {
+        let fut = async {
+            let host = match &self.target {
+                Target::Tcp(h) => h.clone(),
+                Target::Unix(_) => "localhost".to_string(),
+            };
+            let mut req = hyper::Request::get(path).header(hyper::header::HOST, host);
+            if let Some((start, end)) = range {
+                req = req.header(hyper::header::RANGE, format!("bytes={start}-{end}"));
+            }
+            let req = req.body(Empty::<Bytes>::new()).map_err(|e| e.to_string())?;
+            let resp = match &self.target {
+                Target::Tcp(addr) => {
+                    let s = tokio::net::TcpStream::connect(addr).await.map_err(|e| format!("connect {addr}: {e}"))?;
+                    send(TokioIo::new(s), req).await?
+                }
+                Target::Unix(p) => {
+                    let s = tokio::net::UnixStream::connect(p)
+                        .await
+                        .map_err(|e| format!("connect {}: {e}", p.display()))?;
+                    send(TokioIo::new(s), req).await?
+                }
+            };
+            Ok(resp)
+        };
+        tokio::time::timeout(self.timeout, fut)
+            .await
+            .map_err(|_| format!("berthd did not answer in {:?}", self.timeout))?
+    }
+
+    /// The layer's index, validated.
+    pub async fn index(&self, layer: &LayerRef) -> Result<(LayerIndex, Bytes), String> {
+        let (status, body) = self.get(&layer.path("index"), None).await?;
+        if status != 200 {
+            return Err(format!("berthd answered {status}: {}", String::from_utf8_lossy(&body)));
+        }
+        let idx: LayerIndex = serde_json::from_slice(&body).map_err(|e| format!("index is not valid JSON: {e}"))?;
+        idx.validate()?;
+        if idx.digest != layer.digest {
+            return Err(format!("berthd sent the index of {} for {}", idx.digest, layer.digest));
+        }
+        Ok((idx, body))
+    }
+
+    /// `len` uncompressed bytes of the layer's tar at `offset`.
+    pub async fn range(&self, layer: &LayerRef, offset: u64, len: u64) -> Result<Bytes, String> {
+        let (status, body) = self.get(&layer.path("tar"), Some((offset, offset + len - 1))).await?;
+        if status != 206 {
+            return Err(format!("berthd answered {status}: {}", String::from_utf8_lossy(&body)));
+        }
+        if body.len() as u64 != len {
+            return Err(format!("berthd sent {} bytes for a {len}-byte range", body.len()));
+        }
+        Ok(body)
+    }
+}
+
+async fn send<IO>(io: IO, req: hyper::Request<Empty<Bytes>>) -> Result<(u16, Bytes), String>
+where
+    IO: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+{
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(io).await.map_err(|e| e.to_string())?;
+    tokio::spawn(conn);
+    let resp = sender.send_request(req).await.map_err(|e| format!("request: {e}"))?;
+    let status = resp.status().as_u16();
+    let body = resp.into_body().collect().await.map_err(|e| format!("response body: {e}"))?.to_bytes();
+    Ok((status, body))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn image_refs() {
+        let d = format!("sha256:{}", "a".repeat(64));
+        let r = LayerRef::from_image_ref("registry.example.test/app:v1", &d).unwrap();
+        assert_eq!((r.ns.as_str(), r.repo.as_str()), ("registry.example.test", "app"));
+        let r = LayerRef::from_image_ref("busybox:1.36", &d).unwrap();
+        assert_eq!((r.ns.as_str(), r.repo.as_str()), ("docker.io", "library/busybox"));
+        let r = LayerRef::from_image_ref("localhost:5000/a/b@sha256:00", &d).unwrap();
+        assert_eq!((r.ns.as_str(), r.repo.as_str()), ("localhost:5000", "a/b"));
+        assert!(LayerRef::from_image_ref("x/y", "sha256:short").is_none());
+        assert_eq!(r.path("index"), format!("/v2/a/b/_berth/layer/{d}/index?ns=localhost:5000"));
+    }
+
+    #[test]
+    fn urls() {
+        assert_eq!(Berthd::parse("http://127.0.0.1:5000").unwrap().target, Target::Tcp("127.0.0.1:5000".into()));
+        assert_eq!(Berthd::parse("unix:///run/b.sock").unwrap().target, Target::Unix("/run/b.sock".into()));
+        assert!(Berthd::parse("https://x").is_err());
+        assert!(Berthd::parse("http://x/y").is_err());
+    }
+}

@@ -1,0 +1,221 @@
+//! Remote snapshots: when containerd prepares a layer's snapshot with the
+//! target and CRI labels, and the node's berthd has a seek index for the
+//! layer, the snapshot is created already committed, its tree served by a
+//! FUSE mount, and Prepare answers `AlreadyExists`: containerd skips the
+//! download and unpacking. Anything that stands in the way (no labels,
+//! berthd down, no index, a failed mount) makes Prepare go on normally; a
+//! pull never fails because the lazy path could not be used.
+//!
+//! Each mount is served by its own `berth-snapshotter mount-layer` process
+//! in its own process group, so restarting or upgrading the snapshotter
+//! does not take the file systems of running containers down with it. At
+//! start the snapshotter adopts live mounts and remounts dead ones.
+//!
+//! A lazy snapshot's directory: `fs/` (the mount point), `lazy/index.json`,
+//! `lazy/layer.json` ([`MountSpec`]), `lazy/chunks/`, `lazy/mount.log`.
+
+use crate::berthd::{Berthd, LayerRef};
+use crate::error::{Error, Result};
+use crate::snapshots::Snapshotter;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+/// The committed snapshot containerd wants the layer unpacked into.
+pub const LABEL_TARGET: &str = "containerd.io/snapshot.ref";
+pub const LABEL_IMAGE_REF: &str = "containerd.io/snapshot/cri.image-ref";
+pub const LABEL_LAYER_DIGEST: &str = "containerd.io/snapshot/cri.layer-digest";
+/// Set on snapshots berth mounted lazily; the value is the layer digest.
+pub const LABEL_LAZY: &str = "berth.io/lazy-layer";
+
+/// What a mount-layer process needs, written beside the index.
+#[derive(Serialize, Deserialize, Clone, Debug)]
+pub struct MountSpec {
+    pub berthd: String,
+    pub layer: LayerRef,
+    /// Background fetch rate, bytes per second (0: unlimited).
+    pub fill_rate: u64,
+}
+
+pub struct Lazy {
+    berthd_url: String,
+    berthd: Berthd,
+    /// The `berth-snapshotter` binary that serves mounts.
+    exe: PathBuf,
+    fill_rate: u64,
+}
+
+impl Lazy {
+    pub fn new(berthd_url: &str, fill_rate: u64) -> Result<Lazy, String> {
+        let berthd = Berthd::parse(berthd_url)?.with_timeout(Duration::from_secs(10));
+        let exe = std::env::current_exe().map_err(|e| format!("cannot find my own binary: {e}"))?;
+        Ok(Lazy { berthd_url: berthd_url.to_string(), berthd, exe, fill_rate })
+    }
+
+    /// The target snapshot name and layer a Prepare asks for, when its
+    /// labels allow a lazy mount.
+    pub fn wanted(labels: &BTreeMap<String, String>) -> Option<(String, LayerRef)> {
+        let target = labels.get(LABEL_TARGET)?;
+        let layer = LayerRef::from_image_ref(labels.get(LABEL_IMAGE_REF)?, labels.get(LABEL_LAYER_DIGEST)?)?;
+        Some((target.clone(), layer))
+    }
+
+    /// Tries the lazy path for a Prepare. `Some(AlreadyExists)` when the
+    /// target snapshot exists (made now, or before); `None`: prepare
+    /// normally. Runs on a blocking thread (it waits for berthd and the
+    /// mount).
+    pub fn prepare(
+        &self,
+        sn: &Snapshotter,
+        parent: &str,
+        labels: &BTreeMap<String, String>,
+        rt: &tokio::runtime::Handle,
+    ) -> Option<Error> {
+        let (target, layer) = Self::wanted(labels)?;
+        if sn.stat(&target).is_ok() {
+            return Some(Error::AlreadyExists(target));
+        }
+        let index = match rt.block_on(self.berthd.index(&layer)) {
+            Ok((_, raw)) => raw,
+            Err(e) => {
+                tracing::info!(layer = %layer.digest, reason = %e, "lazy mount not possible; pulling normally");
+                return None;
+            }
+        };
+        let spec = MountSpec { berthd: self.berthd_url.clone(), layer: layer.clone(), fill_rate: self.fill_rate };
+        let mut labels = labels.clone();
+        labels.insert(LABEL_LAZY.into(), layer.digest.clone());
+        let made = sn.create_committed(&target, parent, labels, |dir| {
+            let lazy = dir.join("lazy");
+            std::fs::create_dir_all(&lazy).map_err(Error::io(format!("cannot create {}", lazy.display())))?;
+            std::fs::write(lazy.join("index.json"), &index).map_err(Error::io("cannot write the layer index"))?;
+            let spec = serde_json::to_vec(&spec).expect("spec serializes");
+            std::fs::write(lazy.join("layer.json"), spec).map_err(Error::io("cannot write the mount spec"))?;
+            self.mount(dir)
+        });
+        match made {
+            Ok(()) => {
+                tracing::info!(target = %target, layer = %layer.digest, "layer mounted lazily");
+                Some(Error::AlreadyExists(target))
+            }
+            Err(Error::AlreadyExists(t)) => Some(Error::AlreadyExists(t)),
+            Err(e) => {
+                tracing::warn!(layer = %layer.digest, error = %e, "lazy mount failed; pulling normally");
+                None
+            }
+        }
+    }
+
+    /// Starts the mount-layer process for snapshot directory `dir` and
+    /// waits until `dir/fs` is mounted.
+    pub fn mount(&self, dir: &Path) -> Result<()> {
+        let fs = dir.join("fs");
+        let lazy = dir.join("lazy");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(lazy.join("mount.log"))
+            .map_err(Error::io("cannot open the mount log"))?;
+        let mut child = std::process::Command::new(&self.exe)
+            .arg("mount-layer")
+            .arg(&lazy)
+            .arg(&fs)
+            .stdin(std::process::Stdio::null())
+            .stdout(log.try_clone().map_err(Error::io("mount log"))?)
+            .stderr(log)
+            // Its own process group: stopping the snapshotter leaves it be.
+            .process_group(0)
+            .spawn()
+            .map_err(Error::io(format!("cannot start {}", self.exe.display())))?;
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            if is_mounted(&fs) {
+                // Reaped by a thread, so it never lingers as a zombie.
+                std::thread::spawn(move || child.wait());
+                return Ok(());
+            }
+            if let Ok(Some(status)) = child.try_wait() {
+                let tail = std::fs::read_to_string(lazy.join("mount.log")).unwrap_or_default();
+                let tail: Vec<&str> = tail.lines().rev().take(5).collect();
+                return Err(Error::FailedPrecondition(format!(
+                    "mount-layer exited with {status}: {}",
+                    tail.into_iter().rev().collect::<Vec<_>>().join(" | ")
+                )));
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                return Err(Error::FailedPrecondition("layer mount did not come up in 15s".into()));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Adopts live mounts of lazy snapshots and remounts dead or missing
+    /// ones (after a restart of the snapshotter or of the node).
+    pub fn restore(&self, sn: &Snapshotter) {
+        for dir in sn.lazy_dirs() {
+            let fs = dir.join("fs");
+            if is_mounted(&fs) {
+                if std::fs::metadata(&fs).is_ok() {
+                    continue;
+                }
+                // The serving process died: the mount answers ENOTCONN.
+                unmount(&fs);
+            }
+            match self.mount(&dir) {
+                Ok(()) => tracing::info!(dir = %dir.display(), "lazy layer remounted"),
+                Err(e) => tracing::error!(dir = %dir.display(), error = %e, "cannot remount lazy layer"),
+            }
+        }
+    }
+}
+
+/// Whether `path` is a mount point (in this mount namespace).
+pub fn is_mounted(path: &Path) -> bool {
+    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    let want = path.to_string_lossy();
+    info.lines().any(|l| l.split(' ').nth(4).is_some_and(|m| unescape(m) == want))
+}
+
+/// mountinfo escapes space, tab, newline and backslash as octal.
+fn unescape(s: &str) -> String {
+    s.replace("\\040", " ").replace("\\011", "\t").replace("\\012", "\n").replace("\\134", "\\")
+}
+
+/// Detaches the mount at `path`; its serving process then exits.
+pub fn unmount(path: &Path) -> bool {
+    let Ok(c) = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()) else { return false };
+    // SAFETY: c is a valid NUL-terminated path.
+    unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) == 0 }
+}
+
+/// `berth-snapshotter mount-layer LAZY_DIR MOUNTPOINT`: serves one layer
+/// until it is unmounted.
+pub fn serve_mount(lazy: &Path, mountpoint: &Path) -> Result<(), String> {
+    let spec: MountSpec = serde_json::from_slice(
+        &std::fs::read(lazy.join("layer.json")).map_err(|e| format!("cannot read layer.json: {e}"))?,
+    )
+    .map_err(|e| format!("layer.json: {e}"))?;
+    let index: crate::index::LayerIndex = serde_json::from_slice(
+        &std::fs::read(lazy.join("index.json")).map_err(|e| format!("cannot read index.json: {e}"))?,
+    )
+    .map_err(|e| format!("index.json: {e}"))?;
+    index.validate()?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())?;
+    let berthd = Berthd::parse(&spec.berthd)?;
+    let layer = std::sync::Arc::new(
+        crate::layer::Layer::new(index, lazy, berthd, spec.layer.clone()).map_err(|e| e.to_string())?,
+    );
+    rt.spawn(layer.clone().fill(spec.fill_rate));
+    let fs = crate::lazyfs::LazyFs::new(layer, rt.handle().clone());
+    tracing::info!(layer = %spec.layer.digest, mountpoint = %mountpoint.display(), "serving lazy layer");
+    crate::lazyfs::serve(fs, mountpoint).map_err(|e| format!("FUSE mount at {}: {e}", mountpoint.display()))?;
+    tracing::info!(mountpoint = %mountpoint.display(), "unmounted; exiting");
+    Ok(())
+}
