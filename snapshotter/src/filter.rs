@@ -76,7 +76,9 @@ impl Filter {
 fn field(info: &Info, path: &[String]) -> Option<String> {
     match path {
         [f] if f == "name" => Some(info.name.clone()),
-        [f] if f == "parent" => info.record.parent.clone(),
+        // No parent is the empty string, as containerd's own adaptor has it
+        // (containerd walks with `parent==""` for a base layer).
+        [f] if f == "parent" => Some(info.record.parent.clone().unwrap_or_default()),
         [f] if f == "kind" => Some(
             match info.record.kind {
                 Kind::View => "view",
@@ -217,6 +219,9 @@ mod tests {
         assert!(m(r#"name=="k1""#));
         assert!(!m("labels.missing==a"));
         assert!(m("labels.missing!=a"));
+        let base = info("k0", Kind::Committed, None, &[]);
+        assert!(Filter::parse(r#"parent=="""#).unwrap().matches(&base));
+        assert!(!Filter::parse(r#"parent=="p""#).unwrap().matches(&base));
     }
 
     #[test]

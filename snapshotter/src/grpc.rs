@@ -89,6 +89,7 @@ impl tower::Service<http::Request<Body>> for SnapshotsService {
                 "Remove" => unary(req, s, |s, r: pb::RemoveSnapshotRequest| s.remove(&r.key)).await,
                 "Stat" => {
                     unary(req, s, |s, r: pb::StatSnapshotRequest| {
+                        tracing::debug!(key = %r.key, "stat");
                         Ok(pb::StatSnapshotResponse { info: Some(info_pb(s.stat(&r.key)?)) })
                     })
                     .await

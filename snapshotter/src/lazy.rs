@@ -74,6 +74,7 @@ impl Lazy {
         rt: &tokio::runtime::Handle,
     ) -> Option<Error> {
         let (target, layer) = Self::wanted(labels)?;
+        tracing::debug!(target = %target, layer = %layer.digest, labels = ?labels, "prepare asks for a remote snapshot");
         if sn.stat(&target).is_ok() {
             return Some(Error::AlreadyExists(target));
         }

@@ -456,10 +456,22 @@ fn unpacked_tree(layout: &Layout, work: &Path) -> Vec<String> {
     tree_listing(&bundle.join("rootfs"))
 }
 
+/// The 200 MiB three-layer image, built once for the tests of this file.
+fn layered_image() -> &'static LayeredImage {
+    static IMAGE: std::sync::OnceLock<(tempfile::TempDir, LayeredImage)> = std::sync::OnceLock::new();
+    &IMAGE
+        .get_or_init(|| {
+            let dir = tempfile::tempdir().unwrap();
+            let img = build_layered_image(dir.path(), "lazy", 200 << 20);
+            (dir, img)
+        })
+        .1
+}
+
 #[test]
 fn lazy_layers_are_served_by_fuse_and_match_a_full_unpack() {
     let work = tempfile::tempdir().unwrap();
-    let img = build_layered_image(work.path(), "lazy", 200 << 20);
+    let img = layered_image();
     let berthd = Berthd::start("");
     Skopeo::new().push(&img.layout, &berthd.addr, "app:v1", &[]);
     for l in &img.layers {
@@ -510,4 +522,196 @@ fn lazy_layers_are_served_by_fuse_and_match_a_full_unpack() {
     snap.spawn(&berthd.url());
     assert_eq!(std::fs::read_to_string(mnt.join("etc/keep")).unwrap(), "kept\n");
     umount(&mnt);
+}
+
+/// containerd's CRI plugin set up the way `berthd containerd configure
+/// --snapshotter` leaves a node: berth as the CRI snapshotter, snapshot
+/// annotations on, registries through hosts.toml pointing at `berthd`.
+fn cri_config(work: &Path, snap: &SnapshotterProc, berthd_addr: &str) -> String {
+    let certs = work.join("certs.d");
+    let host = certs.join(MIRROR_HOST);
+    std::fs::create_dir_all(&host).unwrap();
+    std::fs::write(
+        host.join("hosts.toml"),
+        format!("server = \"https://{MIRROR_HOST}\"\n\n[host.\"http://{berthd_addr}\"]\n  capabilities = [\"pull\", \"resolve\"]\n"),
+    )
+    .unwrap();
+    std::fs::create_dir_all(work.join("cni")).unwrap();
+    format!(
+        r#"[plugins."io.containerd.grpc.v1.cri"]
+  sandbox_image = "{MIRROR_HOST}/pause:none"
+  [plugins."io.containerd.grpc.v1.cri".containerd]
+    snapshotter = "berth"
+    disable_snapshot_annotations = false
+  [plugins."io.containerd.grpc.v1.cri".registry]
+    config_path = "{certs}"
+  [plugins."io.containerd.grpc.v1.cri".cni]
+    bin_dir = "{cni}"
+    conf_dir = "{cni}"
+
+{proxy}"#,
+        certs = certs.display(),
+        cni = work.join("cni").display(),
+        proxy = snap.proxy_plugin_toml(),
+    )
+}
+
+/// PullImage through containerd's CRI image service, as kubelet does.
+fn cri_pull(ctd: &Containerd, rt: &tokio::runtime::Runtime, image: &str, snap: &SnapshotterProc) {
+    use k8s_cri::v1::image_service_client::ImageServiceClient;
+    rt.block_on(async {
+        let channel = containerd_client::connect(&ctd.sock).await.unwrap();
+        let mut images = ImageServiceClient::new(channel);
+        let req = k8s_cri::v1::PullImageRequest {
+            image: Some(k8s_cri::v1::ImageSpec { image: image.to_string(), ..Default::default() }),
+            auth: None,
+            sandbox_config: None,
+        };
+        let r = images.pull_image(req).await;
+        assert!(
+            r.is_ok(),
+            "CRI PullImage {image}: {r:?}\nsnapshotter log:\n{}\ncontainerd log:\n{}",
+            snap.log_text(),
+            ctd.log_text().lines().rev().take(20).collect::<Vec<_>>().join("\n")
+        );
+    });
+}
+
+/// `ctr` in CRI's namespace.
+fn ctr_k8s(ctd: &Containerd, args: &[&str]) -> std::process::Output {
+    Command::new(&ctd.ctr).arg("--address").arg(&ctd.sock).args(["--namespace", "k8s.io"]).args(args).output().unwrap()
+}
+
+fn ctr_k8s_ok(ctd: &Containerd, args: &[&str]) -> String {
+    let out = ctr_k8s(ctd, args);
+    assert!(
+        out.status.success(),
+        "ctr {args:?}: {}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        ctd.log_text().lines().rev().take(30).collect::<Vec<_>>().join("\n")
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The committed snapshot no other snapshot has as parent: the image's top.
+async fn top_snapshot(api: &mut Api) -> (String, Vec<pb::Info>) {
+    let all = api.list(&[]).await.unwrap();
+    let committed: Vec<pb::Info> = all.into_iter().filter(|i| i.kind == pb::Kind::Committed as i32).collect();
+    let top = committed.iter().find(|c| !committed.iter().any(|o| o.parent == c.name)).unwrap().name.clone();
+    (top, committed)
+}
+
+#[test]
+fn cri_pull_is_lazy_and_containers_survive_a_snapshotter_restart() {
+    let work = tempfile::tempdir().unwrap();
+    let img = layered_image();
+    let berthd = Berthd::start("");
+    Skopeo::new().push(&img.layout, &berthd.addr, "app:v1", &[]);
+    for l in &img.layers {
+        wait_index(&berthd, "app", l);
+    }
+    let mut snap = SnapshotterProc::start_with(work.path(), &berthd.url(), &["--fill-rate", "65536"]);
+    let ctd = Containerd::start_cri(&cri_config(work.path(), &snap, &berthd.addr));
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let image = format!("{MIRROR_HOST}/app:v1");
+    cri_pull(&ctd, &rt, &image, &snap);
+    let big_chunks = chunks_fetched(&snap.root, &img.layers[1]);
+    assert!(big_chunks <= 2, "the pull did not download the 200 MiB layer ({big_chunks} chunks)");
+
+    // The container starts and reads its files (ctr in CRI's namespace).
+    let out = ctr_k8s_ok(
+        &ctd,
+        &[
+            "run",
+            "--rm",
+            "--snapshotter",
+            "berth",
+            &image,
+            &format!("lazy-{}", std::process::id()),
+            "cat",
+            "/etc/motd",
+            "/etc/new",
+        ],
+    );
+    assert_eq!(out, "layer three motd\nnew in layer three\n");
+    assert!(chunks_fetched(&snap.root, &img.layers[1]) <= 2, "starting the container read only what it needed");
+
+    // The tree containerd assembled equals a full unpack, whiteouts included.
+    let mnt = work.path().join("cri-view");
+    rt.block_on(async {
+        let mut api = Api::connect(&ctd.sock, "k8s.io", "berth").await;
+        let (top, committed) = top_snapshot(&mut api).await;
+        assert_eq!(committed.len(), 3, "{committed:?}");
+        assert!(committed.iter().all(|c| c.labels.contains_key("berth.io/lazy-layer")), "{committed:?}");
+        let v = api.view("cri-view", &top).await.unwrap();
+        mount_all(&v, &mnt);
+    });
+    assert_eq!(tree_listing(&mnt), unpacked_tree(&img.layout, work.path()));
+    umount(&mnt);
+
+    // A running container keeps its file system while the snapshotter is
+    // killed and restarted.
+    // runc's state for CRI's namespace is machine-wide: ids unique per run.
+    let long = format!("long-{}", std::process::id());
+    ctr_k8s_ok(&ctd, &["run", "-d", "--snapshotter", "berth", &image, &long, "/bin/busybox", "sleep", "600"]);
+    snap.kill();
+    let exec = |id: &str| ctr_k8s_ok(&ctd, &["task", "exec", "--exec-id", id, &long, "cat", "/etc/keep"]);
+    assert_eq!(exec("e1"), "kept\n");
+    snap.spawn(&berthd.url());
+    assert_eq!(exec("e2"), "kept\n");
+    // containerd redials the proxy socket with backoff after the restart.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let id = format!("after-restart-{}", std::process::id());
+    let args = ["run", "--rm", "--snapshotter", "berth", &image, &id, "cat", "/etc/motd.link"];
+    let out = loop {
+        let out = ctr_k8s(&ctd, &args);
+        let err = String::from_utf8_lossy(&out.stderr);
+        if out.status.success() || !err.contains("unavailable") || std::time::Instant::now() > deadline {
+            break out;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    };
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "layer three motd\n", "{}", String::from_utf8_lossy(&out.stderr));
+    let _ = ctr_k8s(&ctd, &["task", "kill", "-s", "SIGKILL", &long]);
+    let _ = std::fs::remove_dir_all(format!("/run/containerd/runc/k8s.io/{long}"));
+}
+
+#[test]
+fn lazy_pull_falls_back_to_a_normal_pull_when_berthd_is_down() {
+    let work = tempfile::tempdir().unwrap();
+    let img = build_busybox_image_with(work.path(), "src", &[("etc/motd", b"pulled the normal way\n")]);
+    // Two berthd on one storage root, as two nodes share a bucket: the
+    // snapshotter's own berthd is stopped, containerd pulls through the other.
+    let root = work.path().join("shared-root");
+    let a = Berthd::start_with_root(tempfile::tempdir().unwrap(), root.clone(), "", &[]);
+    let b = Berthd::start_with_root(tempfile::tempdir().unwrap(), root, "", &[]);
+    Skopeo::new().push(&img.layout, &b.addr, "app:v1", &[]);
+    wait_index(&b, "app", &img.layer_digest);
+    let snap = SnapshotterProc::start(work.path(), &a.url());
+    drop(a);
+    let ctd = Containerd::start_cri(&cri_config(work.path(), &snap, &b.addr));
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let image = format!("{MIRROR_HOST}/app:v1");
+    cri_pull(&ctd, &rt, &image, &snap);
+    let out = ctr_k8s_ok(
+        &ctd,
+        &[
+            "run",
+            "--rm",
+            "--snapshotter",
+            "berth",
+            &image,
+            &format!("fallback-{}", std::process::id()),
+            "cat",
+            "/etc/motd",
+        ],
+    );
+    assert_eq!(out, "pulled the normal way\n");
+    rt.block_on(async {
+        let mut api = Api::connect(&ctd.sock, "k8s.io", "berth").await;
+        let (_, committed) = top_snapshot(&mut api).await;
+        assert!(!committed.is_empty());
+        assert!(committed.iter().all(|c| !c.labels.contains_key("berth.io/lazy-layer")), "{committed:?}");
+    });
+    assert!(snap.log_text().contains("pulling normally"), "{}", snap.log_text());
 }

@@ -34,6 +34,17 @@ impl Containerd {
     /// A private containerd whose config.toml ends with `extra` (e.g. a
     /// `[proxy_plugins.berth]` table).
     pub fn start_with(extra: &str) -> Containerd {
+        Containerd::start_inner(extra, false)
+    }
+
+    /// A private containerd with its CRI plugin on (for the CRI image
+    /// service); `extra` usually holds `[plugins."io.containerd.grpc.v1.cri"…]`
+    /// tables.
+    pub fn start_cri(extra: &str) -> Containerd {
+        Containerd::start_inner(extra, true)
+    }
+
+    fn start_inner(extra: &str, cri: bool) -> Containerd {
         let containerd = require_tool("containerd");
         let ctr = require_tool("ctr");
         require_tool("runc");
@@ -54,7 +65,7 @@ impl Containerd {
                 r#"version = 2
 root = "{root}"
 state = "{state}"
-disabled_plugins = ["io.containerd.grpc.v1.cri"]
+{disabled}
 
 [grpc]
   address = "{sock}"
@@ -75,6 +86,7 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
                 state = p.join("state").display(),
                 sock = sock.display(),
                 debug = p.join("debug.sock").display(),
+                disabled = if cri { "" } else { "disabled_plugins = [\"io.containerd.grpc.v1.cri\"]" },
             ),
         )
         .unwrap();
