@@ -175,6 +175,9 @@ fn finish_chunks<R>(tap: &mut Tap<R>) -> (Vec<String>, u64) {
 pub struct RangePlan {
     /// Byte of the blob to start reading at.
     pub blob_offset: u64,
+    /// How many blob bytes the read needs at most (up to the checkpoint
+    /// after the range): a ranged read of the blob, never all of it.
+    pub blob_len: u64,
     checkpoint: Option<zran::Checkpoint>,
     offset: u64,
     len: usize,
@@ -192,7 +195,9 @@ impl LayerIndex {
         }
         let len = len.min(self.size - offset).min(MAX_RANGE) as usize;
         match self.compression {
-            Compression::None => Ok(RangePlan { blob_offset: offset, checkpoint: None, offset, len }),
+            Compression::None => {
+                Ok(RangePlan { blob_offset: offset, blob_len: len as u64, checkpoint: None, offset, len })
+            }
             Compression::Gzip => {
                 let i = self.checkpoints.partition_point(|c| c.out <= offset);
                 let c = i.checked_sub(1).map(|i| &self.checkpoints[i]).ok_or_else(|| {
@@ -203,7 +208,15 @@ impl LayerIndex {
                     .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, format!("index window: {e}")))?;
                 let cp = zran::Checkpoint { out: c.out, input: c.input, bits: c.bits, window };
                 let blob_offset = c.input - u64::from(c.bits > 0);
-                Ok(RangePlan { blob_offset, checkpoint: Some(cp), offset, len })
+                // Every byte before the next checkpoint's `out` is encoded
+                // before its `input` (plus the byte holding its bits); a
+                // little slack covers inflate's look-ahead.
+                let end = offset + len as u64;
+                let blob_end = self.checkpoints[i..]
+                    .iter()
+                    .find(|c| c.out >= end)
+                    .map_or(self.compressed_size, |c| (c.input + 64).min(self.compressed_size));
+                Ok(RangePlan { blob_offset, blob_len: blob_end - blob_offset, checkpoint: Some(cp), offset, len })
             }
         }
     }
@@ -281,8 +294,9 @@ mod tests {
         for (i, want) in idx.chunks.iter().enumerate() {
             let start = i as u64 * CHUNK_SIZE;
             let plan = idx.plan(start, CHUNK_SIZE).unwrap();
-            let off = plan.blob_offset as usize;
-            let got = plan.read(&gz[off..]).unwrap();
+            let (off, n) = (plan.blob_offset as usize, plan.blob_len as usize);
+            assert!(n as u64 <= 3 * CHECKPOINT_SPACING, "chunk {i} reads {n} of {} blob bytes", gz.len());
+            let got = plan.read(&gz[off..off + n]).unwrap();
             assert_eq!(&hex::encode(Sha256::digest(&got)), want, "chunk {i}");
         }
         // The index round-trips through JSON (how it is stored).

@@ -106,7 +106,11 @@ impl Registry {
     ) -> Result<(Bytes, u64)> {
         let idx = self.layer_index(mirror, repo, digest).await?;
         let plan = idx.plan(offset, len).map_err(|_| Error::RangeNotSatisfiable { size: idx.size })?;
-        let blob = self.read_blob(digest, plan.blob_offset).await?;
+        let blob = match self.driver.read_range(&paths::blob_data(digest), plan.blob_offset, plan.blob_len).await {
+            Ok(s) => s,
+            Err(e) if e.is_not_found() => return Err(Error::BlobUnknown(digest.clone())),
+            Err(e) => return Err(e.into()),
+        };
         let reader = tokio_util::io::SyncIoBridge::new(tokio_util::io::StreamReader::new(blob));
         let out = tokio::task::spawn_blocking(move || plan.read(reader))
             .await
@@ -155,7 +159,7 @@ impl Registry {
         let compression = match compression {
             Some(c) => c,
             None => {
-                let mut head = self.read_blob(digest, 0).await?;
+                let mut head = self.driver.read_range(&paths::blob_data(digest), 0, 512).await?;
                 let first = futures_util::StreamExt::next(&mut head).await.transpose().map_err(|e| {
                     Error::Storage(crate::storage::StorageError::Io { path: paths::blob_data(digest), source: e })
                 })?;
@@ -166,7 +170,11 @@ impl Registry {
                 }
             }
         };
-        let blob = self.read_blob(digest, 0).await?;
+        // A point read: indexing must not pull the layer into this node's
+        // cache (the node that pushed it is rarely the one that runs it).
+        let path = paths::blob_data(digest);
+        let size = self.driver.stat(&path).await?.size;
+        let blob = self.driver.read_range(&path, 0, size).await?;
         let reader = tokio_util::io::SyncIoBridge::new(tokio_util::io::StreamReader::new(blob));
         let d = digest.clone();
         let idx = tokio::task::spawn_blocking(move || layerindex::build(reader, &d, compression))

@@ -545,6 +545,20 @@ impl StorageDriver for CachedDriver {
         Ok(())
     }
 
+    async fn read_range(&self, path: &str, offset: u64, len: u64) -> Result<ByteStream> {
+        if let Some(d) = (self.key_of)(path) {
+            if let Some(size) = self.lookup(&d) {
+                match self.hit_stream(&d, offset, size) {
+                    Some(Ok(s)) => return Ok(super::take(s, len)),
+                    Some(Err(_)) => return Err(StorageError::InvalidOffset { path: path.to_string(), offset }),
+                    None => {}
+                }
+            }
+        }
+        // Not here: straight from the backend, without a fill.
+        self.shared.inner.read_range(path, offset, len).await
+    }
+
     async fn reader(&self, path: &str, offset: u64) -> Result<ByteStream> {
         let Some(d) = (self.key_of)(path) else { return self.shared.inner.reader(path, offset).await };
         loop {
@@ -763,6 +777,32 @@ mod tests {
         assert_eq!(read(&cache, &path, 49_990).await.unwrap(), body[49_990..]);
         assert_eq!(remote.readers.load(Relaxed), 1);
         assert_eq!(cache.size(), 50_000);
+    }
+
+    #[tokio::test]
+    async fn range_reads_pass_through_without_filling() {
+        let dir = tempfile::tempdir().unwrap();
+        let remote = Arc::new(Remote::default());
+        let body = data(40_000, 3);
+        let (_, path) = put(&remote, &body).await;
+        let cache = CachedDriver::open(remote.clone(), key, dir.path(), 1 << 20).unwrap();
+        let range = |offset, len| {
+            let cache = &cache;
+            let path = path.clone();
+            async move {
+                let s = cache.read_range(&path, offset, len).await.unwrap();
+                let chunks: Vec<Bytes> = s.try_collect().await.unwrap();
+                chunks.concat()
+            }
+        };
+        assert_eq!(range(30_000, 500).await, body[30_000..30_500]);
+        cache.settled().await;
+        assert_eq!(cache.size(), 0, "a point read does not pull the object into the cache");
+        // Once a full read cached it, ranges come from the cache.
+        read(&cache, &path, 0).await.unwrap();
+        let before = remote.readers.load(Relaxed);
+        assert_eq!(range(39_000, 5_000).await, body[39_000..]);
+        assert_eq!(remote.readers.load(Relaxed), before);
     }
 
     #[tokio::test]

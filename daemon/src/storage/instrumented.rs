@@ -44,6 +44,9 @@ impl StorageDriver for Instrumented {
     async fn reader(&self, path: &str, offset: u64) -> Result<ByteStream> {
         timed!(self.0.reader(path, offset))
     }
+    async fn read_range(&self, path: &str, offset: u64, len: u64) -> Result<ByteStream> {
+        timed!(self.0.read_range(path, offset, len))
+    }
     async fn writer(&self, path: &str, append: bool) -> Result<Box<dyn FileWriter>> {
         timed!(self.0.writer(path, append))
     }

@@ -95,6 +95,15 @@ pub trait StorageDriver: Send + Sync + 'static {
     /// Streams an object from `offset` to its end.
     async fn reader(&self, path: &str, offset: u64) -> Result<ByteStream>;
 
+    /// Streams `len` bytes at `offset` (fewer at the end of the object).
+    /// Unlike [`reader`](Self::reader) it is a point read: a cache in front
+    /// of a backend serves it if it holds the object, and otherwise passes
+    /// it through without filling, so reading a few MiB of a large object
+    /// (a lazily mounted layer) never downloads all of it.
+    async fn read_range(&self, path: &str, offset: u64, len: u64) -> Result<ByteStream> {
+        Ok(take(self.reader(path, offset).await?, len))
+    }
+
     /// Opens a writer; with `append` it continues an object left by
     /// [`FileWriter::close`], otherwise it starts empty.
     async fn writer(&self, path: &str, append: bool) -> Result<Box<dyn FileWriter>>;
@@ -117,6 +126,27 @@ pub trait StorageDriver: Send + Sync + 'static {
     async fn redirect_url(&self, _path: &str) -> Result<Option<String>> {
         Ok(None)
     }
+}
+
+/// The first `len` bytes of `s`.
+pub fn take(s: ByteStream, len: u64) -> ByteStream {
+    use futures_util::StreamExt;
+    futures_util::stream::unfold((s, len), |(mut s, left)| async move {
+        if left == 0 {
+            return None;
+        }
+        match s.next().await? {
+            Ok(mut b) => {
+                if b.len() as u64 > left {
+                    b.truncate(left as usize);
+                }
+                let n = b.len() as u64;
+                Some((Ok(b), (s, left - n)))
+            }
+            Err(e) => Some((Err(e), (s, 0))),
+        }
+    })
+    .boxed()
 }
 
 /// A streaming writer of one object.

@@ -17,6 +17,7 @@ pub async fn run_all(d: &dyn StorageDriver) {
     put_get_replace(d).await;
     missing_objects_are_not_found(d).await;
     readers_start_at_offsets(d).await;
+    range_reads(d).await;
     writers_commit_append_and_cancel(d).await;
     large_objects_stream(d).await;
     stat_and_list(d).await;
@@ -49,6 +50,20 @@ async fn readers_start_at_offsets(d: &dyn StorageDriver) {
     assert_eq!(read_all(d, "/read/r", 7).await, b"789");
     assert_eq!(read_all(d, "/read/r", 10).await, b"");
     assert!(matches!(d.reader("/read/r", 11).await.err().unwrap(), StorageError::InvalidOffset { .. }));
+}
+
+async fn range_reads(d: &dyn StorageDriver) {
+    d.put_content("/range/r", Bytes::from_static(b"0123456789")).await.unwrap();
+    let read = |offset, len| async move {
+        let s = d.read_range("/range/r", offset, len).await.expect("read_range");
+        let chunks: Vec<Bytes> = s.try_collect().await.expect("range stream");
+        chunks.concat()
+    };
+    assert_eq!(read(2, 3).await, b"234");
+    assert_eq!(read(0, 10).await, b"0123456789");
+    assert_eq!(read(8, 5).await, b"89", "clipped at the end");
+    assert_eq!(read(4, 0).await, b"");
+    assert!(d.read_range("/missing/r", 0, 1).await.err().unwrap().is_not_found());
 }
 
 async fn writers_commit_append_and_cancel(d: &dyn StorageDriver) {

@@ -59,6 +59,42 @@ pub struct S3Driver {
 }
 
 impl S3Driver {
+    /// GET of `path` from `offset`, to the end or for `len` bytes.
+    async fn get_range(&self, path: &str, offset: u64, len: Option<u64>) -> Result<ByteStream> {
+        let key = self.key(path)?;
+        let mut req = self.client.get_object().bucket(&self.bucket).key(&key);
+        match len {
+            Some(n) => req = req.range(format!("bytes={offset}-{}", offset + n - 1)),
+            None if offset > 0 => req = req.range(format!("bytes={offset}-")),
+            None => {}
+        }
+        match req.send().await {
+            Ok(out) => {
+                // Hand on the HTTP body's chunks as they are, without copying.
+                let stream = futures_util::stream::unfold(out.body, |mut body| async move {
+                    match body.next().await {
+                        Some(Ok(chunk)) => Some((Ok(chunk), body)),
+                        Some(Err(e)) => Some((Err(std::io::Error::other(e)), body)),
+                        None => None,
+                    }
+                });
+                Ok(stream.boxed())
+            }
+            Err(e) => {
+                let is_range = matches!(&e, SdkError::ServiceError(s) if s.err().code() == Some("InvalidRange"));
+                if is_range {
+                    // Reading from exactly the end is an empty read, as on a file.
+                    return match self.head(path).await? {
+                        Some((size, _)) if size == offset => Ok(futures_util::stream::empty().boxed()),
+                        Some(_) => Err(StorageError::InvalidOffset { path: path.to_string(), offset }),
+                        None => Err(StorageError::NotFound(path.to_string())),
+                    };
+                }
+                Err(self.err(path, e))
+            }
+        }
+    }
+
     /// A driver for registry:2's `storage.s3` settings, with berthd's
     /// outbound TLS configuration.
     pub async fn new(s: &S3Config, tls: Arc<rustls::ClientConfig>) -> S3Driver {
@@ -332,36 +368,19 @@ impl StorageDriver for S3Driver {
     }
 
     async fn reader(&self, path: &str, offset: u64) -> Result<ByteStream> {
-        let key = self.key(path)?;
-        let mut req = self.client.get_object().bucket(&self.bucket).key(&key);
-        if offset > 0 {
-            req = req.range(format!("bytes={offset}-"));
+        self.get_range(path, offset, None).await
+    }
+
+    async fn read_range(&self, path: &str, offset: u64, len: u64) -> Result<ByteStream> {
+        if len == 0 {
+            // An empty range is not expressible in HTTP; check the object.
+            return match self.head(path).await? {
+                Some((size, _)) if offset <= size => Ok(futures_util::stream::empty().boxed()),
+                Some(_) => Err(StorageError::InvalidOffset { path: path.to_string(), offset }),
+                None => Err(StorageError::NotFound(path.to_string())),
+            };
         }
-        match req.send().await {
-            Ok(out) => {
-                // Hand on the HTTP body's chunks as they are, without copying.
-                let stream = futures_util::stream::unfold(out.body, |mut body| async move {
-                    match body.next().await {
-                        Some(Ok(chunk)) => Some((Ok(chunk), body)),
-                        Some(Err(e)) => Some((Err(std::io::Error::other(e)), body)),
-                        None => None,
-                    }
-                });
-                Ok(stream.boxed())
-            }
-            Err(e) => {
-                let is_range = matches!(&e, SdkError::ServiceError(s) if s.err().code() == Some("InvalidRange"));
-                if is_range {
-                    // Reading from exactly the end is an empty read, as on a file.
-                    return match self.head(path).await? {
-                        Some((size, _)) if size == offset => Ok(futures_util::stream::empty().boxed()),
-                        Some(_) => Err(StorageError::InvalidOffset { path: path.to_string(), offset }),
-                        None => Err(StorageError::NotFound(path.to_string())),
-                    };
-                }
-                Err(self.err(path, e))
-            }
-        }
+        self.get_range(path, offset, Some(len)).await
     }
 
     async fn writer(&self, path: &str, append: bool) -> Result<Box<dyn FileWriter>> {
