@@ -82,7 +82,22 @@ impl Berthd {
         self
     }
 
+    /// GET `path`; returns the status, the Content-Type and the body.
+    pub async fn fetch(&self, path: &str, accept: &str) -> Result<(u16, String, Bytes), String> {
+        self.request(path, None, accept).await
+    }
+
     async fn get(&self, path: &str, range: Option<(u64, u64)>) -> Result<(u16, Bytes), String> {
+        let (status, _, body) = self.request(path, range, "").await?;
+        Ok((status, body))
+    }
+
+    async fn request(
+        &self,
+        path: &str,
+        range: Option<(u64, u64)>,
+        accept: &str,
+    ) -> Result<(u16, String, Bytes), String> {
         let fut = async {
             let host = match &self.target {
                 Target::Tcp(h) => h.clone(),
@@ -91,6 +106,9 @@ impl Berthd {
             let mut req = hyper::Request::get(path).header(hyper::header::HOST, host);
             if let Some((start, end)) = range {
                 req = req.header(hyper::header::RANGE, format!("bytes={start}-{end}"));
+            }
+            if !accept.is_empty() {
+                req = req.header(hyper::header::ACCEPT, accept);
             }
             let req = req.body(Empty::<Bytes>::new()).map_err(|e| e.to_string())?;
             let resp = match &self.target {
@@ -139,7 +157,7 @@ impl Berthd {
     }
 }
 
-async fn send<IO>(io: IO, req: hyper::Request<Empty<Bytes>>) -> Result<(u16, Bytes), String>
+async fn send<IO>(io: IO, req: hyper::Request<Empty<Bytes>>) -> Result<(u16, String, Bytes), String>
 where
     IO: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
 {
@@ -147,8 +165,10 @@ where
     tokio::spawn(conn);
     let resp = sender.send_request(req).await.map_err(|e| format!("request: {e}"))?;
     let status = resp.status().as_u16();
+    let ctype =
+        resp.headers().get(hyper::header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or_default().to_string();
     let body = resp.into_body().collect().await.map_err(|e| format!("response body: {e}"))?.to_bytes();
-    Ok((status, body))
+    Ok((status, ctype, body))
 }
 
 #[cfg(test)]

@@ -21,6 +21,7 @@ pub mod index;
 pub mod layer;
 pub mod lazy;
 pub mod lazyfs;
+pub mod pull;
 pub mod server;
 pub mod snapshots;
 pub mod store;

@@ -32,6 +32,27 @@ enum Command {
         #[arg(long)]
         fill_rate: Option<u64>,
     },
+    /// Pull an image into containerd with lazily mounted layers (for nodes
+    /// without Kubernetes), so `ctr run --snapshotter berth` starts at once.
+    Pull {
+        /// containerd's socket.
+        #[arg(long, default_value = "/run/containerd/containerd.sock")]
+        containerd: PathBuf,
+        /// containerd namespace to pull into.
+        #[arg(long, default_value = "default")]
+        namespace: String,
+        /// The snapshotter's name in containerd's config.
+        #[arg(long, default_value = "berth")]
+        snapshotter: String,
+        /// The node's berthd, which the image is fetched through.
+        #[arg(long, default_value = berth_snapshotter::config::DEFAULT_BERTHD)]
+        berthd: String,
+        /// Fetch from REF's own registry over plain HTTP instead of berthd.
+        #[arg(long)]
+        plain_http: bool,
+        /// Image reference, e.g. registry.example.com/app:v1.
+        reference: String,
+    },
     /// Serve one lazily mounted layer until it is unmounted (started by
     /// `serve`; not for direct use).
     #[command(hide = true)]
@@ -60,6 +81,20 @@ fn main() -> ExitCode {
             let rt = tokio::runtime::Runtime::new().expect("tokio runtime");
             match rt.block_on(berth_snapshotter::server::serve(&cfg, shutdown_signal())) {
                 Ok(()) => ExitCode::SUCCESS,
+                Err(e) => fail(&e),
+            }
+        }
+        Command::Pull { containerd, namespace, snapshotter, berthd, plain_http, reference } => {
+            let opts = berth_snapshotter::pull::Options { containerd, namespace, snapshotter, berthd, plain_http };
+            let rt = tokio::runtime::Runtime::new().expect("tokio runtime");
+            match rt.block_on(berth_snapshotter::pull::pull(&opts, &reference)) {
+                Ok(s) => {
+                    println!(
+                        "{} {}: {} layer(s) mounted lazily, {} unpacked, {} already present",
+                        s.name, s.digest, s.lazy, s.unpacked, s.present
+                    );
+                    ExitCode::SUCCESS
+                }
                 Err(e) => fail(&e),
             }
         }

@@ -715,3 +715,56 @@ fn lazy_pull_falls_back_to_a_normal_pull_when_berthd_is_down() {
     });
     assert!(snap.log_text().contains("pulling normally"), "{}", snap.log_text());
 }
+
+/// `berth-snapshotter pull` as a homelab node without kubelet runs it.
+fn snapshotter_pull(ctd: &Containerd, berthd: &Berthd, image: &str) -> String {
+    common::run(
+        Command::new(support_e2e::snapshotter::snapshotter_bin()).args(["pull", "--containerd"]).arg(&ctd.sock).args([
+            "--namespace",
+            &ctd.namespace,
+            "--berthd",
+            &berthd.url(),
+            image,
+        ]),
+    )
+}
+
+#[test]
+fn snapshotter_pull_then_ctr_run_starts_before_the_image_is_downloaded() {
+    let work = tempfile::tempdir().unwrap();
+    let img = layered_image();
+    let berthd = Berthd::start("");
+    Skopeo::new().push(&img.layout, &berthd.addr, "app:v1", &[]);
+    for l in &img.layers {
+        wait_index(&berthd, "app", l);
+    }
+    let snap = SnapshotterProc::start_with(work.path(), &berthd.url(), &["--fill-rate", "65536"]);
+    let ctd = Containerd::start_with(&snap.proxy_plugin_toml());
+    let image = format!("{MIRROR_HOST}/app:v1");
+    let out = snapshotter_pull(&ctd, &berthd, &image);
+    assert!(out.contains("3 layer(s) mounted lazily, 0 unpacked"), "{out}");
+    let id = format!("pull-run-{}", std::process::id());
+    let out = ctd.ctr_ok(&["run", "--rm", "--snapshotter", "berth", &image, &id, "cat", "/etc/motd", "/etc/keep"]);
+    assert_eq!(out, "layer three motd\nkept\n");
+    assert!(chunks_fetched(&snap.root, &img.layers[1]) <= 2, "the 200 MiB layer was not downloaded to start");
+    assert_eq!(ctd.image_digest(&image), img.layout.digest());
+    let again = snapshotter_pull(&ctd, &berthd, &image);
+    assert!(again.contains("3 already present"), "{again}");
+}
+
+#[test]
+fn snapshotter_pull_unpacks_normally_what_cannot_be_lazy() {
+    let work = tempfile::tempdir().unwrap();
+    let img = build_busybox_image_with(work.path(), "src", &[("etc/motd", b"unpacked by containerd\n")]);
+    let berthd = Berthd::start("");
+    Skopeo::new().push(&img.layout, &berthd.addr, "app:v1", &[]);
+    // The snapshotter's berthd is unreachable: no lazy mounts.
+    let snap = SnapshotterProc::start(work.path(), "http://127.0.0.1:1");
+    let ctd = Containerd::start_with(&snap.proxy_plugin_toml());
+    let image = format!("{MIRROR_HOST}/app:v1");
+    let out = snapshotter_pull(&ctd, &berthd, &image);
+    assert!(out.contains("0 layer(s) mounted lazily, 1 unpacked"), "{out}");
+    let id = format!("pull-unpacked-{}", std::process::id());
+    let out = ctd.ctr_ok(&["run", "--rm", "--snapshotter", "berth", &image, &id, "cat", "/etc/motd"]);
+    assert_eq!(out, "unpacked by containerd\n");
+}

@@ -1,0 +1,461 @@
+//! `berth-snapshotter pull REF`: pulls an image into a containerd namespace
+//! the way CRI does for kubelet, so that layers berthd has indexed are
+//! mounted lazily and `ctr run --snapshotter berth` starts at once — the
+//! path for nodes without Kubernetes.
+//!
+//! It resolves the image (through the node's berthd, naming the registry in
+//! `?ns=`, or with `--plain-http` straight from the registry in REF),
+//! stores the manifest and config in containerd's content store, then
+//! prepares each layer's snapshot with the labels the snapshotter looks
+//! for. A layer the snapshotter cannot mount lazily is unpacked normally
+//! (fetched into the content store, applied by containerd's differ,
+//! committed). Last, the image record is created or updated. Everything
+//! runs under a lease, so containerd's garbage collector leaves the pieces
+//! alone until the image record holds them.
+
+use crate::berthd::Berthd;
+use containerd_client::services::v1 as api;
+use containerd_client::services::v1::snapshots as snap;
+use containerd_client::tonic::{self, Code};
+use containerd_client::types::Descriptor;
+use serde::Deserialize;
+use sha2::{Digest as _, Sha256};
+use std::collections::HashMap;
+
+const MANIFEST_TYPES: &str = "application/vnd.oci.image.manifest.v1+json, application/vnd.oci.image.index.v1+json, \
+     application/vnd.docker.distribution.manifest.v2+json, application/vnd.docker.distribution.manifest.list.v2+json";
+
+/// An image reference, normalised as containerd names images.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ImageRef {
+    pub host: String,
+    pub repo: String,
+    /// A tag or a digest.
+    pub reference: String,
+}
+
+impl ImageRef {
+    pub fn parse(s: &str) -> Result<ImageRef, String> {
+        let (name, reference) = match s.split_once('@') {
+            Some((n, d)) => (n, d.to_string()),
+            None => match s.rfind(':') {
+                Some(i) if !s[i..].contains('/') => (&s[..i], s[i + 1..].to_string()),
+                _ => (s, "latest".to_string()),
+            },
+        };
+        let (host, repo) = match name.split_once('/') {
+            Some((h, r)) if h.contains('.') || h.contains(':') || h == "localhost" => (h.to_string(), r.to_string()),
+            _ => ("docker.io".to_string(), name.to_string()),
+        };
+        let repo = if host == "docker.io" && !repo.contains('/') { format!("library/{repo}") } else { repo };
+        if repo.is_empty() || reference.is_empty() {
+            return Err(format!("{s:?} is not an image reference (HOST/REPO:TAG or HOST/REPO@DIGEST)"));
+        }
+        Ok(ImageRef { host, repo, reference })
+    }
+
+    /// The name containerd records (`host/repo:tag` or `host/repo@digest`).
+    pub fn name(&self) -> String {
+        let sep = if self.reference.contains(':') { '@' } else { ':' };
+        format!("{}/{}{sep}{}", self.host, self.repo, self.reference)
+    }
+}
+
+pub struct Options {
+    /// containerd's socket.
+    pub containerd: std::path::PathBuf,
+    pub namespace: String,
+    pub snapshotter: String,
+    /// The node's berthd, used unless `plain_http`.
+    pub berthd: String,
+    /// Fetch from REF's registry itself over plain HTTP.
+    pub plain_http: bool,
+}
+
+#[derive(Deserialize)]
+struct Desc {
+    #[serde(rename = "mediaType", default)]
+    media_type: String,
+    digest: String,
+    size: i64,
+    #[serde(default)]
+    platform: Option<Platform>,
+}
+
+#[derive(Deserialize)]
+struct Platform {
+    architecture: String,
+    os: String,
+}
+
+#[derive(Deserialize)]
+struct Manifest {
+    #[serde(rename = "mediaType", default)]
+    media_type: String,
+    #[serde(default)]
+    config: Option<Desc>,
+    #[serde(default)]
+    layers: Vec<Desc>,
+    #[serde(default)]
+    manifests: Vec<Desc>,
+}
+
+#[derive(Deserialize)]
+struct Config {
+    rootfs: RootFs,
+}
+
+#[derive(Deserialize)]
+struct RootFs {
+    diff_ids: Vec<String>,
+}
+
+fn sha256(b: &[u8]) -> String {
+    format!("sha256:{}", hex::encode(Sha256::digest(b)))
+}
+
+fn arch() -> &'static str {
+    match std::env::consts::ARCH {
+        "x86_64" => "amd64",
+        "aarch64" => "arm64",
+        "arm" => "arm",
+        other => other,
+    }
+}
+
+/// What a pull did.
+#[derive(Debug, Default)]
+pub struct Summary {
+    pub name: String,
+    pub digest: String,
+    pub lazy: usize,
+    pub unpacked: usize,
+    pub present: usize,
+}
+
+struct Source {
+    http: Berthd,
+    ns: Option<String>,
+    repo: String,
+}
+
+impl Source {
+    fn path(&self, kind: &str, reference: &str) -> String {
+        let ns = self.ns.as_ref().map(|n| format!("?ns={n}")).unwrap_or_default();
+        format!("/v2/{}/{kind}/{reference}{ns}", self.repo)
+    }
+
+    async fn get(&self, kind: &str, reference: &str, accept: &str) -> Result<(String, bytes::Bytes), String> {
+        let (status, ctype, body) = self.http.fetch(&self.path(kind, reference), accept).await?;
+        if status != 200 {
+            return Err(format!(
+                "GET {} answered {status}: {}",
+                self.path(kind, reference),
+                String::from_utf8_lossy(&body)
+            ));
+        }
+        Ok((ctype, body))
+    }
+
+    /// A blob, checked against its digest.
+    async fn blob(&self, digest: &str) -> Result<bytes::Bytes, String> {
+        let (_, body) = self.get("blobs", digest, "").await?;
+        if sha256(&body) != digest {
+            return Err(format!("blob {digest} arrived with another digest; refusing it"));
+        }
+        Ok(body)
+    }
+}
+
+/// containerd's gRPC clients with the namespace and lease headers.
+struct Ctd {
+    channel: tonic::transport::Channel,
+    namespace: String,
+    lease: Option<String>,
+}
+
+impl Ctd {
+    fn req<T>(&self, msg: T) -> tonic::Request<T> {
+        let mut r = tonic::Request::new(msg);
+        let md = r.metadata_mut();
+        md.insert("containerd-namespace", self.namespace.parse().expect("namespace is ASCII"));
+        if let Some(l) = &self.lease {
+            md.insert("containerd-lease", l.parse().expect("lease id is ASCII"));
+        }
+        r
+    }
+
+    /// Writes `data` as content `digest`; content already there is fine.
+    async fn write(&self, digest: &str, data: &[u8], labels: HashMap<String, String>) -> Result<(), String> {
+        let mut client = api::content_client::ContentClient::new(self.channel.clone());
+        let reference = format!("berth-pull-{digest}");
+        let total = data.len() as i64;
+        let msgs = vec![
+            api::WriteContentRequest {
+                action: api::WriteAction::Write as i32,
+                r#ref: reference.clone(),
+                total,
+                expected: digest.to_string(),
+                offset: 0,
+                data: data.to_vec(),
+                labels: HashMap::new(),
+            },
+            api::WriteContentRequest {
+                action: api::WriteAction::Commit as i32,
+                r#ref: reference,
+                total,
+                expected: digest.to_string(),
+                offset: total,
+                data: Vec::new(),
+                labels: labels.clone(),
+            },
+        ];
+        match client.write(self.req(tokio_stream::iter(msgs))).await {
+            Ok(resp) => {
+                let mut s = resp.into_inner();
+                while s.message().await.map_err(|e| format!("writing {digest}: {e}"))?.is_some() {}
+                Ok(())
+            }
+            Err(e) if e.code() == Code::AlreadyExists => {
+                // Present already: make sure it carries our GC labels.
+                let mut c = api::content_client::ContentClient::new(self.channel.clone());
+                let info = api::Info { digest: digest.to_string(), labels, ..Default::default() };
+                let paths = info.labels.keys().map(|k| format!("labels.{k}")).collect();
+                let update =
+                    api::UpdateRequest { info: Some(info), update_mask: Some(prost_types::FieldMask { paths }) };
+                c.update(self.req(update)).await.map_err(|e| format!("labelling {digest}: {e}"))?;
+                Ok(())
+            }
+            Err(e) => Err(format!("writing {digest} to containerd: {e}")),
+        }
+    }
+}
+
+/// Pulls `reference` into containerd.
+pub async fn pull(opts: &Options, reference: &str) -> Result<Summary, String> {
+    let image = ImageRef::parse(reference)?;
+    let source = if opts.plain_http {
+        Source { http: Berthd::parse(&format!("http://{}", image.host))?, ns: None, repo: image.repo.clone() }
+    } else {
+        Source { http: Berthd::parse(&opts.berthd)?, ns: Some(image.host.clone()), repo: image.repo.clone() }
+    };
+    // The manifest, through an index to this node's platform if need be.
+    let (ctype, body) = source.get("manifests", &image.reference, MANIFEST_TYPES).await?;
+    let top_digest = sha256(&body);
+    let top: Manifest = serde_json::from_slice(&body).map_err(|e| format!("manifest is not JSON: {e}"))?;
+    let top_type = if top.media_type.is_empty() {
+        ctype.split(';').next().unwrap_or("").to_string()
+    } else {
+        top.media_type.clone()
+    };
+    let mut index: Option<(String, bytes::Bytes)> = None;
+    let (manifest_digest, manifest_body, manifest, manifest_type) = if !top.manifests.is_empty() {
+        let pick = top
+            .manifests
+            .iter()
+            .find(|m| m.platform.as_ref().is_some_and(|p| p.os == "linux" && p.architecture == arch()))
+            .ok_or_else(|| format!("{reference} has no linux/{} image", arch()))?;
+        let (ctype, body) = source.get("manifests", &pick.digest, MANIFEST_TYPES).await?;
+        if sha256(&body) != pick.digest {
+            return Err(format!("manifest {} arrived with another digest", pick.digest));
+        }
+        let m: Manifest = serde_json::from_slice(&body).map_err(|e| format!("manifest is not JSON: {e}"))?;
+        let mt = if pick.media_type.is_empty() { ctype } else { pick.media_type.clone() };
+        index = Some((top_digest.clone(), body.clone()));
+        (pick.digest.clone(), body, m, mt)
+    } else {
+        (top_digest.clone(), body.clone(), top, top_type.clone())
+    };
+    let config_desc = manifest.config.as_ref().ok_or("manifest has no config")?;
+    let config_body = source.blob(&config_desc.digest).await?;
+    let config: Config = serde_json::from_slice(&config_body).map_err(|e| format!("image config: {e}"))?;
+    if config.rootfs.diff_ids.len() != manifest.layers.len() {
+        return Err("image config and manifest disagree on the number of layers".into());
+    }
+    let mut chain = Vec::new();
+    for d in &config.rootfs.diff_ids {
+        let next = match chain.last() {
+            None => d.clone(),
+            Some(prev) => sha256(format!("{prev} {d}").as_bytes()),
+        };
+        chain.push(next);
+    }
+
+    let channel = containerd_client::connect(&opts.containerd)
+        .await
+        .map_err(|e| format!("cannot reach containerd at {}: {e}", opts.containerd.display()))?;
+    let mut ctd = Ctd { channel, namespace: opts.namespace.clone(), lease: None };
+    let lease_id = format!("berth-pull-{}", std::process::id());
+    let mut leases = api::leases_client::LeasesClient::new(ctd.channel.clone());
+    let expire = rfc3339_in_an_hour();
+    let create = api::CreateRequest {
+        id: lease_id.clone(),
+        labels: HashMap::from([("containerd.io/gc.expire".to_string(), expire)]),
+    };
+    leases.create(ctd.req(create)).await.map_err(|e| format!("cannot take a containerd lease: {e}"))?;
+    ctd.lease = Some(lease_id.clone());
+    let result = pull_layers(&ctd, &source, opts, &image, &manifest, &manifest_digest, &chain).await;
+    let mut summary = match result {
+        Ok(s) => s,
+        Err(e) => {
+            let _ = leases.delete(ctd.req(api::DeleteRequest { id: lease_id, sync: false })).await;
+            return Err(e);
+        }
+    };
+    // Content, labelled so that the image holds everything against GC.
+    let top_chain = chain.last().cloned().unwrap_or_default();
+    let config_labels = HashMap::from([(format!("containerd.io/gc.ref.snapshot.{}", opts.snapshotter), top_chain)]);
+    ctd.write(&config_desc.digest, &config_body, config_labels).await?;
+    let manifest_labels =
+        HashMap::from([("containerd.io/gc.ref.content.config".to_string(), config_desc.digest.clone())]);
+    ctd.write(&manifest_digest, &manifest_body, manifest_labels).await?;
+    let (target_digest, target_size) = match &index {
+        Some((d, body)) => {
+            let labels = HashMap::from([("containerd.io/gc.ref.content.m.0".to_string(), manifest_digest.clone())]);
+            ctd.write(d, body, labels).await?;
+            (d.clone(), body.len() as i64)
+        }
+        None => (manifest_digest.clone(), manifest_body.len() as i64),
+    };
+    let target = Descriptor {
+        media_type: if index.is_some() { top_type } else { manifest_type },
+        digest: target_digest.clone(),
+        size: target_size,
+        annotations: HashMap::new(),
+    };
+    let record = api::Image { name: image.name(), target: Some(target), ..Default::default() };
+    let mut images = api::images_client::ImagesClient::new(ctd.channel.clone());
+    let create = api::CreateImageRequest { image: Some(record.clone()), source_date_epoch: None };
+    if let Err(e) = images.create(ctd.req(create)).await {
+        if e.code() != Code::AlreadyExists {
+            return Err(format!("cannot record image {}: {e}", image.name()));
+        }
+        let update = api::UpdateImageRequest { image: Some(record), update_mask: None, source_date_epoch: None };
+        images.update(ctd.req(update)).await.map_err(|e| format!("cannot update image {}: {e}", image.name()))?;
+    }
+    let _ = leases.delete(ctd.req(api::DeleteRequest { id: lease_id, sync: false })).await;
+    summary.name = image.name();
+    summary.digest = target_digest;
+    Ok(summary)
+}
+
+async fn pull_layers(
+    ctd: &Ctd,
+    source: &Source,
+    opts: &Options,
+    image: &ImageRef,
+    manifest: &Manifest,
+    manifest_digest: &str,
+    chain: &[String],
+) -> Result<Summary, String> {
+    let mut snaps = snap::snapshots_client::SnapshotsClient::new(ctd.channel.clone());
+    let mut summary = Summary::default();
+    let all_layers: Vec<&str> = manifest.layers.iter().map(|l| l.digest.as_str()).collect();
+    for (i, layer) in manifest.layers.iter().enumerate() {
+        let chain_id = &chain[i];
+        let parent = if i == 0 { String::new() } else { chain[i - 1].clone() };
+        let stat = snap::StatSnapshotRequest { snapshotter: opts.snapshotter.clone(), key: chain_id.clone() };
+        if snaps.stat(ctd.req(stat)).await.is_ok() {
+            summary.present += 1;
+            continue;
+        }
+        let key = format!("extract-{}-{chain_id}", std::process::id());
+        let labels = HashMap::from([
+            ("containerd.io/snapshot.ref".to_string(), chain_id.clone()),
+            ("containerd.io/snapshot/cri.image-ref".to_string(), image.name()),
+            ("containerd.io/snapshot/cri.manifest-digest".to_string(), manifest_digest.to_string()),
+            ("containerd.io/snapshot/cri.layer-digest".to_string(), layer.digest.clone()),
+            ("containerd.io/snapshot/cri.image-layers".to_string(), all_layers[i..].join(",")),
+        ]);
+        let prepare =
+            snap::PrepareSnapshotRequest { snapshotter: opts.snapshotter.clone(), key: key.clone(), parent, labels };
+        let mounts = match snaps.prepare(ctd.req(prepare)).await {
+            Err(e) if e.code() == Code::AlreadyExists => {
+                summary.lazy += 1;
+                continue;
+            }
+            Err(e) => return Err(format!("preparing layer {}: {e}", layer.digest)),
+            Ok(r) => r.into_inner().mounts,
+        };
+        // Not lazy: unpack the layer the usual way.
+        let unpacked = async {
+            let blob = source.blob(&layer.digest).await?;
+            ctd.write(&layer.digest, &blob, HashMap::new()).await?;
+            let mut diff = api::diff_client::DiffClient::new(ctd.channel.clone());
+            let desc = Descriptor {
+                media_type: layer.media_type.clone(),
+                digest: layer.digest.clone(),
+                size: layer.size,
+                annotations: HashMap::new(),
+            };
+            let apply = api::ApplyRequest { diff: Some(desc), mounts, payloads: HashMap::new(), sync_fs: false };
+            diff.apply(ctd.req(apply)).await.map_err(|e| format!("applying layer {}: {e}", layer.digest))?;
+            let commit = snap::CommitSnapshotRequest {
+                snapshotter: opts.snapshotter.clone(),
+                name: chain_id.clone(),
+                key: key.clone(),
+                labels: HashMap::new(),
+            };
+            snaps
+                .clone()
+                .commit(ctd.req(commit))
+                .await
+                .map_err(|e| format!("committing layer {}: {e}", layer.digest))?;
+            Ok::<_, String>(())
+        }
+        .await;
+        if let Err(e) = unpacked {
+            let rm = snap::RemoveSnapshotRequest { snapshotter: opts.snapshotter.clone(), key };
+            let _ = snaps.remove(ctd.req(rm)).await;
+            return Err(e);
+        }
+        summary.unpacked += 1;
+    }
+    Ok(summary)
+}
+
+/// RFC 3339 time an hour from now (the lease's expiry), without a date crate.
+fn rfc3339_in_an_hour() -> String {
+    let secs = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_secs() + 3600;
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    // Civil from days (Howard Hinnant's algorithm).
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z", rem / 3600, rem % 3600 / 60, rem % 60)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn references() {
+        let r = ImageRef::parse("registry.example.test/team/app:v1").unwrap();
+        assert_eq!(
+            (r.host.as_str(), r.repo.as_str(), r.reference.as_str()),
+            ("registry.example.test", "team/app", "v1")
+        );
+        assert_eq!(r.name(), "registry.example.test/team/app:v1");
+        let r = ImageRef::parse("busybox").unwrap();
+        assert_eq!(r.name(), "docker.io/library/busybox:latest");
+        let d = format!("sha256:{}", "a".repeat(64));
+        let r = ImageRef::parse(&format!("localhost:5000/x@{d}")).unwrap();
+        assert_eq!((r.host.as_str(), r.reference.as_str()), ("localhost:5000", d.as_str()));
+        assert_eq!(r.name(), format!("localhost:5000/x@{d}"));
+        assert!(ImageRef::parse("host.example/").is_err());
+    }
+
+    #[test]
+    fn lease_expiry_is_rfc3339() {
+        let t = rfc3339_in_an_hour();
+        assert_eq!(t.len(), 20, "{t}");
+        assert!(t.starts_with("20") && t.ends_with('Z') && t.as_bytes()[10] == b'T');
+    }
+}
