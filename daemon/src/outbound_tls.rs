@@ -37,7 +37,16 @@ pub fn root_store(trust: &Trust) -> Result<(RootCertStore, Vec<PathBuf>), String
     for e in &native.errors {
         tracing::debug!("system CA store: {e}");
     }
+    let system = native.certs.len();
     roots.add_parsable_certificates(native.certs);
+    if system == 0 {
+        // A scratch image without a CA bundle: every upstream TLS handshake
+        // would fail with "unknown issuer", far from the cause.
+        tracing::warn!(
+            "no system CA certificates found (install ca-certificates, or set SSL_CERT_FILE / tls.cacerts); \
+             outbound TLS trusts only the CA files named in the config and the cluster CA"
+        );
+    }
     let mut used = Vec::new();
     for path in &trust.ca_files {
         for cert in crate::pem::certificates(path, "CA file")? {

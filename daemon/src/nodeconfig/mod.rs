@@ -181,7 +181,7 @@ pub fn run(opts: &Options, config: &Config, out: &mut dyn Write) -> Result<bool,
     } else {
         write(&state_path, &serde_json::to_string_pretty(&state).map_err(|e| e.to_string())?)?;
     }
-    let unit = if opts.k3s_registries.is_some() { "k3s" } else { "containerd" };
+    let unit = if opts.k3s_registries.is_some() { k3s::unit() } else { "containerd" };
     if restart {
         if opts.restart {
             let status = std::process::Command::new("systemctl")

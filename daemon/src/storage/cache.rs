@@ -37,9 +37,11 @@ use tokio::sync::watch;
 /// content-addressed.
 pub type ContentKey = fn(&str) -> Option<Digest>;
 
-const READ_CHUNK: usize = 1024 * 1024;
+/// Bytes per chunk a cached file is streamed in. With FILL_BATCH this
+/// bounds the memory one slow reader holds (a Pi runs berthd in 64 MiB).
+const READ_CHUNK: usize = 256 * 1024;
 /// Bytes gathered before each write of a fill.
-const FILL_BATCH: usize = 1024 * 1024;
+const FILL_BATCH: usize = 256 * 1024;
 /// Bound on remembered metadata for serving while the backend is down.
 const MAX_META: usize = 20_000;
 
