@@ -132,6 +132,24 @@ fn containerd_pulls_through_the_mirror_once_per_cluster() {
     }
     assert_eq!(blob_gets(&reg), after_a, "node B served the layers without asking the upstream");
 
+    // The first mirroring of a layer built its seek index into the shared
+    // storage (for lazy pulls on every node), before anyone asked for it.
+    let hex = img.layer_digest.trim_start_matches("sha256:");
+    let index_file = shared.join(format!("berth/layer-index/v1/sha256/{}/{hex}/index.json", &hex[..2]));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !index_file.exists() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no seek index for the mirrored layer at {}",
+            index_file.display()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let idx =
+        http_get(&format!("{}/v2/library/app/_berth/layer/{}/index?ns={}", node_b.url(), img.layer_digest, reg.addr));
+    assert_eq!(idx.status, 200, "{}", String::from_utf8_lossy(&idx.body));
+    assert_eq!(idx.json()["compression"], "gzip");
+
     // Concurrent first pulls of an uncached layer on one node: one upstream fetch.
     let big = build_busybox_image_with(work.path(), "big", &[("opt/big", &vec![7u8; 8 << 20][..])]);
     push_upstream(&sk, &certs, &big.layout, &reg.addr, "library/big:v1");

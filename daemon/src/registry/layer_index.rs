@@ -130,7 +130,7 @@ impl Registry {
 
     /// Builds the index of `digest` in the background unless it exists or
     /// is being built. `compression: None` sniffs it from the blob.
-    fn index_soon(&self, digest: Digest, compression: Option<Compression>) {
+    pub(super) fn index_soon(&self, digest: Digest, compression: Option<Compression>) {
         let Some(me) = self.me.upgrade() else { return };
         if !self.indexer.building.lock().unwrap().insert(digest.clone()) {
             return;
@@ -141,12 +141,12 @@ impl Registry {
                 if me.exists(&paths::layer_index(&digest)).await? {
                     return Ok(false);
                 }
-                me.build_index(&digest, compression).await.map(|_| true)
+                me.build_index(&digest, compression).await
             }
             .await;
             match result {
                 Ok(true) => tracing::info!(digest = %digest, "built layer seek index"),
-                Ok(false) => {}
+                Ok(false) => tracing::debug!(digest = %digest, "no index needed: indexed already, or not a layer"),
                 Err(e) => {
                     tracing::warn!(digest = %digest, error = %e, "no seek index for layer; lazy pulls of it fall back to full pulls")
                 }
@@ -155,7 +155,9 @@ impl Registry {
         });
     }
 
-    async fn build_index(&self, digest: &Digest, compression: Option<Compression>) -> Result<()> {
+    /// Builds and stores the index; `Ok(false)` when the blob is not a
+    /// gzip or tar layer (a config, an artifact) and needs none.
+    async fn build_index(&self, digest: &Digest, compression: Option<Compression>) -> Result<bool> {
         let compression = match compression {
             Some(c) => c,
             None => {
@@ -166,7 +168,7 @@ impl Registry {
                 match first.as_deref() {
                     Some([0x1f, 0x8b, ..]) => Compression::Gzip,
                     Some(b) if b.len() >= 262 && &b[257..262] == b"ustar" => Compression::None,
-                    _ => return Err(Error::Unsupported(format!("{digest} is not a gzip or tar layer"))),
+                    _ => return Ok(false),
                 }
             }
         };
@@ -184,6 +186,6 @@ impl Registry {
         let json = serde_json::to_vec(&idx).expect("index serializes");
         self.driver.put_content(&paths::layer_index(digest), Bytes::from(json)).await?;
         self.indexer.remember(digest, Arc::new(idx));
-        Ok(())
+        Ok(true)
     }
 }

@@ -313,6 +313,9 @@ impl Registry {
         }
         self.store_verified(local, &data_path, digest).await?;
         self.delete_if_exists(&paths::upload_dir(local, &id)).await?;
+        // First mirrored: index it for lazy pulls on every node (a config
+        // or other non-layer blob is recognised and skipped).
+        self.index_soon(digest.clone(), None);
         Ok(())
     }
 }
