@@ -43,6 +43,21 @@ pub fn add_mirrors(text: &str, names: &[String], endpoint: &str) -> Result<Strin
     Ok(if unchanged { text.to_string() } else { out })
 }
 
+/// The systemd unit k3s runs as on this node: `k3s` on servers,
+/// `k3s-agent` on agents (the install script's names).
+pub fn unit() -> &'static str {
+    let has = |u: &str| {
+        ["/etc/systemd/system", "/lib/systemd/system", "/usr/lib/systemd/system"]
+            .iter()
+            .any(|d| std::path::Path::new(d).join(u).exists())
+    };
+    if has("k3s-agent.service") && !has("k3s.service") {
+        "k3s-agent"
+    } else {
+        "k3s"
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -58,20 +73,5 @@ mod tests {
         assert_eq!(v["mirrors"]["ghcr.io"]["endpoint"][0].as_str(), Some("http://127.0.0.1:5000"));
         assert_eq!(v["configs"]["registry.example"]["auth"]["username"].as_str(), Some("u"));
         assert_eq!(add_mirrors(&out, &names, "http://127.0.0.1:5000").unwrap(), out);
-    }
-}
-
-/// The systemd unit k3s runs as on this node: `k3s` on servers,
-/// `k3s-agent` on agents (the install script's names).
-pub fn unit() -> &'static str {
-    let has = |u: &str| {
-        ["/etc/systemd/system", "/lib/systemd/system", "/usr/lib/systemd/system"]
-            .iter()
-            .any(|d| std::path::Path::new(d).join(u).exists())
-    };
-    if has("k3s-agent.service") && !has("k3s.service") {
-        "k3s-agent"
-    } else {
-        "k3s"
     }
 }
