@@ -3,7 +3,8 @@
 # skopeo, containerd (+ctr), runc, umoci, busybox-static, docker-registry, jq,
 # openssl and curl (TLS tests), apache2-utils (htpasswd for an authenticated upstream),
 # protobuf-compiler (containerd's API types are generated at build time) and
-# fuse3 (the snapshotter's lazy mounts).
+# fuse3 (the snapshotter's lazy mounts) and zstd (multi-frame zstd layers in the
+# layer-index tests).
 #
 # Idempotent: does nothing when everything is already present; otherwise runs
 # `apt-get update` once and installs the missing packages (only those). It never leaves a
@@ -26,6 +27,7 @@ declare -A probe=(
   [apache2-utils]=htpasswd
   [protobuf-compiler]=protoc
   [fuse3]=fusermount3
+  [zstd]=zstd
 )
 
 dpkg_installed() {

@@ -9,11 +9,14 @@
 //! from content-addressed bytes, so one node builds it and every node of
 //! the cluster reuses it from the shared storage.
 //!
-//! zstd layers are not indexed (the snapshotter falls back to a normal
-//! pull): a single-frame zstd stream has no resumable points.
+//! zstd layers are indexed when they are made of several frames (each frame
+//! start is a resume point, [`zstd`]); a single-frame zstd layer has no
+//! resumable points and is not indexed (the snapshotter falls back to a
+//! normal pull).
 
 pub mod toc;
 pub mod zran;
+pub mod zstd;
 
 use crate::digest::Digest;
 use base64::Engine;
@@ -34,6 +37,7 @@ pub const MAX_RANGE: u64 = 16 * 1024 * 1024;
 #[serde(rename_all = "lowercase")]
 pub enum Compression {
     Gzip,
+    Zstd,
     None,
 }
 
@@ -45,6 +49,8 @@ impl Compression {
             | "application/vnd.docker.image.rootfs.diff.tar.gzip"
             | "application/vnd.oci.image.layer.nondistributable.v1.tar+gzip"
             | "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip" => Some(Compression::Gzip),
+            "application/vnd.oci.image.layer.v1.tar+zstd"
+            | "application/vnd.oci.image.layer.nondistributable.v1.tar+zstd" => Some(Compression::Zstd),
             "application/vnd.oci.image.layer.v1.tar" | "application/vnd.oci.image.layer.nondistributable.v1.tar" => {
                 Some(Compression::None)
             }
@@ -131,6 +137,29 @@ pub fn build(blob: impl Read, digest: &Digest, compression: Compression) -> io::
             let cps = inflated.checkpoints.clone();
             (entries, chunks, size, cps, inflated.into_inner())
         }
+        Compression::Zstd => {
+            let frames = zstd::FramesReader::new(compressed);
+            let mut tar = Tap { inner: frames, whole: None, chunk: Some((Sha256::new(), 0, Vec::new())), count: 0 };
+            let entries = toc::read_toc(&mut tar)?;
+            io::copy(&mut tar, &mut io::sink())?;
+            let (chunks, size) = finish_chunks(&mut tar);
+            let frames = tar.inner;
+            if frames.frames.len() < 2 {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    "a single-frame zstd layer has no resume points; it is pulled normally",
+                ));
+            }
+            // Frame starts, at least CHECKPOINT_SPACING apart (producers
+            // that write a frame per file would otherwise bloat the index).
+            let mut cps: Vec<zran::Checkpoint> = Vec::new();
+            for &(input, out) in &frames.frames {
+                if cps.last().is_none_or(|l| out - l.out >= CHECKPOINT_SPACING) {
+                    cps.push(zran::Checkpoint { out, input, bits: 0, window: Vec::new() });
+                }
+            }
+            (entries, chunks, size, cps, frames.into_inner())
+        }
         Compression::None => {
             let mut tar = Tap { inner: compressed, whole: None, chunk: Some((Sha256::new(), 0, Vec::new())), count: 0 };
             let entries = toc::read_toc(&mut tar)?;
@@ -179,6 +208,7 @@ pub struct RangePlan {
     /// after the range): a ranged read of the blob, never all of it.
     pub blob_len: u64,
     checkpoint: Option<zran::Checkpoint>,
+    compression: Compression,
     offset: u64,
     len: usize,
 }
@@ -195,10 +225,10 @@ impl LayerIndex {
         }
         let len = len.min(self.size - offset).min(MAX_RANGE) as usize;
         match self.compression {
-            Compression::None => {
-                Ok(RangePlan { blob_offset: offset, blob_len: len as u64, checkpoint: None, offset, len })
+            compression @ Compression::None => {
+                Ok(RangePlan { blob_offset: offset, blob_len: len as u64, checkpoint: None, compression, offset, len })
             }
-            Compression::Gzip => {
+            compression @ (Compression::Gzip | Compression::Zstd) => {
                 let i = self.checkpoints.partition_point(|c| c.out <= offset);
                 let c = i.checked_sub(1).map(|i| &self.checkpoints[i]).ok_or_else(|| {
                     io::Error::new(io::ErrorKind::InvalidData, "index has no checkpoint at the start of the stream")
@@ -216,7 +246,14 @@ impl LayerIndex {
                     .iter()
                     .find(|c| c.out >= end)
                     .map_or(self.compressed_size, |c| (c.input + 64).min(self.compressed_size));
-                Ok(RangePlan { blob_offset, blob_len: blob_end - blob_offset, checkpoint: Some(cp), offset, len })
+                Ok(RangePlan {
+                    blob_offset,
+                    blob_len: blob_end - blob_offset,
+                    checkpoint: Some(cp),
+                    compression,
+                    offset,
+                    len,
+                })
             }
         }
     }
@@ -232,7 +269,10 @@ impl RangePlan {
                 Ok(out)
             }
             Some(cp) => {
-                let out = zran::read_at(blob, cp, self.offset, self.len)?;
+                let out = match self.compression {
+                    Compression::Zstd => zstd::read_at(blob, cp.out, self.offset, self.len)?,
+                    _ => zran::read_at(blob, cp, self.offset, self.len)?,
+                };
                 if out.len() != self.len {
                     return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "layer stream ended early"));
                 }
@@ -302,6 +342,26 @@ mod tests {
         // The index round-trips through JSON (how it is stored).
         let json = serde_json::to_vec(&idx).unwrap();
         assert_eq!(serde_json::from_slice::<LayerIndex>(&json).unwrap(), idx);
+    }
+
+    #[test]
+    fn multi_frame_zstd_is_indexed_single_frame_is_not() {
+        let big = noise(5 << 20, 11);
+        let tar = layer(&[("a.txt", b"first".to_vec()), ("big.bin", big), ("z.txt", b"last".to_vec())]);
+        let third = tar.len() / 3;
+        let z = zstd::tests::zstd_frames(&[&tar[..third], &tar[third..2 * third], &tar[2 * third..]]);
+        let idx = build(&z[..], &digest(&z), Compression::Zstd).unwrap();
+        assert_eq!(idx.size, tar.len() as u64);
+        assert!(idx.checkpoints.len() >= 2);
+        for (i, want) in idx.chunks.iter().enumerate() {
+            let plan = idx.plan(i as u64 * CHUNK_SIZE, CHUNK_SIZE).unwrap();
+            let (off, n) = (plan.blob_offset as usize, plan.blob_len as usize);
+            let got = plan.read(&z[off..off + n]).unwrap();
+            assert_eq!(&hex::encode(Sha256::digest(&got)), want, "chunk {i}");
+        }
+        let one = zstd::tests::zstd_frames(&[&tar]);
+        let e = build(&one[..], &digest(&one), Compression::Zstd).unwrap_err();
+        assert!(e.to_string().contains("single-frame"), "{e}");
     }
 
     #[test]

@@ -167,6 +167,7 @@ impl Registry {
                 })?;
                 match first.as_deref() {
                     Some([0x1f, 0x8b, ..]) => Compression::Gzip,
+                    Some([0x28, 0xb5, 0x2f, 0xfd, ..]) => Compression::Zstd,
                     Some(b) if b.len() >= 262 && &b[257..262] == b"ustar" => Compression::None,
                     _ => return Ok(false),
                 }
