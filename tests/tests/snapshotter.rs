@@ -20,7 +20,7 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::process::Command;
 use support_e2e::containerd::{Containerd, MIRROR_HOST};
-use support_e2e::snapshotter::SnapshotterProc;
+use support_e2e::snapshotter::{cri_config, cri_pull, SnapshotterProc};
 use support_e2e::*;
 
 type Client = SnapshotsClient<tonic::transport::Channel>;
@@ -522,59 +522,6 @@ fn lazy_layers_are_served_by_fuse_and_match_a_full_unpack() {
     snap.spawn(&berthd.url());
     assert_eq!(std::fs::read_to_string(mnt.join("etc/keep")).unwrap(), "kept\n");
     umount(&mnt);
-}
-
-/// containerd's CRI plugin set up the way `berthd containerd configure
-/// --snapshotter` leaves a node: berth as the CRI snapshotter, snapshot
-/// annotations on, registries through hosts.toml pointing at `berthd`.
-fn cri_config(work: &Path, snap: &SnapshotterProc, berthd_addr: &str) -> String {
-    let certs = work.join("certs.d");
-    let host = certs.join(MIRROR_HOST);
-    std::fs::create_dir_all(&host).unwrap();
-    std::fs::write(
-        host.join("hosts.toml"),
-        format!("server = \"https://{MIRROR_HOST}\"\n\n[host.\"http://{berthd_addr}\"]\n  capabilities = [\"pull\", \"resolve\"]\n"),
-    )
-    .unwrap();
-    std::fs::create_dir_all(work.join("cni")).unwrap();
-    format!(
-        r#"[plugins."io.containerd.grpc.v1.cri"]
-  sandbox_image = "{MIRROR_HOST}/pause:none"
-  [plugins."io.containerd.grpc.v1.cri".containerd]
-    snapshotter = "berth"
-    disable_snapshot_annotations = false
-  [plugins."io.containerd.grpc.v1.cri".registry]
-    config_path = "{certs}"
-  [plugins."io.containerd.grpc.v1.cri".cni]
-    bin_dir = "{cni}"
-    conf_dir = "{cni}"
-
-{proxy}"#,
-        certs = certs.display(),
-        cni = work.join("cni").display(),
-        proxy = snap.proxy_plugin_toml(),
-    )
-}
-
-/// PullImage through containerd's CRI image service, as kubelet does.
-fn cri_pull(ctd: &Containerd, rt: &tokio::runtime::Runtime, image: &str, snap: &SnapshotterProc) {
-    use k8s_cri::v1::image_service_client::ImageServiceClient;
-    rt.block_on(async {
-        let channel = containerd_client::connect(&ctd.sock).await.unwrap();
-        let mut images = ImageServiceClient::new(channel);
-        let req = k8s_cri::v1::PullImageRequest {
-            image: Some(k8s_cri::v1::ImageSpec { image: image.to_string(), ..Default::default() }),
-            auth: None,
-            sandbox_config: None,
-        };
-        let r = images.pull_image(req).await;
-        assert!(
-            r.is_ok(),
-            "CRI PullImage {image}: {r:?}\nsnapshotter log:\n{}\ncontainerd log:\n{}",
-            snap.log_text(),
-            ctd.log_text().lines().rev().take(20).collect::<Vec<_>>().join("\n")
-        );
-    });
 }
 
 /// `ctr` in CRI's namespace.

@@ -6,6 +6,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::common::workspace_root;
+use crate::support_e2e::containerd::{Containerd, MIRROR_HOST};
 
 pub fn snapshotter_bin() -> PathBuf {
     if let Ok(p) = std::env::var("BERTH_SNAPSHOTTER_BIN") {
@@ -103,4 +104,57 @@ impl Drop for SnapshotterProc {
             let _ = Command::new("umount").arg("-l").arg(m).stderr(Stdio::null()).status();
         }
     }
+}
+
+/// containerd's CRI plugin set up the way `berthd containerd configure
+/// --snapshotter` leaves a node: berth as the CRI snapshotter, snapshot
+/// annotations on, registries through hosts.toml pointing at `berthd`.
+pub fn cri_config(work: &Path, snap: &SnapshotterProc, berthd_addr: &str) -> String {
+    let certs = work.join("certs.d");
+    let host = certs.join(MIRROR_HOST);
+    std::fs::create_dir_all(&host).unwrap();
+    std::fs::write(
+        host.join("hosts.toml"),
+        format!("server = \"https://{MIRROR_HOST}\"\n\n[host.\"http://{berthd_addr}\"]\n  capabilities = [\"pull\", \"resolve\"]\n"),
+    )
+    .unwrap();
+    std::fs::create_dir_all(work.join("cni")).unwrap();
+    format!(
+        r#"[plugins."io.containerd.grpc.v1.cri"]
+  sandbox_image = "{MIRROR_HOST}/pause:none"
+  [plugins."io.containerd.grpc.v1.cri".containerd]
+    snapshotter = "berth"
+    disable_snapshot_annotations = false
+  [plugins."io.containerd.grpc.v1.cri".registry]
+    config_path = "{certs}"
+  [plugins."io.containerd.grpc.v1.cri".cni]
+    bin_dir = "{cni}"
+    conf_dir = "{cni}"
+
+{proxy}"#,
+        certs = certs.display(),
+        cni = work.join("cni").display(),
+        proxy = snap.proxy_plugin_toml(),
+    )
+}
+
+/// PullImage through containerd's CRI image service, as kubelet does.
+pub fn cri_pull(ctd: &Containerd, rt: &tokio::runtime::Runtime, image: &str, snap: &SnapshotterProc) {
+    use k8s_cri::v1::image_service_client::ImageServiceClient;
+    rt.block_on(async {
+        let channel = containerd_client::connect(&ctd.sock).await.unwrap();
+        let mut images = ImageServiceClient::new(channel);
+        let req = k8s_cri::v1::PullImageRequest {
+            image: Some(k8s_cri::v1::ImageSpec { image: image.to_string(), ..Default::default() }),
+            auth: None,
+            sandbox_config: None,
+        };
+        let r = images.pull_image(req).await;
+        assert!(
+            r.is_ok(),
+            "CRI PullImage {image}: {r:?}\nsnapshotter log:\n{}\ncontainerd log:\n{}",
+            snap.log_text(),
+            ctd.log_text().lines().rev().take(20).collect::<Vec<_>>().join("\n")
+        );
+    });
 }
