@@ -1,0 +1,738 @@
+//! Benchmark: container start time — CRI `PullImage` plus the first output
+//! of `ctr run` — with berth-snapshotter's lazy layers against a normal
+//! pull, berthd's storage an S3 server (SeaweedFS) behind a link throttled
+//! to 100 Mbit/s and to 20 Mbit/s.
+//!
+//! * SeaweedFS runs in a network namespace this benchmark makes
+//!   (`berth-lazybench`, a veth pair 10.250.77.1 ↔ 10.250.77.2) with a
+//!   `tc tbf` qdisc on its side of the pair: everything S3 sends is shaped.
+//!   berthd, containerd and berth-snapshotter run in the host namespace.
+//! * Normal and lazy use the same berth-snapshotter binary; the normal runs
+//!   give it `lazy: false` (`--config`), so laziness is the only difference.
+//! * Every run is cold: a new berthd with an empty node cache, a new
+//!   snapshotter root and a new containerd root. The layers' seek indexes
+//!   are built once, before any timing (unthrottled).
+//! * Two images: the 200 MiB three-layer busybox image of the snapshotter
+//!   tests (`cat /etc/motd`), and a Debian bookworm minbase root file system
+//!   made by `mmdebstrap`, one layer as Debian's own images have
+//!   (`cat /etc/os-release`).
+//!
+//! Needs root (network namespace, tc, containerd, FUSE). Run it with
+//! `bash tests/bench/lazy.sh` (installs what it needs, builds release
+//! binaries, runs this and puts the section into docs/benchmarks.md), or
+//! `cargo bench -p berth-tests --bench lazy_start` after
+//! `cargo build --release -p berthd -p berth-snapshotter`.
+//!
+//! `BENCH_RUNS` (default 3) repetitions per cell, `BENCH_MBITS` (default
+//! `100,20`), `BENCH_BIG_MIB` (default 200), `BENCH_FILL_RATE` (bytes/s for
+//! the lazy runs; default: the snapshotter's default, 8 MiB/s),
+//! `BENCH_DEBIAN_TAR` (a root file system tarball to use instead of running
+//! mmdebstrap; by default mmdebstrap's output is kept as
+//! `$BENCH_OUT/debian-bookworm-minbase.tar` and reused). Writes
+//! `$BENCH_OUT/lazy.md` (default `target/bench`).
+
+#[path = "../tests/common/mod.rs"]
+mod common;
+#[path = "../tests/support_e2e/mod.rs"]
+mod support_e2e;
+#[path = "../tests/support_s3/mod.rs"]
+mod support_s3;
+
+use common::{require_tool, run, Berthd};
+use std::io::{BufRead, BufReader, Read};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+use support_e2e::containerd::{Containerd, MIRROR_HOST};
+use support_e2e::snapshotter::{cri_config, cri_pull, SnapshotterProc};
+use support_e2e::{build_layered_image, free_port, http_get, Layout, Skopeo};
+use support_s3::{Seaweed, ACCESS_KEY, BUCKET, SECRET_KEY};
+
+const NS: &str = "berth-lazybench";
+const VETH_HOST: &str = "blb-host";
+const VETH_NS: &str = "blb-s3";
+const HOST_IP: &str = "10.250.77.1";
+const NS_IP: &str = "10.250.77.2";
+/// berth-snapshotter's default background fill rate (snapshotter/src/config.rs).
+const DEFAULT_FILL_RATE: u64 = 8 << 20;
+const MIB: f64 = 1024.0 * 1024.0;
+
+fn env_num(name: &str, default: u64) -> u64 {
+    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+}
+
+fn median(v: &[f64]) -> f64 {
+    let mut v = v.to_vec();
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    v[v.len() / 2]
+}
+
+/// Runs `args` (the program first), ignoring failure.
+fn quiet(args: &[&str]) {
+    let _ = Command::new(args[0]).args(&args[1..]).stdout(Stdio::null()).stderr(Stdio::null()).status();
+}
+
+fn sh(args: &[&str]) -> String {
+    run(Command::new(args[0]).args(&args[1..]))
+}
+
+// ---------------------------------------------------------------------------
+// The throttled network namespace and SeaweedFS in it
+// ---------------------------------------------------------------------------
+
+/// The namespace and veth pair; both removed on drop.
+struct Netns;
+
+impl Netns {
+    fn create() -> Netns {
+        Netns::remove(); // what a killed earlier run left
+        sh(&["ip", "netns", "add", NS]);
+        let ns = Netns;
+        sh(&["ip", "link", "add", VETH_HOST, "type", "veth", "peer", "name", VETH_NS, "netns", NS]);
+        sh(&["ip", "addr", "add", &format!("{HOST_IP}/30"), "dev", VETH_HOST]);
+        sh(&["ip", "link", "set", VETH_HOST, "up"]);
+        sh(&["ip", "netns", "exec", NS, "ip", "addr", "add", &format!("{NS_IP}/30"), "dev", VETH_NS]);
+        sh(&["ip", "netns", "exec", NS, "ip", "link", "set", VETH_NS, "up"]);
+        sh(&["ip", "netns", "exec", NS, "ip", "link", "set", "lo", "up"]);
+        ns
+    }
+
+    fn remove() {
+        quiet(&["ip", "netns", "del", NS]);
+        quiet(&["ip", "link", "del", VETH_HOST]);
+    }
+
+    /// Shapes what the namespace sends (S3 responses) to `mbit` Mbit/s;
+    /// 0 removes the limit.
+    fn limit(&self, mbit: u64) {
+        if mbit == 0 {
+            quiet(&["ip", "netns", "exec", NS, "tc", "qdisc", "del", "dev", VETH_NS, "root"]);
+            return;
+        }
+        let rate = format!("{mbit}mbit");
+        let tc = ["ip", "netns", "exec", NS, "tc", "qdisc", "replace", "dev", VETH_NS, "root", "tbf", "rate"];
+        sh(&[&tc[..], &[rate.as_str(), "burst", "128kb", "latency", "100ms"]].concat());
+    }
+
+    /// Bytes the host has received from the namespace so far.
+    fn rx_bytes(&self) -> u64 {
+        let p = format!("/sys/class/net/{VETH_HOST}/statistics/rx_bytes");
+        std::fs::read_to_string(p).unwrap().trim().parse().unwrap()
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        Netns::remove();
+    }
+}
+
+/// `weed mini` inside the namespace, listening on its veth address.
+struct NsWeed {
+    child: Option<Child>,
+    dir: tempfile::TempDir,
+    ports: Vec<(&'static str, u16)>,
+}
+
+impl NsWeed {
+    fn start(_ns: &Netns) -> NsWeed {
+        require_tool("weed");
+        let dir = tempfile::Builder::new().prefix("berth-weed").tempdir().unwrap();
+        for d in ["data", "log"] {
+            std::fs::create_dir_all(dir.path().join(d)).unwrap();
+        }
+        let identities = dir.path().join("identities.json");
+        std::fs::write(
+            &identities,
+            format!(
+                r#"{{"identities":[{{"name":"berth","credentials":[{{"accessKey":"{ACCESS_KEY}","secretKey":"{SECRET_KEY}"}}],"actions":["Admin","Read","Write","List","Tagging"]}}]}}"#
+            ),
+        )
+        .unwrap();
+        // The namespace has every port free, but weed names unix sockets in
+        // the shared /tmp after its ports: ports free on the host avoid a
+        // clash with a test's weed there.
+        let mut ports: Vec<(&'static str, u16)> = [
+            "master.port",
+            "master.port.grpc",
+            "volume.port",
+            "volume.port.grpc",
+            "filer.port",
+            "filer.port.grpc",
+            "s3.port",
+            "s3.port.grpc",
+            "metricsPort",
+        ]
+        .iter()
+        .map(|k| (*k, free_port()))
+        .collect();
+        let admin = loop {
+            let p = free_port();
+            if p < 55000 && std::net::TcpListener::bind(("127.0.0.1", p + 10000)).is_ok() {
+                break p;
+            }
+        };
+        ports.push(("admin.port", admin));
+        ports.push(("admin.port.grpc", admin + 10000));
+        let d = dir.path();
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", NS, "weed"])
+            .arg(format!("-logdir={}", d.join("log").display()))
+            .arg("mini")
+            .arg(format!("-dir={}", d.join("data").display()))
+            .arg(format!("-ip={NS_IP}"))
+            .arg("-ip.bind=0.0.0.0");
+        for (k, p) in &ports {
+            cmd.arg(format!("-{k}={p}"));
+        }
+        cmd.args([
+            "-s3.port.iceberg=0",
+            "-s3.port.lance=0",
+            "-webdav=false",
+            "-admin.ui=false",
+            "-master.telemetry=false",
+            "-volume.preStopSeconds=0",
+            "-s3.autoCreateBucket=false",
+        ])
+        .arg(format!("-s3.config={}", identities.display()))
+        .arg(format!("-bucket={BUCKET}"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+        let mut child = cmd.spawn().expect("spawn weed mini in the namespace");
+        let (tx, rx) = std::sync::mpsc::channel();
+        for stream in
+            [Box::new(child.stderr.take().unwrap()) as Box<dyn Read + Send>, Box::new(child.stdout.take().unwrap())]
+        {
+            let tx = tx.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(stream).lines().map_while(Result::ok) {
+                    if line.contains("ready to use") {
+                        let _ = tx.send(());
+                    }
+                }
+            });
+        }
+        let mut w = NsWeed { child: Some(child), dir, ports };
+        let deadline = Instant::now() + Duration::from_secs(90);
+        while rx.recv_timeout(Duration::from_millis(200)).is_err() {
+            let exited = matches!(w.child.as_mut().unwrap().try_wait(), Ok(Some(_)));
+            assert!(
+                !exited && Instant::now() < deadline,
+                "SeaweedFS in the namespace did not start; logs in {}",
+                w.dir.path().join("log").display()
+            );
+        }
+        // Signed requests can still fail for a moment after "ready".
+        std::thread::sleep(Duration::from_millis(700));
+        w
+    }
+
+    fn endpoint(&self) -> String {
+        let s3 = self.ports.iter().find(|(k, _)| *k == "s3.port").unwrap().1;
+        format!("http://{NS_IP}:{s3}")
+    }
+}
+
+impl Drop for NsWeed {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        for (_, p) in &self.ports {
+            for kind in ["master", "volume", "filer", "s3"] {
+                let _ = std::fs::remove_file(format!("/tmp/seaweedfs-{kind}-{p}.sock"));
+            }
+        }
+    }
+}
+
+/// A berthd node on the bucket behind the throttled link, with an empty
+/// node cache.
+fn node(endpoint: &str) -> Berthd {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = dir.path().join("cache");
+    let yaml = support_s3::berthd_yaml(endpoint, &cache, "8GiB", "", "")
+        .replace("level: info", "level: info\n  accesslog:\n    disabled: true");
+    Berthd::start_config(dir, cache, &yaml, &Seaweed::env())
+}
+
+// ---------------------------------------------------------------------------
+// Images
+// ---------------------------------------------------------------------------
+
+struct Image {
+    name: &'static str,
+    repo: &'static str,
+    layout: Layout,
+    layers: Vec<String>,
+    /// Compressed bytes of the layers (what a normal pull downloads).
+    compressed: u64,
+    /// Filled in after the push: uncompressed tar bytes and entries, from the indexes.
+    uncompressed: u64,
+    entries: usize,
+    index_bytes: u64,
+    cmd: Vec<&'static str>,
+    expected: String,
+}
+
+fn manifest_layers(layout: &Layout) -> (Vec<String>, u64) {
+    let manifest: serde_json::Value = serde_json::from_slice(&layout.blob(&layout.digest())).unwrap();
+    let layers = manifest["layers"].as_array().unwrap();
+    let digests = layers.iter().map(|l| l["digest"].as_str().unwrap().to_string()).collect();
+    (digests, layers.iter().map(|l| l["size"].as_u64().unwrap()).sum())
+}
+
+fn large_image(work: &Path, big_mib: u64) -> Image {
+    let img = build_layered_image(work, "large", (big_mib << 20) as usize);
+    let (layers, compressed) = manifest_layers(&img.layout);
+    Image {
+        name: "large-layer",
+        repo: "bench/large",
+        layout: img.layout,
+        layers,
+        compressed,
+        uncompressed: 0,
+        entries: 0,
+        index_bytes: 0,
+        cmd: vec!["/bin/cat", "/etc/motd"],
+        expected: "layer three motd\n".into(),
+    }
+}
+
+/// Debian's root file system as a tarball: `$BENCH_DEBIAN_TAR`, or
+/// mmdebstrap's minbase output, kept in `out` for the next run.
+fn debian_tar(out: &Path) -> PathBuf {
+    if let Ok(p) = std::env::var("BENCH_DEBIAN_TAR") {
+        return PathBuf::from(p);
+    }
+    let tar = out.join("debian-bookworm-minbase.tar");
+    if tar.is_file() {
+        return tar;
+    }
+    let tmp = out.join("debian-bookworm-minbase.tar.part");
+    eprintln!("lazy_start: mmdebstrap --variant=minbase bookworm (about a minute, once)");
+    run(Command::new(require_tool("mmdebstrap"))
+        .args(["--variant=minbase", "--mode=root", "--format=tar", "bookworm"])
+        .arg(&tmp)
+        .stdin(Stdio::null()));
+    std::fs::rename(&tmp, &tar).unwrap();
+    tar
+}
+
+/// One layer holding the Debian tree (device nodes left out: runtimes
+/// mount /dev), made with umoci like the test images.
+fn debian_image(work: &Path, out: &Path) -> Image {
+    let tar = debian_tar(out);
+    let umoci = require_tool("umoci");
+    let dir = work.join("debian");
+    let bundle = work.join("debian-bundle");
+    let image = format!("{}:latest", dir.display());
+    run(Command::new(&umoci).arg("init").arg("--layout").arg(&dir));
+    run(Command::new(&umoci).args(["new", "--image", &image]));
+    run(Command::new(&umoci).args(["unpack", "--image", &image]).arg(&bundle));
+    let rootfs = bundle.join("rootfs");
+    run(Command::new("tar")
+        .args(["--numeric-owner", "--xattrs", "--xattrs-include=*", "--exclude=./dev/*", "-xpf"])
+        .arg(&tar)
+        .arg("-C")
+        .arg(&rootfs));
+    let expected = std::fs::read_to_string(rootfs.join("etc/os-release")).expect("the tarball has /etc/os-release");
+    run(Command::new(&umoci).args(["repack", "--image", &image]).arg(&bundle));
+    run(Command::new(&umoci).args(["config", "--image", &image, "--config.cmd=/bin/bash"]));
+    run(Command::new(&umoci).arg("gc").arg("--layout").arg(&dir));
+    let _ = std::fs::remove_dir_all(&bundle);
+    let layout = Layout { dir, tag: "latest".into() };
+    let (layers, compressed) = manifest_layers(&layout);
+    Image {
+        name: "Debian bookworm minbase",
+        repo: "bench/debian",
+        layout,
+        layers,
+        compressed,
+        uncompressed: 0,
+        entries: 0,
+        index_bytes: 0,
+        cmd: vec!["/bin/cat", "/etc/os-release"],
+        expected,
+    }
+}
+
+/// Waits until berthd has built the seek index of `layer`; returns it and
+/// its size in bytes.
+fn wait_index(berthd: &Berthd, repo: &str, layer: &str) -> (serde_json::Value, u64) {
+    let url = format!("{}/v2/{repo}/_berth/layer/{layer}/index", berthd.url());
+    let deadline = Instant::now() + Duration::from_secs(600);
+    loop {
+        let r = http_get(&url);
+        if r.status == 200 {
+            return (r.json(), r.body.len() as u64);
+        }
+        assert_eq!(r.status, 404, "{}", String::from_utf8_lossy(&r.body));
+        assert!(Instant::now() < deadline, "index of {layer} not built in 600s:\n{}", berthd.log_text());
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+// ---------------------------------------------------------------------------
+// One timed start
+// ---------------------------------------------------------------------------
+
+#[derive(Clone, Copy, PartialEq)]
+enum Mode {
+    Normal,
+    Lazy,
+    /// Lazy with the background fill held back (`--fill-rate 1`: the fill
+    /// fetches each layer's first chunk, then waits for days): what the
+    /// container itself reads, and what the fill costs the start.
+    LazyNoFill,
+}
+
+struct Sample {
+    pull: f64,
+    first_output: f64,
+    /// Bytes S3 sent over the throttled link until the first output.
+    link_bytes: u64,
+    /// Bytes the lazy mounts had fetched (whole 512 KiB chunks) by then.
+    fetched: u64,
+    /// Lazy runs: the background fill in the [`FILL_WINDOW`] after the
+    /// container exited, as chunk bytes/s and link bytes/s.
+    fill: Option<(f64, f64)>,
+}
+
+/// How long the background fill is watched after a lazy start.
+const FILL_WINDOW: Duration = Duration::from_secs(5);
+
+/// Lazily mounted layers under the snapshotter's root, and the bytes of
+/// the chunks they have fetched.
+fn lazy_state(root: &Path) -> (usize, u64) {
+    let (mut layers, mut bytes) = (0, 0);
+    for d in std::fs::read_dir(root.join("snapshots")).into_iter().flatten().flatten() {
+        let lazy = d.path().join("lazy");
+        if !lazy.join("layer.json").is_file() {
+            continue;
+        }
+        layers += 1;
+        for c in std::fs::read_dir(lazy.join("chunks")).into_iter().flatten().flatten() {
+            if c.file_name().to_string_lossy().ends_with(".tmp") {
+                continue;
+            }
+            bytes += c.metadata().map(|m| m.len()).unwrap_or(0);
+        }
+    }
+    (layers, bytes)
+}
+
+fn start_once(
+    img: &Image,
+    mode: Mode,
+    endpoint: &str,
+    ns: &Netns,
+    rt: &tokio::runtime::Runtime,
+    fill_rate: u64,
+    id: &str,
+) -> Sample {
+    let work = tempfile::tempdir().unwrap();
+    let berthd = node(endpoint);
+    let config = work.path().join("snapshotter.yml");
+    std::fs::write(&config, if mode == Mode::Normal { "lazy: false\n" } else { "lazy: true\n" }).unwrap();
+    let fill = match mode {
+        Mode::LazyNoFill => "1".to_string(),
+        _ => fill_rate.to_string(),
+    };
+    let args = ["--config", config.to_str().unwrap(), "--fill-rate", &fill];
+    let snap = SnapshotterProc::start_with(work.path(), &berthd.url(), &args);
+    let ctd = Containerd::start_cri(&cri_config(work.path(), &snap, &berthd.addr));
+    let image = format!("{MIRROR_HOST}/{}:v1", img.repo);
+
+    let before = ns.rx_bytes();
+    let started = Instant::now();
+    cri_pull(&ctd, rt, &image, &snap);
+    let pull = started.elapsed().as_secs_f64();
+    let mut child = Command::new(&ctd.ctr)
+        .arg("--address")
+        .arg(&ctd.sock)
+        .args(["--namespace", "k8s.io", "run", "--rm", "--snapshotter", "berth", &image, id])
+        .args(&img.cmd)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn ctr");
+    let mut stdout = child.stdout.take().unwrap();
+    let mut out = vec![0u8; 64 << 10];
+    let n = stdout.read(&mut out).unwrap();
+    let first_output = started.elapsed().as_secs_f64();
+    let link_bytes = ns.rx_bytes() - before;
+    let (lazy_layers, fetched) = lazy_state(&snap.root);
+    out.truncate(n);
+    stdout.read_to_end(&mut out).unwrap();
+    let result = child.wait_with_output().unwrap();
+    assert!(
+        result.status.success() && out == img.expected.as_bytes(),
+        "ctr run {id}: {}\nstdout: {}\nstderr: {}\ncontainerd log:\n{}",
+        result.status,
+        String::from_utf8_lossy(&out),
+        String::from_utf8_lossy(&result.stderr),
+        support_e2e::containerd::tail(&ctd.log_text(), 30)
+    );
+    // A lazy run that fell back to a normal pull would measure nothing.
+    let want = if mode == Mode::Normal { 0 } else { img.layers.len() };
+    assert_eq!(lazy_layers, want, "lazily mounted layers; snapshotter log:\n{}", snap.log_text());
+    let fill = (mode == Mode::Lazy).then(|| {
+        let (t, link, fetched) = (Instant::now(), ns.rx_bytes(), lazy_state(&snap.root).1);
+        std::thread::sleep(FILL_WINDOW);
+        let secs = t.elapsed().as_secs_f64();
+        ((lazy_state(&snap.root).1 - fetched) as f64 / secs, (ns.rx_bytes() - link) as f64 / secs)
+    });
+    drop(ctd);
+    drop(snap);
+    drop(berthd);
+    Sample { pull, first_output, link_bytes, fetched, fill }
+}
+
+// ---------------------------------------------------------------------------
+// Report
+// ---------------------------------------------------------------------------
+
+struct Cell {
+    mbit: u64,
+    image: usize,
+    normal: Vec<Sample>,
+    lazy: Vec<Sample>,
+    nofill: Vec<Sample>,
+}
+
+fn med(v: &[Sample], f: impl Fn(&Sample) -> f64) -> f64 {
+    median(&v.iter().map(f).collect::<Vec<_>>())
+}
+
+/// First line of a command's output, or "?".
+fn first_line(args: &[&str]) -> String {
+    let out = Command::new(args[0]).args(&args[1..]).output();
+    out.ok()
+        .and_then(|o| String::from_utf8_lossy(&o.stdout).lines().next().map(|l| l.trim().to_string()))
+        .unwrap_or_else(|| "?".into())
+}
+
+fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .unwrap_or_default()
+        .split_whitespace()
+        .take(3)
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+fn report(images: &[Image], cells: &[Cell], runs: u64, fill_rate: u64, load: (&str, &str)) -> String {
+    let mut s = String::new();
+    let fill = if fill_rate == DEFAULT_FILL_RATE {
+        format!("{} MiB/s, the default", fill_rate >> 20)
+    } else if fill_rate == 0 {
+        "unlimited".to_string()
+    } else {
+        format!("{:.1} MiB/s", fill_rate as f64 / MIB)
+    };
+    s += &format!(
+        "Time from CRI `PullImage` until the container's first output (`ctr -n k8s.io run --rm --snapshotter berth \
+         IMAGE ID CMD`), berth-snapshotter with lazy layers against the same snapshotter with `lazy: false`; \
+         berthd on SeaweedFS, whose replies cross a veth pair shaped by `tc tbf` in a network namespace. Every \
+         run is cold: new berthd with an empty node cache, new snapshotter root, new containerd root (indexes \
+         were built after the push, before timing). Background fill of lazy layers: {fill}, for each layer \
+         (every lazily mounted layer fills on its own). \"Fill held back\" runs pass `--fill-rate 1`: each layer \
+         fetches its first chunk, then waits for days, so what is fetched is what the container read. Median of \
+         {runs} runs.\n\n"
+    );
+    s += "| image | layers | compressed | uncompressed | files | command | seek indexes |\n";
+    s += "|---|---|---|---|---|---|---|\n";
+    for img in images {
+        s += &format!(
+            "| {} | {} | {:.0} MiB | {:.0} MiB | {} | `{}` | {:.1} MiB |\n",
+            img.name,
+            img.layers.len(),
+            img.compressed as f64 / MIB,
+            img.uncompressed as f64 / MIB,
+            img.entries,
+            img.cmd.join(" "),
+            img.index_bytes as f64 / MIB
+        );
+    }
+    s += "\n| image | S3 link | normal: pull / first output | lazy: pull / first output | speed-up | ≥ 5×? | \
+          lazy, fill held back: first output | speed-up |\n|---|---|---|---|---|---|---|---|\n";
+    for c in cells {
+        let img = &images[c.image];
+        let (np, nf) = (med(&c.normal, |x| x.pull), med(&c.normal, |x| x.first_output));
+        let (lp, lf) = (med(&c.lazy, |x| x.pull), med(&c.lazy, |x| x.first_output));
+        let hf = med(&c.nofill, |x| x.first_output);
+        s += &format!(
+            "| {} | {} Mbit/s | {np:.2} s / **{nf:.2} s** | {lp:.2} s / **{lf:.2} s** | **{:.1}×** | {} | {hf:.2} s | \
+             {:.1}× |\n",
+            img.name,
+            c.mbit,
+            nf / lf,
+            if nf / lf >= 5.0 { "yes" } else { "no" },
+            nf / hf
+        );
+    }
+    s += &format!(
+        "\n| image | S3 link | sent over the link until first output: normal / lazy / lazy, fill held back | \
+         fetched by the lazy mounts, fill held back (share of the image) | background fill in the {} s after \
+         the start: chunks / link use |\n|---|---|---|---|---|\n",
+        FILL_WINDOW.as_secs()
+    );
+    for c in cells {
+        let img = &images[c.image];
+        let mb = |v: &[Sample]| med(v, |x| x.link_bytes as f64) / MIB;
+        let fetched = med(&c.nofill, |x| x.fetched as f64);
+        let chunks = med(&c.lazy, |x| x.fill.unwrap().0) / MIB;
+        let link = med(&c.lazy, |x| x.fill.unwrap().1) * 8.0 / 1e6;
+        s += &format!(
+            "| {} | {} Mbit/s | {:.1} / {:.1} / {:.1} MiB | {:.1} MiB ({:.1} %) | {chunks:.1} MiB/s / {link:.0} Mbit/s \
+             ({:.0} %) |\n",
+            img.name,
+            c.mbit,
+            mb(&c.normal),
+            mb(&c.lazy),
+            mb(&c.nofill),
+            fetched / MIB,
+            100.0 * fetched / img.uncompressed as f64,
+            100.0 * link / c.mbit as f64
+        );
+    }
+    s += "\nEvery run (seconds to first output): ";
+    let runs_text: Vec<String> = cells
+        .iter()
+        .map(|c| {
+            let list = |v: &[Sample]| v.iter().map(|x| format!("{:.2}", x.first_output)).collect::<Vec<_>>().join(", ");
+            format!(
+                "{} at {} Mbit/s: normal {}; lazy {}; fill held back {}",
+                images[c.image].name,
+                c.mbit,
+                list(&c.normal),
+                list(&c.lazy),
+                list(&c.nofill)
+            )
+        })
+        .collect();
+    s += &runs_text.join(". ");
+    s += ".\n";
+    s += &format!(
+        "\nMeasured {} on {} cores ({}), berthd and berth-snapshotter {} (release build), containerd {}, \
+         SeaweedFS {}; load average {} when the benchmark started, {} when it ended. \
+         `bash tests/bench/lazy.sh` (root) runs this benchmark alone and rewrites this section; \
+         `bash tests/bench/run.sh` runs it with the others.\n",
+        first_line(&["date", "-u", "+%Y-%m-%d"]),
+        std::thread::available_parallelism().map_or(0, |n| n.get()),
+        first_line(&["sh", "-c", "grep -m1 'model name' /proc/cpuinfo | cut -d: -f2-"]),
+        first_line(&["git", "-C", common::workspace_root().to_str().unwrap(), "describe", "--always", "--dirty"]),
+        first_line(&["containerd", "--version"]).split_whitespace().nth(2).unwrap_or("?"),
+        first_line(&["sh", "-c", "weed version 2>&1"]).split_whitespace().nth(2).unwrap_or("?"),
+        load.0,
+        load.1,
+    );
+    s
+}
+
+fn main() {
+    assert!(support_e2e::containerd::is_root(), "the lazy start benchmark needs root (netns, tc, mounts)");
+    let release = common::workspace_root().join("target/release");
+    for (var, bin) in [("BERTHD_BIN", "berthd"), ("BERTH_SNAPSHOTTER_BIN", "berth-snapshotter")] {
+        if std::env::var_os(var).is_none() {
+            let p = release.join(bin);
+            assert!(
+                p.exists(),
+                "build the release binaries first: cargo build --release -p berthd -p berth-snapshotter"
+            );
+            std::env::set_var(var, p);
+        }
+    }
+    let out =
+        std::env::var("BENCH_OUT").map(PathBuf::from).unwrap_or_else(|_| common::workspace_root().join("target/bench"));
+    std::fs::create_dir_all(&out).unwrap();
+    // Everything this run mounts lives under one directory, so a clean-up
+    // after a killed run (tests/bench/lazy.sh) touches nothing else.
+    let tmp = out.join("lazy-tmp");
+    std::fs::create_dir_all(&tmp).unwrap();
+    std::env::set_var("TMPDIR", &tmp);
+    let runs = env_num("BENCH_RUNS", 3).max(1);
+    let mbits: Vec<u64> = std::env::var("BENCH_MBITS")
+        .unwrap_or_else(|_| "100,20".into())
+        .split(',')
+        .map(|m| m.trim().parse().expect("BENCH_MBITS: comma-separated Mbit/s"))
+        .collect();
+    let fill_rate = env_num("BENCH_FILL_RATE", DEFAULT_FILL_RATE);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let bench_started = Instant::now();
+    let load_start = loadavg();
+
+    let work = tempfile::tempdir().unwrap();
+    let mut images = vec![large_image(work.path(), env_num("BENCH_BIG_MIB", 200)), debian_image(work.path(), &out)];
+    eprintln!("lazy_start: images built ({:.0} s)", bench_started.elapsed().as_secs_f64());
+
+    let ns = Netns::create();
+    let weed = NsWeed::start(&ns);
+    let endpoint = weed.endpoint();
+    {
+        // Push and index, unthrottled.
+        let pusher = node(&endpoint);
+        for img in images.iter_mut() {
+            Skopeo::new().push(&img.layout, &pusher.addr, &format!("{}:v1", img.repo), &[]);
+            for l in &img.layers {
+                let (idx, bytes) = wait_index(&pusher, img.repo, l);
+                img.uncompressed += idx["size"].as_u64().unwrap();
+                img.entries += idx["entries"].as_array().unwrap().len();
+                img.index_bytes += bytes;
+            }
+        }
+    }
+    eprintln!("lazy_start: pushed and indexed ({:.0} s)", bench_started.elapsed().as_secs_f64());
+
+    let mut cells = Vec::new();
+    let mut n = 0;
+    for &mbit in &mbits {
+        ns.limit(mbit);
+        for (i, img) in images.iter().enumerate() {
+            let mut cell = Cell { mbit, image: i, normal: vec![], lazy: vec![], nofill: vec![] };
+            for r in 0..runs {
+                for mode in [Mode::Normal, Mode::Lazy, Mode::LazyNoFill] {
+                    n += 1;
+                    let id = format!("lazybench-{}-{n}", std::process::id());
+                    let s = start_once(img, mode, &endpoint, &ns, &rt, fill_rate, &id);
+                    let name = match mode {
+                        Mode::Normal => "normal",
+                        Mode::Lazy => "lazy",
+                        Mode::LazyNoFill => "lazy, fill held back",
+                    };
+                    let fill = s.fill.map_or(String::new(), |(c, l)| {
+                        format!(", then fill {:.1} MiB/s of chunks, {:.0} Mbit/s over the link", c / MIB, l * 8.0 / 1e6)
+                    });
+                    eprintln!(
+                        "lazy_start: {} at {mbit} Mbit/s, run {}, {name}: pull {:.2} s, first output {:.2} s, \
+                         {:.1} MiB over the link, {:.1} MiB fetched lazily{fill} ({:.0} s in)",
+                        img.name,
+                        r + 1,
+                        s.pull,
+                        s.first_output,
+                        s.link_bytes as f64 / MIB,
+                        s.fetched as f64 / MIB,
+                        bench_started.elapsed().as_secs_f64()
+                    );
+                    match mode {
+                        Mode::Normal => cell.normal.push(s),
+                        Mode::Lazy => cell.lazy.push(s),
+                        Mode::LazyNoFill => cell.nofill.push(s),
+                    }
+                }
+            }
+            cells.push(cell);
+        }
+    }
+    ns.limit(0);
+    drop(weed);
+    drop(ns);
+    let text = report(&images, &cells, runs, fill_rate, (&load_start, &loadavg()));
+    std::fs::write(out.join("lazy.md"), &text).unwrap();
+    println!("{text}");
+    println!("wrote {} ({:.0} s)", out.join("lazy.md").display(), bench_started.elapsed().as_secs_f64());
+}
