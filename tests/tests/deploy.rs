@@ -790,15 +790,16 @@ fn image_builds_offline_and_runs_under_containerd() {
         assert!(Instant::now() < deadline, "berthd did not stop on SIGTERM; log:\n{}", log_text());
         std::thread::sleep(Duration::from_millis(100));
     }
-    // `ctr task rm` warns about a non-zero exit status.
-    let rm = ctd.ctr_output(&["task", "rm", &id]);
-    let rm_err = String::from_utf8_lossy(&rm.stderr);
-    assert!(rm.status.success() && !rm_err.contains("exit code"), "berthd's exit: {rm_err}\nlog:\n{}", log_text());
-    ctd.ctr_ok(&["containers", "rm", &id]);
-    // The shim may still be copying the last lines into the log file.
+    // The shim may still be copying the last lines into the log file: wait
+    // for them while it is alive (`task rm` ends it and its copying).
     let deadline = Instant::now() + Duration::from_secs(10);
     while !log_text().contains("shut down: in-flight requests finished") {
         assert!(Instant::now() < deadline, "no graceful shutdown in the log:\n{}", log_text());
         std::thread::sleep(Duration::from_millis(100));
     }
+    // `ctr task rm` warns about a non-zero exit status.
+    let rm = ctd.ctr_output(&["task", "rm", &id]);
+    let rm_err = String::from_utf8_lossy(&rm.stderr);
+    assert!(rm.status.success() && !rm_err.contains("exit code"), "berthd's exit: {rm_err}\nlog:\n{}", log_text());
+    ctd.ctr_ok(&["containers", "rm", &id]);
 }
