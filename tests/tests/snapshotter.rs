@@ -515,6 +515,7 @@ fn lazy_layers_are_served_by_fuse_and_match_a_full_unpack() {
     let full = unpacked_tree(&img.layout, work.path());
     assert_eq!(lazy, full);
     assert!(lazy.iter().any(|l| l.starts_with("/data/big.bin file") && l.contains(&img.big_sha256)));
+    assert_special_files(&lazy);
 
     // Killed with the view mounted: the mounts live on, and a restart adopts them.
     snap.kill();
@@ -522,6 +523,27 @@ fn lazy_layers_are_served_by_fuse_and_match_a_full_unpack() {
     snap.spawn(&berthd.url());
     assert_eq!(std::fs::read_to_string(mnt.join("etc/keep")).unwrap(), "kept\n");
     umount(&mnt);
+}
+
+/// The tree shows what `build_layered_image` put beyond plain files, so an
+/// equal reference tree cannot hide a kind of entry both sides dropped.
+fn assert_special_files(tree: &[String]) {
+    let has = |prefix: &str, part: &str| {
+        assert!(
+            tree.iter().any(|l| l.starts_with(prefix) && l.contains(part)),
+            "no `{prefix}` line with `{part}` in:\n{}",
+            tree.join("\n")
+        )
+    };
+    has("/devices/fifo fifo", "mode=620");
+    has("/devices/null char 1:3", "mode=666");
+    has("/devices/loop7 block 7:7", "mode=660");
+    has("/etc/new file", r#"uid=1234 gid=5678"#);
+    has("/etc/new file", r#""user.berth.note=from layer three""#);
+    has("/etc/dir dir", r#""user.berth.dir=d""#);
+    has("/etc/setuid file", "mode=4755");
+    has("/sticky dir", "mode=1777");
+    has("/etc/keep file", "mtime=978307200");
 }
 
 /// `ctr` in CRI's namespace.
@@ -593,7 +615,9 @@ fn cri_pull_is_lazy_and_containers_survive_a_snapshotter_restart() {
         let v = api.view("cri-view", &top).await.unwrap();
         mount_all(&v, &mnt);
     });
-    assert_eq!(tree_listing(&mnt), unpacked_tree(&img.layout, work.path()));
+    let tree = tree_listing(&mnt);
+    assert_eq!(tree, unpacked_tree(&img.layout, work.path()));
+    assert_special_files(&tree);
     umount(&mnt);
 
     // A running container keeps its file system while the snapshotter is
@@ -695,6 +719,20 @@ fn snapshotter_pull_then_ctr_run_starts_before_the_image_is_downloaded() {
     assert_eq!(out, "layer three motd\nkept\n");
     assert!(chunks_fetched(&snap.root, &img.layers[1]) <= 2, "the 200 MiB layer was not downloaded to start");
     assert_eq!(ctd.image_digest(&image), img.layout.digest());
+    // The tree containerd assembled from the lazy layers equals a full unpack.
+    let mnt = work.path().join("pull-view");
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let mut api = Api::connect(&ctd.sock, &ctd.namespace, "berth").await;
+        let (top, committed) = top_snapshot(&mut api).await;
+        assert_eq!(committed.len(), 3, "{committed:?}");
+        let v = api.view("pull-view", &top).await.unwrap();
+        mount_all(&v, &mnt);
+    });
+    let tree = tree_listing(&mnt);
+    umount(&mnt);
+    assert_eq!(tree, unpacked_tree(&img.layout, work.path()));
+    assert_special_files(&tree);
     let again = snapshotter_pull(&ctd, &berthd, &image);
     assert!(again.contains("3 already present"), "{again}");
 }

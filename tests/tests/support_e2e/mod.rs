@@ -252,6 +252,7 @@ pub fn build_layered_image(work: &Path, name: &str, big: usize) -> LayeredImage 
         std::fs::write(root.join("etc/motd"), b"layer three motd\n").unwrap();
         std::os::unix::fs::symlink("motd", root.join("etc/motd.link")).unwrap();
         std::fs::write(root.join("etc/new"), b"new in layer three\n").unwrap();
+        special_files(root);
     });
     run(Command::new(&umoci).arg("gc").arg("--layout").arg(&dir));
     let layout = Layout { dir, tag: "latest".into() };
@@ -262,8 +263,76 @@ pub fn build_layered_image(work: &Path, name: &str, big: usize) -> LayeredImage 
     LayeredImage { layout, layers, big_sha256 }
 }
 
+/// What an image layer may carry beyond plain files, so that a tree
+/// comparison covers it: a FIFO, character and block devices, extended
+/// attributes on a file and a directory, set-id and sticky bits, a foreign
+/// owner and a fixed modification time.
+fn special_files(root: &Path) {
+    use std::ffi::CString;
+    use std::os::unix::ffi::OsStrExt;
+    let c = |p: &Path| CString::new(p.as_os_str().as_bytes()).unwrap();
+    let ok = |rc: libc::c_int, what: &str| assert_eq!(rc, 0, "{what}: {}", std::io::Error::last_os_error());
+    let dev = root.join("devices");
+    std::fs::create_dir_all(&dev).unwrap();
+    // SAFETY: plain libc calls on NUL-terminated paths that outlive them.
+    unsafe {
+        ok(libc::mkfifo(c(&dev.join("fifo")).as_ptr(), 0o620), "mkfifo");
+        ok(libc::mknod(c(&dev.join("null")).as_ptr(), libc::S_IFCHR | 0o666, libc::makedev(1, 3)), "mknod c");
+        ok(libc::mknod(c(&dev.join("loop7")).as_ptr(), libc::S_IFBLK | 0o660, libc::makedev(7, 7)), "mknod b");
+        for (path, name, value) in [
+            (root.join("etc/new"), "user.berth.note", "from layer three"),
+            (root.join("etc/dir"), "user.berth.dir", "d"),
+        ] {
+            let (n, v) = (CString::new(name).unwrap(), value.as_bytes());
+            ok(libc::lsetxattr(c(&path).as_ptr(), n.as_ptr(), v.as_ptr().cast(), v.len(), 0), "lsetxattr");
+        }
+        ok(libc::lchown(c(&root.join("etc/new")).as_ptr(), 1234, 5678), "lchown");
+    }
+    for (name, mode) in [("fifo", 0o620), ("null", 0o666), ("loop7", 0o660)] {
+        std::fs::set_permissions(dev.join(name), std::os::unix::fs::PermissionsExt::from_mode(mode)).unwrap();
+    }
+    let setuid = root.join("etc/setuid");
+    std::fs::write(&setuid, b"#!/bin/sh\n").unwrap();
+    std::fs::set_permissions(&setuid, std::os::unix::fs::PermissionsExt::from_mode(0o4755)).unwrap();
+    let sticky = root.join("sticky");
+    std::fs::create_dir_all(&sticky).unwrap();
+    std::fs::set_permissions(&sticky, std::os::unix::fs::PermissionsExt::from_mode(0o1777)).unwrap();
+    let old = std::time::UNIX_EPOCH + Duration::from_secs(978_307_200); // 2001-01-01
+    std::fs::File::options().write(true).open(root.join("etc/keep")).unwrap().set_modified(old).unwrap();
+}
+
+/// Extended attributes of `p` (not following a symlink) as `name=value`,
+/// sorted; overlayfs' own are hidden from a merged view, so skipped here too.
+fn xattr_listing(p: &Path) -> Vec<String> {
+    use std::ffi::{CStr, CString};
+    use std::os::unix::ffi::OsStrExt;
+    let path = CString::new(p.as_os_str().as_bytes()).unwrap();
+    let mut names = vec![0u8; 64 << 10];
+    // SAFETY: the buffers are as long as the lengths passed.
+    let n = unsafe { libc::llistxattr(path.as_ptr(), names.as_mut_ptr().cast(), names.len()) };
+    assert!(n >= 0, "llistxattr {}: {}", p.display(), std::io::Error::last_os_error());
+    let mut out = Vec::new();
+    for name in names[..n as usize].split(|b| *b == 0).filter(|s| !s.is_empty()) {
+        let name = CString::new(name).unwrap();
+        let shown = name.to_string_lossy().into_owned();
+        if shown.starts_with("trusted.overlay.") || shown == "security.selinux" {
+            continue;
+        }
+        let mut value = vec![0u8; 64 << 10];
+        // SAFETY: as above.
+        let len =
+            unsafe { libc::lgetxattr(path.as_ptr(), CStr::as_ptr(&name), value.as_mut_ptr().cast(), value.len()) };
+        assert!(len >= 0, "lgetxattr {} {shown}: {}", p.display(), std::io::Error::last_os_error());
+        out.push(format!("{shown}={}", String::from_utf8_lossy(&value[..len as usize])));
+    }
+    out.sort();
+    out
+}
+
 /// Every path under `root` (not crossing mounts) with what unpacking
-/// decides: type, mode, owner, size, content digest or link target.
+/// decides: type, mode, owner, size, content digest or link target, device
+/// numbers, extended attributes and (for all but directories, whose times
+/// change as entries are added) the modification time.
 pub fn tree_listing(root: &Path) -> Vec<String> {
     use std::os::unix::fs::{FileTypeExt, MetadataExt};
     let mut out = Vec::new();
@@ -282,16 +351,22 @@ pub fn tree_listing(root: &Path) -> Vec<String> {
         } else if ft.is_file() {
             format!("file {} {}", md.len(), sha256(&std::fs::read(&p).unwrap()))
         } else if ft.is_char_device() {
-            format!("char {}", md.rdev())
+            format!("char {}:{}", libc::major(md.rdev()), libc::minor(md.rdev()))
+        } else if ft.is_block_device() {
+            format!("block {}:{}", libc::major(md.rdev()), libc::minor(md.rdev()))
+        } else if ft.is_fifo() {
+            "fifo".to_string()
         } else {
             "other".to_string()
         };
         out.push(format!(
-            "/{rel} {what} mode={:o} uid={} gid={} nlink={}",
+            "/{rel} {what} mode={:o} uid={} gid={} nlink={} mtime={} xattrs={:?}",
             md.mode() & 0o7777,
             md.uid(),
             md.gid(),
-            if ft.is_dir() { 0 } else { md.nlink() }
+            if ft.is_dir() { 0 } else { md.nlink() },
+            if ft.is_dir() { 0 } else { md.mtime() },
+            xattr_listing(&p),
         ));
     }
     out.sort();
