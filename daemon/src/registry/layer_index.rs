@@ -16,20 +16,62 @@ use crate::upstream::Upstream;
 use bytes::Bytes;
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 /// Parsed indexes kept in memory: a range read needs the checkpoints, and
 /// a lazily mounted layer is read many times in a row.
 const CACHED_INDEXES: usize = 16;
 
+/// How many blobs known to have no index are remembered, and for how long:
+/// a stream error while reading the blob looks like a corrupt layer, so
+/// the verdict expires rather than lasting until a restart.
+const REMEMBERED_UNINDEXABLE: usize = 256;
+const UNINDEXABLE_FOR: Duration = Duration::from_secs(600);
+
 pub(super) struct Indexer {
     building: Mutex<HashSet<Digest>>,
     one_at_a_time: tokio::sync::Semaphore,
     cache: Mutex<Vec<(Digest, Arc<LayerIndex>)>>,
+    /// Blobs a build found cannot have an index (not a layer, single-frame
+    /// zstd, a corrupt stream), with why: asking again answers at once
+    /// instead of reading the whole blob again. Node-local, and forgotten
+    /// after `UNINDEXABLE_FOR` or a restart (a newer berthd may index them).
+    unindexable: Mutex<Vec<(Digest, String, Instant)>>,
+}
+
+/// What a background build did.
+enum Built {
+    Stored,
+    AlreadyStored,
+    NotALayer,
 }
 
 impl Indexer {
     pub(super) fn new() -> Indexer {
-        Indexer { building: Mutex::default(), one_at_a_time: tokio::sync::Semaphore::new(1), cache: Mutex::default() }
+        Indexer {
+            building: Mutex::default(),
+            one_at_a_time: tokio::sync::Semaphore::new(1),
+            cache: Mutex::default(),
+            unindexable: Mutex::default(),
+        }
+    }
+
+    #[cfg(test)]
+    pub(super) fn is_building(&self, d: &Digest) -> bool {
+        self.building.lock().unwrap().contains(d)
+    }
+
+    fn why_unindexable(&self, d: &Digest) -> Option<String> {
+        let mut u = self.unindexable.lock().unwrap();
+        u.retain(|(_, _, at)| at.elapsed() < UNINDEXABLE_FOR);
+        u.iter().find(|(k, _, _)| k == d).map(|(_, why, _)| why.clone())
+    }
+
+    fn remember_unindexable(&self, d: &Digest, why: String) {
+        let mut u = self.unindexable.lock().unwrap();
+        u.retain(|(k, _, _)| k != d);
+        u.insert(0, (d.clone(), why, Instant::now()));
+        u.truncate(REMEMBERED_UNINDEXABLE);
     }
 
     fn cached(&self, d: &Digest) -> Option<Arc<LayerIndex>> {
@@ -85,6 +127,11 @@ impl Registry {
                 Ok(idx)
             }
             Err(e) if e.is_not_found() => {
+                if let Some(why) = self.indexer.why_unindexable(digest) {
+                    return Err(Error::IndexUnavailable(format!(
+                        "layer {digest} has no seek index ({why}); pull it normally"
+                    )));
+                }
                 // Unknown media type here: sniff the blob's first bytes.
                 self.index_soon(digest.clone(), None);
                 Err(Error::IndexUnavailable(format!(
@@ -139,25 +186,34 @@ impl Registry {
             let result = async {
                 let _permit = me.indexer.one_at_a_time.acquire().await.expect("semaphore never closed");
                 if me.exists(&paths::layer_index(&digest)).await? {
-                    return Ok(false);
+                    return Ok(Built::AlreadyStored);
                 }
                 me.build_index(&digest, compression).await
             }
             .await;
             match result {
-                Ok(true) => tracing::info!(digest = %digest, "built layer seek index"),
-                Ok(false) => tracing::debug!(digest = %digest, "no index needed: indexed already, or not a layer"),
+                Ok(Built::Stored) => tracing::info!(digest = %digest, "built layer seek index"),
+                Ok(Built::AlreadyStored) => tracing::debug!(digest = %digest, "layer is indexed already"),
+                Ok(Built::NotALayer) => {
+                    tracing::debug!(digest = %digest, "not a layer: no seek index");
+                    me.indexer.remember_unindexable(&digest, "not a gzip, zstd or tar layer".into());
+                }
                 Err(e) => {
-                    tracing::warn!(digest = %digest, error = %e, "no seek index for layer; lazy pulls of it fall back to full pulls")
+                    tracing::warn!(digest = %digest, error = %e, "no seek index for layer; lazy pulls of it fall back to full pulls");
+                    // Storage trouble is retried on the next request; a
+                    // blob that cannot be indexed is not.
+                    if let Error::Unsupported(why) = e {
+                        me.indexer.remember_unindexable(&digest, why);
+                    }
                 }
             }
             me.indexer.building.lock().unwrap().remove(&digest);
         });
     }
 
-    /// Builds and stores the index; `Ok(false)` when the blob is not a
-    /// gzip or tar layer (a config, an artifact) and needs none.
-    async fn build_index(&self, digest: &Digest, compression: Option<Compression>) -> Result<bool> {
+    /// Builds and stores the index; `Built::NotALayer` when the blob is not
+    /// a gzip, zstd or tar layer (a config, an artifact) and needs none.
+    async fn build_index(&self, digest: &Digest, compression: Option<Compression>) -> Result<Built> {
         let compression = match compression {
             Some(c) => c,
             None => {
@@ -169,7 +225,7 @@ impl Registry {
                     Some([0x1f, 0x8b, ..]) => Compression::Gzip,
                     Some([0x28, 0xb5, 0x2f, 0xfd, ..]) => Compression::Zstd,
                     Some(b) if b.len() >= 262 && &b[257..262] == b"ustar" => Compression::None,
-                    _ => return Ok(false),
+                    _ => return Ok(Built::NotALayer),
                 }
             }
         };
@@ -187,6 +243,6 @@ impl Registry {
         let json = serde_json::to_vec(&idx).expect("index serializes");
         self.driver.put_content(&paths::layer_index(digest), Bytes::from(json)).await?;
         self.indexer.remember(digest, Arc::new(idx));
-        Ok(true)
+        Ok(Built::Stored)
     }
 }

@@ -203,3 +203,53 @@ async fn abandoned_uploads_are_purged_by_age() {
     assert_eq!(reg.purge_uploads(std::time::Duration::from_millis(1), false).await.unwrap(), 1);
     assert!(matches!(reg.upload_status(&r, &up.id).await, Err(Error::BlobUploadUnknown(_))));
 }
+
+/// Asks for the index of `d` until the background build has settled.
+async fn settled_index(reg: &Registry, r: &RepoName, d: &Digest) -> Result<Arc<crate::layerindex::LayerIndex>> {
+    for _ in 0..200 {
+        let res = reg.layer_index(None, r, d).await;
+        let building = reg.indexer.is_building(d);
+        if !building && !matches!(&res, Err(Error::IndexUnavailable(m)) if m.contains("being built")) {
+            return res;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    panic!("index build of {d} never settled")
+}
+
+#[tokio::test]
+async fn index_requests_build_once_and_remember_blobs_that_cannot_have_one() {
+    let driver = MemoryDriver::new();
+    let reg = registry(&driver, Policy::default());
+    let r = repo("app");
+
+    // A plain tar layer: the first request starts a build, a later one gets it.
+    let mut tar = tar::Builder::new(Vec::new());
+    let mut h = tar::Header::new_gnu();
+    h.set_size(6);
+    h.set_mode(0o644);
+    h.set_uid(0);
+    h.set_gid(0);
+    h.set_mtime(0);
+    h.set_cksum();
+    tar.append_data(&mut h, "etc/motd", &b"hello\n"[..]).unwrap();
+    let tar: &'static [u8] = Vec::leak(tar.into_inner().unwrap());
+    let layer = push_blob(&reg, &r, tar).await;
+    let first = reg.layer_index(None, &r, &layer).await.unwrap_err();
+    assert!(matches!(&first, Error::IndexUnavailable(m) if m.contains("being built")), "{first:?}");
+    let idx = settled_index(&reg, &r, &layer).await.unwrap();
+    assert_eq!(idx.size, tar.len() as u64);
+
+    // Not a layer: the verdict is remembered, so asking again starts no build.
+    let config = push_blob(&reg, &r, b"{\"architecture\":\"amd64\"}").await;
+    let err = settled_index(&reg, &r, &config).await.unwrap_err();
+    assert!(matches!(&err, Error::IndexUnavailable(m) if m.contains("not a gzip, zstd or tar layer")), "{err:?}");
+    let again = reg.layer_index(None, &r, &config).await.unwrap_err();
+    assert!(matches!(&again, Error::IndexUnavailable(m) if m.contains("pull it normally")), "{again:?}");
+    assert!(!reg.indexer.is_building(&config), "a second build was started");
+
+    // A gzip stream that is corrupt: the build's error is the answer.
+    let broken = push_blob(&reg, &r, b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\x03not deflate at all").await;
+    let err = settled_index(&reg, &r, &broken).await.unwrap_err();
+    assert!(matches!(&err, Error::IndexUnavailable(m) if m.contains("cannot index")), "{err:?}");
+}
