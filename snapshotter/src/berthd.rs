@@ -6,6 +6,7 @@
 use crate::index::LayerIndex;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Empty};
+use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -92,6 +93,17 @@ impl Berthd {
         Ok((status, body))
     }
 
+    /// GET `path` with the body read as it arrives, for blobs too large to
+    /// hold in memory or to fetch within one timeout: the timeout bounds the
+    /// wait for the answer's head and each wait for more of its body.
+    pub async fn open(&self, path: &str, accept: &str) -> Result<Streaming, String> {
+        let resp = tokio::time::timeout(self.timeout, self.head(path, None, accept))
+            .await
+            .map_err(|_| format!("berthd did not answer in {:?}", self.timeout))??;
+        let status = resp.status().as_u16();
+        Ok(Streaming { status, body: resp.into_body(), idle: self.timeout })
+    }
+
     async fn request(
         &self,
         path: &str,
@@ -99,35 +111,53 @@ impl Berthd {
         accept: &str,
     ) -> Result<(u16, String, Bytes), String> {
         let fut = async {
-            let host = match &self.target {
-                Target::Tcp(h) => h.clone(),
-                Target::Unix(_) => "localhost".to_string(),
-            };
-            let mut req = hyper::Request::get(path).header(hyper::header::HOST, host);
-            if let Some((start, end)) = range {
-                req = req.header(hyper::header::RANGE, format!("bytes={start}-{end}"));
-            }
-            if !accept.is_empty() {
-                req = req.header(hyper::header::ACCEPT, accept);
-            }
-            let req = req.body(Empty::<Bytes>::new()).map_err(|e| e.to_string())?;
-            let resp = match &self.target {
-                Target::Tcp(addr) => {
-                    let s = tokio::net::TcpStream::connect(addr).await.map_err(|e| format!("connect {addr}: {e}"))?;
-                    send(TokioIo::new(s), req).await?
-                }
-                Target::Unix(p) => {
-                    let s = tokio::net::UnixStream::connect(p)
-                        .await
-                        .map_err(|e| format!("connect {}: {e}", p.display()))?;
-                    send(TokioIo::new(s), req).await?
-                }
-            };
-            Ok(resp)
+            let resp = self.head(path, range, accept).await?;
+            let status = resp.status().as_u16();
+            let ctype = resp
+                .headers()
+                .get(hyper::header::CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or_default()
+                .to_string();
+            let body = resp.into_body().collect().await.map_err(|e| format!("response body: {e}"))?.to_bytes();
+            Ok((status, ctype, body))
         };
         tokio::time::timeout(self.timeout, fut)
             .await
             .map_err(|_| format!("berthd did not answer in {:?}", self.timeout))?
+    }
+
+    /// Sends the request; the answer's body is still to be read.
+    async fn head(
+        &self,
+        path: &str,
+        range: Option<(u64, u64)>,
+        accept: &str,
+    ) -> Result<hyper::Response<Incoming>, String> {
+        let host = match &self.target {
+            Target::Tcp(h) => h.clone(),
+            Target::Unix(_) => "localhost".to_string(),
+        };
+        let mut req = hyper::Request::get(path).header(hyper::header::HOST, host);
+        if let Some((start, end)) = range {
+            req = req.header(hyper::header::RANGE, format!("bytes={start}-{end}"));
+        }
+        if !accept.is_empty() {
+            req = req.header(hyper::header::ACCEPT, accept);
+        }
+        let req = req.body(Empty::<Bytes>::new()).map_err(|e| e.to_string())?;
+        let resp = match &self.target {
+            Target::Tcp(addr) => {
+                let s = tokio::net::TcpStream::connect(addr).await.map_err(|e| format!("connect {addr}: {e}"))?;
+                send(TokioIo::new(s), req).await?
+            }
+            Target::Unix(p) => {
+                let s =
+                    tokio::net::UnixStream::connect(p).await.map_err(|e| format!("connect {}: {e}", p.display()))?;
+                send(TokioIo::new(s), req).await?
+            }
+        };
+        Ok(resp)
     }
 
     /// The layer's index, validated.
@@ -157,18 +187,53 @@ impl Berthd {
     }
 }
 
-async fn send<IO>(io: IO, req: hyper::Request<Empty<Bytes>>) -> Result<(u16, String, Bytes), String>
+/// An answer whose body is read piece by piece ([`Berthd::open`]).
+pub struct Streaming {
+    pub status: u16,
+    body: Incoming,
+    idle: Duration,
+}
+
+impl Streaming {
+    /// The next piece of the body; `None` at its end.
+    pub async fn next(&mut self) -> Result<Option<Bytes>, String> {
+        loop {
+            let frame = tokio::time::timeout(self.idle, self.body.frame())
+                .await
+                .map_err(|_| format!("the answer stalled for {:?}", self.idle))?;
+            match frame {
+                None => return Ok(None),
+                Some(Err(e)) => return Err(format!("response body: {e}")),
+                Some(Ok(f)) => {
+                    if let Ok(data) = f.into_data() {
+                        return Ok(Some(data));
+                    }
+                }
+            }
+        }
+    }
+
+    /// The start of the body, for an error message.
+    pub async fn text(mut self) -> String {
+        let mut out = Vec::new();
+        while out.len() < 4096 {
+            match self.next().await {
+                Ok(Some(b)) => out.extend_from_slice(&b),
+                _ => break,
+            }
+        }
+        out.truncate(4096);
+        String::from_utf8_lossy(&out).into_owned()
+    }
+}
+
+async fn send<IO>(io: IO, req: hyper::Request<Empty<Bytes>>) -> Result<hyper::Response<Incoming>, String>
 where
     IO: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
 {
     let (mut sender, conn) = hyper::client::conn::http1::handshake(io).await.map_err(|e| e.to_string())?;
     tokio::spawn(conn);
-    let resp = sender.send_request(req).await.map_err(|e| format!("request: {e}"))?;
-    let status = resp.status().as_u16();
-    let ctype =
-        resp.headers().get(hyper::header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or_default().to_string();
-    let body = resp.into_body().collect().await.map_err(|e| format!("response body: {e}"))?.to_bytes();
-    Ok((status, ctype, body))
+    sender.send_request(req).await.map_err(|e| format!("request: {e}"))
 }
 
 #[cfg(test)]

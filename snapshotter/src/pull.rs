@@ -13,7 +13,7 @@
 //! runs under a lease, so containerd's garbage collector leaves the pieces
 //! alone until the image record holds them.
 
-use crate::berthd::Berthd;
+use crate::berthd::{Berthd, Streaming};
 use containerd_client::services::v1 as api;
 use containerd_client::services::v1::snapshots as snap;
 use containerd_client::tonic::{self, Code};
@@ -157,7 +157,18 @@ impl Source {
         Ok((ctype, body))
     }
 
-    /// A blob, checked against its digest.
+    /// A layer blob as it arrives (checked by [`Ctd::write_streaming`]).
+    async fn open_blob(&self, digest: &str) -> Result<Streaming, String> {
+        let path = self.path("blobs", digest);
+        let body = self.http.open(&path, "").await?;
+        if body.status != 200 {
+            let status = body.status;
+            return Err(format!("GET {path} answered {status}: {}", body.text().await));
+        }
+        Ok(body)
+    }
+
+    /// A small blob (a config), checked against its digest.
     async fn blob(&self, digest: &str) -> Result<bytes::Bytes, String> {
         let (_, body) = self.get("blobs", digest, "").await?;
         if sha256(&body) != digest {
@@ -228,6 +239,118 @@ impl Ctd {
             }
             Err(e) => Err(format!("writing {digest} to containerd: {e}")),
         }
+    }
+}
+
+impl Ctd {
+    /// Streams blob `digest` of `size` bytes from `body` into the content
+    /// store in [`WRITE_PIECE`] messages, so a layer is never held in memory
+    /// whole and no message nears containerd's 16 MiB limit. The digest is
+    /// checked here before the commit, and again by containerd on commit.
+    /// Content already in the store is not fetched.
+    async fn write_streaming(&self, digest: &str, size: i64, body: Streaming) -> Result<(), String> {
+        let mut content = api::content_client::ContentClient::new(self.channel.clone());
+        let info = api::InfoRequest { digest: digest.to_string() };
+        if content.info(self.req(info)).await.is_ok() {
+            return Ok(());
+        }
+        let reference = format!("berth-pull-{digest}");
+        let failed = std::sync::Arc::new(std::sync::Mutex::new(None::<String>));
+        let state = Upload {
+            body,
+            hash: Sha256::new(),
+            offset: 0,
+            finished: false,
+            reference: reference.clone(),
+            digest: digest.to_string(),
+            size,
+            failed: failed.clone(),
+        };
+        let messages = futures_util::stream::unfold(state, |mut st| async move {
+            match st.next_message().await {
+                Ok(msg) => Some((msg?, st)),
+                Err(e) => {
+                    *st.failed.lock().unwrap() = Some(e);
+                    None
+                }
+            }
+        });
+        let written = async {
+            let mut s = content.write(self.req(messages)).await.map_err(|e| e.to_string())?.into_inner();
+            while s.message().await.map_err(|e| e.to_string())?.is_some() {}
+            Ok::<_, String>(())
+        }
+        .await;
+        let failed = failed.lock().unwrap().take();
+        match (failed, written) {
+            (None, Ok(())) => Ok(()),
+            (Some(e), _) | (None, Err(e)) => {
+                let abort = api::AbortRequest { r#ref: reference };
+                let _ = api::content_client::ContentClient::new(self.channel.clone()).abort(self.req(abort)).await;
+                Err(format!("writing {digest} to containerd: {e}"))
+            }
+        }
+    }
+}
+
+/// Uncompressed bytes per content write message.
+const WRITE_PIECE: usize = 1 << 20;
+
+/// One blob on its way from berthd into containerd's content store.
+struct Upload {
+    body: Streaming,
+    hash: Sha256,
+    offset: i64,
+    finished: bool,
+    reference: String,
+    digest: String,
+    size: i64,
+    failed: std::sync::Arc<std::sync::Mutex<Option<String>>>,
+}
+
+impl Upload {
+    /// The next write message: up to a piece of data, then the commit once
+    /// the whole blob arrived with the right digest, then `None`. `Err`
+    /// ends the stream without a commit, so containerd keeps nothing.
+    async fn next_message(&mut self) -> Result<Option<api::WriteContentRequest>, String> {
+        if self.finished {
+            return Ok(None);
+        }
+        let mut data = Vec::with_capacity(WRITE_PIECE);
+        while data.len() < WRITE_PIECE {
+            match self.body.next().await? {
+                Some(b) => data.extend_from_slice(&b),
+                None => break,
+            }
+        }
+        let offset = self.offset;
+        self.offset += data.len() as i64;
+        if self.offset > self.size {
+            return Err(format!("berthd sent more than the {} bytes of {}", self.size, self.digest));
+        }
+        self.hash.update(&data);
+        let mut msg = api::WriteContentRequest {
+            action: api::WriteAction::Write as i32,
+            r#ref: self.reference.clone(),
+            total: self.size,
+            expected: self.digest.clone(),
+            offset,
+            data,
+            labels: HashMap::new(),
+        };
+        if msg.data.is_empty() {
+            if self.offset != self.size {
+                return Err(format!("berthd sent {} of the {} bytes of {}", self.offset, self.size, self.digest));
+            }
+            let got = format!("sha256:{}", hex::encode(std::mem::take(&mut self.hash).finalize()));
+            // Other algorithms are left to containerd's check on commit.
+            if self.digest.starts_with("sha256:") && got != self.digest {
+                return Err(format!("blob {} arrived with digest {got}; refusing it", self.digest));
+            }
+            msg.action = api::WriteAction::Commit as i32;
+            self.finished = true;
+        }
+        Ok(Some(msg))
     }
 }
 
@@ -306,8 +429,13 @@ pub async fn pull(opts: &Options, reference: &str) -> Result<Summary, String> {
     let top_chain = chain.last().cloned().unwrap_or_default();
     let config_labels = HashMap::from([(format!("containerd.io/gc.ref.snapshot.{}", opts.snapshotter), top_chain)]);
     ctd.write(&config_desc.digest, &config_body, config_labels).await?;
-    let manifest_labels =
+    // Layers too, as containerd's own pull does: an unpacked layer's blob
+    // stays for `ctr image export` and `push`; a lazy one has none to keep.
+    let mut manifest_labels =
         HashMap::from([("containerd.io/gc.ref.content.config".to_string(), config_desc.digest.clone())]);
+    for (i, l) in manifest.layers.iter().enumerate() {
+        manifest_labels.insert(format!("containerd.io/gc.ref.content.l.{i}"), l.digest.clone());
+    }
     ctd.write(&manifest_digest, &manifest_body, manifest_labels).await?;
     let (target_digest, target_size) = match &index {
         Some((d, body)) => {
@@ -379,8 +507,8 @@ async fn pull_layers(
         };
         // Not lazy: unpack the layer the usual way.
         let unpacked = async {
-            let blob = source.blob(&layer.digest).await?;
-            ctd.write(&layer.digest, &blob, HashMap::new()).await?;
+            let blob = source.open_blob(&layer.digest).await?;
+            ctd.write_streaming(&layer.digest, layer.size, blob).await?;
             let mut diff = api::diff_client::DiffClient::new(ctd.channel.clone());
             let desc = Descriptor {
                 media_type: layer.media_type.clone(),

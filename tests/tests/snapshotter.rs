@@ -740,7 +740,10 @@ fn snapshotter_pull_then_ctr_run_starts_before_the_image_is_downloaded() {
 #[test]
 fn snapshotter_pull_unpacks_normally_what_cannot_be_lazy() {
     let work = tempfile::tempdir().unwrap();
-    let img = build_busybox_image_with(work.path(), "src", &[("etc/motd", b"unpacked by containerd\n")]);
+    // The 200 MiB layer streams into containerd's content store: no layer
+    // is held in memory whole, and none is sent in one gRPC message
+    // (containerd refuses messages over 16 MiB).
+    let img = layered_image();
     let berthd = Berthd::start("");
     Skopeo::new().push(&img.layout, &berthd.addr, "app:v1", &[]);
     // The snapshotter's berthd is unreachable: no lazy mounts.
@@ -748,8 +751,24 @@ fn snapshotter_pull_unpacks_normally_what_cannot_be_lazy() {
     let ctd = Containerd::start_with(&snap.proxy_plugin_toml());
     let image = format!("{MIRROR_HOST}/app:v1");
     let out = snapshotter_pull(&ctd, &berthd, &image);
-    assert!(out.contains("0 layer(s) mounted lazily, 1 unpacked"), "{out}");
+    assert!(out.contains("0 layer(s) mounted lazily, 3 unpacked"), "{out}");
     let id = format!("pull-unpacked-{}", std::process::id());
-    let out = ctd.ctr_ok(&["run", "--rm", "--snapshotter", "berth", &image, &id, "cat", "/etc/motd"]);
-    assert_eq!(out, "unpacked by containerd\n");
+    let out = ctd.ctr_ok(&["run", "--rm", "--snapshotter", "berth", &image, &id, "cat", "/etc/motd", "/etc/keep"]);
+    assert_eq!(out, "layer three motd\nkept\n");
+    let content = ctd.ctr_ok(&["content", "ls", "-q"]);
+    assert!(content.lines().any(|l| l == img.layers[1]), "the big layer is in the content store:\n{content}");
+
+    let mnt = work.path().join("unpacked-view");
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let mut api = Api::connect(&ctd.sock, &ctd.namespace, "berth").await;
+        let (top, committed) = top_snapshot(&mut api).await;
+        assert_eq!(committed.len(), 3, "{committed:?}");
+        assert!(committed.iter().all(|c| !c.labels.contains_key("berth.io/lazy-layer")), "{committed:?}");
+        let v = api.view("unpacked-view", &top).await.unwrap();
+        mount_all(&v, &mnt);
+    });
+    let tree = tree_listing(&mnt);
+    umount(&mnt);
+    assert_eq!(tree, unpacked_tree(&img.layout, work.path()));
 }
