@@ -738,6 +738,44 @@ fn snapshotter_pull_then_ctr_run_starts_before_the_image_is_downloaded() {
 }
 
 #[test]
+fn background_fill_leaves_the_whole_image_on_the_node() {
+    let work = tempfile::tempdir().unwrap();
+    let img = layered_image();
+    let berthd = Berthd::start("");
+    Skopeo::new().push(&img.layout, &berthd.addr, "app:v1", &[]);
+    let chunks: Vec<usize> =
+        img.layers.iter().map(|l| wait_index(&berthd, "app", l)["chunks"].as_array().unwrap().len()).collect();
+    // No rate limit: the fill runs as fast as berthd serves.
+    let snap = SnapshotterProc::start_with(work.path(), &berthd.url(), &["--fill-rate", "0"]);
+    let ctd = Containerd::start_with(&snap.proxy_plugin_toml());
+    let image = format!("{MIRROR_HOST}/app:v1");
+    let out = snapshotter_pull(&ctd, &berthd, &image);
+    assert!(out.contains("3 layer(s) mounted lazily"), "{out}");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(300);
+    loop {
+        let have: Vec<usize> = img.layers.iter().map(|l| chunks_fetched(&snap.root, l)).collect();
+        if have == chunks {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "fill incomplete: {have:?} of {chunks:?} chunks");
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    // With berthd gone, the whole tree still reads, from the node's disk.
+    drop(berthd);
+    let mnt = work.path().join("filled-view");
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let mut api = Api::connect(&ctd.sock, &ctd.namespace, "berth").await;
+        let (top, _) = top_snapshot(&mut api).await;
+        let v = api.view("filled-view", &top).await.unwrap();
+        mount_all(&v, &mnt);
+    });
+    let tree = tree_listing(&mnt);
+    umount(&mnt);
+    assert_eq!(tree, unpacked_tree(&img.layout, work.path()));
+}
+
+#[test]
 fn snapshotter_pull_unpacks_normally_what_cannot_be_lazy() {
     let work = tempfile::tempdir().unwrap();
     // The 200 MiB layer streams into containerd's content store: no layer
