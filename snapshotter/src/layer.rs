@@ -28,7 +28,8 @@ const HOT_CHUNKS: usize = 8;
 /// this many: berthd decompresses a range from the checkpoint before it
 /// (every 2 MiB of tar), so one 2 MiB request costs what one 512 KiB
 /// request does, and fetching chunk by chunk would read each span of the
-/// compressed layer from storage four times.
+/// compressed layer from storage four times. A slow `rate` shortens runs
+/// to what it allows in a second, down to one chunk.
 const FILL_RUN: usize = 4;
 
 pub struct Layer {
@@ -199,6 +200,10 @@ impl Layer {
     pub async fn fill(self: Arc<Self>, rate: u64) {
         let mut backoff = Duration::from_millis(500);
         let total = self.index.chunks.len();
+        let run = match rate {
+            0 => FILL_RUN,
+            r => (r / self.index.chunk_size).clamp(1, FILL_RUN as u64) as usize,
+        };
         let mut i = 0;
         while i < total {
             loop {
@@ -210,7 +215,7 @@ impl Layer {
                     break;
                 }
                 // The missing chunks from `i` to the end of its aligned run.
-                let run_end = ((i / FILL_RUN + 1) * FILL_RUN).min(total);
+                let run_end = ((i / run + 1) * run).min(total);
                 let n = (i..run_end).take_while(|c| !self.chunk_path(*c).exists()).count();
                 let started = tokio::time::Instant::now();
                 match self.fetch_run(i, n).await {

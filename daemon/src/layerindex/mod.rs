@@ -9,6 +9,12 @@
 //! from content-addressed bytes, so one node builds it and every node of
 //! the cluster reuses it from the shared storage.
 //!
+//! A gzip checkpoint needs the 32 KiB of output before it (the inflate
+//! window). Windows are most of an index's bytes, yet a range read needs
+//! only one, so they are kept apart, in a windows object beside the index
+//! ([`Built::windows`]), and read one at a time: a node fetches the small
+//! index before a layer's first read, not every window of the layer.
+//!
 //! zstd layers are indexed when they are made of several frames (each frame
 //! start is a resume point, [`zstd`]); a single-frame zstd layer has no
 //! resumable points and is not indexed (the snapshotter falls back to a
@@ -64,8 +70,23 @@ pub struct StoredCheckpoint {
     pub out: u64,
     pub input: u64,
     pub bits: u8,
-    /// base64 of up to 32 KiB.
+    /// Where this checkpoint's window sits in the windows object.
+    #[serde(default)]
+    pub window_at: u64,
+    #[serde(default)]
+    pub window_len: u32,
+    /// base64 of the window, in indexes built before windows moved to
+    /// their own object; still read, never written.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub window: String,
+}
+
+/// What a build makes: the index, and its checkpoints' windows end to end
+/// (empty when there are none: plain tar, zstd), stored beside it.
+#[derive(Debug)]
+pub struct Built {
+    pub index: LayerIndex,
+    pub windows: Vec<u8>,
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
@@ -120,7 +141,7 @@ impl<R: Read> Read for Tap<R> {
 
 /// Builds the index of blob `digest` read from `blob`. Fails on a digest
 /// mismatch, a corrupt stream, or a tar lazy mounting cannot represent.
-pub fn build(blob: impl Read, digest: &Digest, compression: Compression) -> io::Result<LayerIndex> {
+pub fn build(blob: impl Read, digest: &Digest, compression: Compression) -> io::Result<Built> {
     if digest.algorithm() != crate::digest::Algorithm::Sha256 {
         return Err(io::Error::new(io::ErrorKind::InvalidData, "only sha256 layers are indexed"));
     }
@@ -175,8 +196,24 @@ pub fn build(blob: impl Read, digest: &Digest, compression: Compression) -> io::
             format!("blob {digest} read back as sha256:{got}; storage is corrupt"),
         ));
     }
-    let b64 = base64::engine::general_purpose::STANDARD;
-    Ok(LayerIndex {
+    let mut windows = Vec::with_capacity(checkpoints.iter().map(|c| c.window.len()).sum());
+    let checkpoints = checkpoints
+        .into_iter()
+        .map(|c| {
+            let at = windows.len() as u64;
+            windows.extend_from_slice(&c.window);
+            let window_len = c.window.len() as u32;
+            StoredCheckpoint {
+                out: c.out,
+                input: c.input,
+                bits: c.bits,
+                window_at: at,
+                window_len,
+                window: String::new(),
+            }
+        })
+        .collect();
+    let index = LayerIndex {
         format: FORMAT,
         digest: digest.to_string(),
         compression,
@@ -184,12 +221,10 @@ pub fn build(blob: impl Read, digest: &Digest, compression: Compression) -> io::
         size,
         chunk_size: CHUNK_SIZE,
         chunks,
-        checkpoints: checkpoints
-            .into_iter()
-            .map(|c| StoredCheckpoint { out: c.out, input: c.input, bits: c.bits, window: b64.encode(&c.window) })
-            .collect(),
+        checkpoints,
         entries,
-    })
+    };
+    Ok(Built { index, windows })
 }
 
 fn finish_chunks<R>(tap: &mut Tap<R>) -> (Vec<String>, u64) {
@@ -208,6 +243,9 @@ pub struct RangePlan {
     /// after the range): a ranged read of the blob, never all of it.
     pub blob_len: u64,
     checkpoint: Option<zran::Checkpoint>,
+    /// The window the checkpoint needs from the windows object, until
+    /// [`RangePlan::set_window`] supplies it.
+    window_needed: Option<(u64, u32)>,
     compression: Compression,
     offset: u64,
     len: usize,
@@ -225,9 +263,15 @@ impl LayerIndex {
         }
         let len = len.min(self.size - offset).min(MAX_RANGE) as usize;
         match self.compression {
-            compression @ Compression::None => {
-                Ok(RangePlan { blob_offset: offset, blob_len: len as u64, checkpoint: None, compression, offset, len })
-            }
+            compression @ Compression::None => Ok(RangePlan {
+                blob_offset: offset,
+                blob_len: len as u64,
+                checkpoint: None,
+                window_needed: None,
+                compression,
+                offset,
+                len,
+            }),
             compression @ (Compression::Gzip | Compression::Zstd) => {
                 let i = self.checkpoints.partition_point(|c| c.out <= offset);
                 let c = i.checked_sub(1).map(|i| &self.checkpoints[i]).ok_or_else(|| {
@@ -236,6 +280,7 @@ impl LayerIndex {
                 let window = base64::engine::general_purpose::STANDARD
                     .decode(&c.window)
                     .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, format!("index window: {e}")))?;
+                let window_needed = (window.is_empty() && c.window_len > 0).then_some((c.window_at, c.window_len));
                 let cp = zran::Checkpoint { out: c.out, input: c.input, bits: c.bits, window };
                 let blob_offset = c.input - u64::from(c.bits > 0);
                 // Every byte before the next checkpoint's `out` is encoded
@@ -250,6 +295,7 @@ impl LayerIndex {
                     blob_offset,
                     blob_len: blob_end - blob_offset,
                     checkpoint: Some(cp),
+                    window_needed,
                     compression,
                     offset,
                     len,
@@ -260,8 +306,33 @@ impl LayerIndex {
 }
 
 impl RangePlan {
+    /// The (offset, length) in the windows object of the window this read
+    /// needs, if it is not in hand yet.
+    pub fn window_needed(&self) -> Option<(u64, u32)> {
+        self.window_needed
+    }
+
+    /// Supplies the window [`RangePlan::window_needed`] named.
+    pub fn set_window(&mut self, window: Vec<u8>) -> io::Result<()> {
+        let Some((_, len)) = self.window_needed else { return Ok(()) };
+        if window.len() != len as usize {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("window of {} bytes where the index says {len}", window.len()),
+            ));
+        }
+        if let Some(cp) = &mut self.checkpoint {
+            cp.window = window;
+        }
+        self.window_needed = None;
+        Ok(())
+    }
+
     /// Reads the planned bytes from `blob`, positioned at `blob_offset`.
     pub fn read(self, mut blob: impl Read) -> io::Result<Vec<u8>> {
+        if self.window_needed.is_some() {
+            return Err(io::Error::new(io::ErrorKind::InvalidInput, "range read planned without its window"));
+        }
         match &self.checkpoint {
             None => {
                 let mut out = vec![0; self.len];
@@ -316,32 +387,74 @@ mod tests {
         format!("sha256:{}", hex::encode(Sha256::digest(b))).parse().unwrap()
     }
 
+    /// Plans a read and hands it its window, as the registry does.
+    fn plan(b: &Built, offset: u64, len: u64) -> RangePlan {
+        let mut p = b.index.plan(offset, len).unwrap();
+        if let Some((at, n)) = p.window_needed() {
+            p.set_window(b.windows[at as usize..at as usize + n as usize].to_vec()).unwrap();
+        }
+        p
+    }
+
     #[test]
     fn gzip_index_serves_every_file_and_checks_chunks() {
         let big = noise(5 << 20, 7);
         let tar = layer(&[("a.txt", b"small file".to_vec()), ("big.bin", big.clone()), ("z.txt", b"last".to_vec())]);
         let gz = zran::tests::gzip(&tar, "-6");
-        let idx = build(&gz[..], &digest(&gz), Compression::Gzip).unwrap();
+        let built = build(&gz[..], &digest(&gz), Compression::Gzip).unwrap();
+        let idx = &built.index;
         assert_eq!(idx.size, tar.len() as u64);
         assert_eq!(idx.chunks.len() as u64, tar.len() as u64 / CHUNK_SIZE + 1);
         assert!(idx.checkpoints.len() >= 2);
+        // Windows live apart from the index, 32 KiB per checkpoint but the first.
+        assert!(idx.checkpoints.iter().all(|c| c.window.is_empty()));
+        assert_eq!(built.windows.len(), idx.checkpoints.iter().map(|c| c.window_len as usize).sum::<usize>());
+        assert!(idx.checkpoints[1..].iter().all(|c| c.window_len == 32 << 10));
         for e in &idx.entries {
-            let plan = idx.plan(e.offset, e.size.max(1)).unwrap();
-            let got = plan.read(&gz[idx.plan(e.offset, 1).unwrap().blob_offset as usize..]).unwrap();
+            let p = plan(&built, e.offset, e.size.max(1));
+            let got = p.read(&gz[idx.plan(e.offset, 1).unwrap().blob_offset as usize..]).unwrap();
             assert_eq!(&got[..e.size as usize], &tar[e.offset as usize..(e.offset + e.size) as usize], "{}", e.path);
         }
         // Every chunk digest matches the uncompressed bytes.
         for (i, want) in idx.chunks.iter().enumerate() {
             let start = i as u64 * CHUNK_SIZE;
-            let plan = idx.plan(start, CHUNK_SIZE).unwrap();
-            let (off, n) = (plan.blob_offset as usize, plan.blob_len as usize);
+            let p = plan(&built, start, CHUNK_SIZE);
+            let (off, n) = (p.blob_offset as usize, p.blob_len as usize);
             assert!(n as u64 <= 3 * CHECKPOINT_SPACING, "chunk {i} reads {n} of {} blob bytes", gz.len());
-            let got = plan.read(&gz[off..off + n]).unwrap();
+            let got = p.read(&gz[off..off + n]).unwrap();
             assert_eq!(&hex::encode(Sha256::digest(&got)), want, "chunk {i}");
         }
         // The index round-trips through JSON (how it is stored).
-        let json = serde_json::to_vec(&idx).unwrap();
-        assert_eq!(serde_json::from_slice::<LayerIndex>(&json).unwrap(), idx);
+        let json = serde_json::to_vec(idx).unwrap();
+        assert_eq!(&serde_json::from_slice::<LayerIndex>(&json).unwrap(), idx);
+        // A read planned without its window refuses rather than guess.
+        let bare = idx.plan(idx.checkpoints[1].out, 10).unwrap();
+        assert!(bare.window_needed().is_some());
+        assert!(bare.read(&gz[..]).is_err());
+        let mut short = idx.plan(idx.checkpoints[1].out, 10).unwrap();
+        assert!(short.set_window(vec![0; 10]).is_err(), "a window of the wrong size is refused");
+    }
+
+    #[test]
+    fn indexes_with_windows_inline_still_read() {
+        // Built before windows had their own object.
+        let tar = layer(&[("big.bin", noise(5 << 20, 5)), ("z.txt", b"last".to_vec())]);
+        let gz = zran::tests::gzip(&tar, "-6");
+        let built = build(&gz[..], &digest(&gz), Compression::Gzip).unwrap();
+        let mut old = built.index.clone();
+        let b64 = base64::engine::general_purpose::STANDARD;
+        for c in &mut old.checkpoints {
+            c.window =
+                b64.encode(&built.windows[c.window_at as usize..(c.window_at + u64::from(c.window_len)) as usize]);
+            (c.window_at, c.window_len) = (0, 0);
+        }
+        let json = serde_json::to_string(&old).unwrap();
+        let old: LayerIndex = serde_json::from_str(&json).unwrap();
+        let e = old.entries.iter().find(|e| e.path == "z.txt").unwrap();
+        let p = old.plan(e.offset, e.size).unwrap();
+        assert!(p.window_needed().is_none());
+        let off = p.blob_offset as usize;
+        assert_eq!(p.read(&gz[off..]).unwrap(), b"last");
     }
 
     #[test]
@@ -350,13 +463,15 @@ mod tests {
         let tar = layer(&[("a.txt", b"first".to_vec()), ("big.bin", big), ("z.txt", b"last".to_vec())]);
         let third = tar.len() / 3;
         let z = zstd::tests::zstd_frames(&[&tar[..third], &tar[third..2 * third], &tar[2 * third..]]);
-        let idx = build(&z[..], &digest(&z), Compression::Zstd).unwrap();
+        let built = build(&z[..], &digest(&z), Compression::Zstd).unwrap();
+        let idx = &built.index;
         assert_eq!(idx.size, tar.len() as u64);
         assert!(idx.checkpoints.len() >= 2);
+        assert!(built.windows.is_empty(), "frame starts need no window");
         for (i, want) in idx.chunks.iter().enumerate() {
-            let plan = idx.plan(i as u64 * CHUNK_SIZE, CHUNK_SIZE).unwrap();
-            let (off, n) = (plan.blob_offset as usize, plan.blob_len as usize);
-            let got = plan.read(&z[off..off + n]).unwrap();
+            let p = plan(&built, i as u64 * CHUNK_SIZE, CHUNK_SIZE);
+            let (off, n) = (p.blob_offset as usize, p.blob_len as usize);
+            let got = p.read(&z[off..off + n]).unwrap();
             assert_eq!(&hex::encode(Sha256::digest(&got)), want, "chunk {i}");
         }
         let one = zstd::tests::zstd_frames(&[&tar]);
@@ -367,8 +482,9 @@ mod tests {
     #[test]
     fn plain_tar_and_bad_input() {
         let tar = layer(&[("f", noise(100_000, 3))]);
-        let idx = build(&tar[..], &digest(&tar), Compression::None).unwrap();
-        assert!(idx.checkpoints.is_empty());
+        let built = build(&tar[..], &digest(&tar), Compression::None).unwrap();
+        let idx = &built.index;
+        assert!(idx.checkpoints.is_empty() && built.windows.is_empty());
         let e = &idx.entries[0];
         let plan = idx.plan(e.offset, e.size).unwrap();
         let off = plan.blob_offset as usize;

@@ -22,6 +22,11 @@ use std::time::{Duration, Instant};
 /// a lazily mounted layer is read many times in a row.
 const CACHED_INDEXES: usize = 16;
 
+/// Checkpoint windows (32 KiB each) kept in memory: the background fill
+/// reads a layer's spans in order, and several starts of a container read
+/// the same few spans.
+const CACHED_WINDOWS: usize = 32;
+
 /// How many blobs known to have no index are remembered, and for how long:
 /// a stream error while reading the blob looks like a corrupt layer, so
 /// the verdict expires rather than lasting until a restart.
@@ -32,12 +37,16 @@ pub(super) struct Indexer {
     building: Mutex<HashSet<Digest>>,
     one_at_a_time: tokio::sync::Semaphore,
     cache: Mutex<Vec<(Digest, Arc<LayerIndex>)>>,
+    windows: Mutex<Vec<(WindowKey, Arc<Vec<u8>>)>>,
     /// Blobs a build found cannot have an index (not a layer, single-frame
     /// zstd, a corrupt stream), with why: asking again answers at once
     /// instead of reading the whole blob again. Node-local, and forgotten
     /// after `UNINDEXABLE_FOR` or a restart (a newer berthd may index them).
     unindexable: Mutex<Vec<(Digest, String, Instant)>>,
 }
+
+/// A checkpoint window: the layer and its offset in the windows object.
+type WindowKey = (Digest, u64);
 
 /// What a background build did.
 enum Built {
@@ -52,8 +61,25 @@ impl Indexer {
             building: Mutex::default(),
             one_at_a_time: tokio::sync::Semaphore::new(1),
             cache: Mutex::default(),
+            windows: Mutex::default(),
             unindexable: Mutex::default(),
         }
+    }
+
+    fn cached_window(&self, d: &Digest, at: u64) -> Option<Arc<Vec<u8>>> {
+        let mut w = self.windows.lock().unwrap();
+        let i = w.iter().position(|((k, a), _)| k == d && *a == at)?;
+        let hit = w.remove(i);
+        let window = hit.1.clone();
+        w.insert(0, hit);
+        Some(window)
+    }
+
+    fn remember_window(&self, d: &Digest, at: u64, window: Arc<Vec<u8>>) {
+        let mut w = self.windows.lock().unwrap();
+        w.retain(|((k, a), _)| !(k == d && *a == at));
+        w.insert(0, ((d.clone(), at), window));
+        w.truncate(CACHED_WINDOWS);
     }
 
     #[cfg(test)]
@@ -152,7 +178,12 @@ impl Registry {
         len: u64,
     ) -> Result<(Bytes, u64)> {
         let idx = self.layer_index(mirror, repo, digest).await?;
-        let plan = idx.plan(offset, len).map_err(|_| Error::RangeNotSatisfiable { size: idx.size })?;
+        let mut plan = idx.plan(offset, len).map_err(|_| Error::RangeNotSatisfiable { size: idx.size })?;
+        if let Some((at, window_len)) = plan.window_needed() {
+            let window = self.index_window(digest, at, window_len).await?;
+            plan.set_window(window.to_vec())
+                .map_err(|e| Error::IndexUnavailable(format!("index windows of {digest} are damaged: {e}")))?;
+        }
         let blob = match self.driver.read_range(&paths::blob_data(digest), plan.blob_offset, plan.blob_len).await {
             Ok(s) => s,
             Err(e) if e.is_not_found() => return Err(Error::BlobUnknown(digest.clone())),
@@ -164,6 +195,31 @@ impl Registry {
             .map_err(|e| Error::Upstream(format!("layer read task failed: {e}")))?
             .map_err(|e| Error::IndexUnavailable(format!("cannot read layer {digest} at {offset}: {e}")))?;
         Ok((Bytes::from(out), idx.size))
+    }
+
+    /// The checkpoint window at `at` in layer `digest`'s windows object.
+    async fn index_window(&self, digest: &Digest, at: u64, len: u32) -> Result<Arc<Vec<u8>>> {
+        if let Some(w) = self.indexer.cached_window(digest, at) {
+            return Ok(w);
+        }
+        let path = paths::layer_index_windows(digest);
+        let damaged = |e: &dyn std::fmt::Display| {
+            Error::IndexUnavailable(format!(
+                "index windows of {digest} cannot be read ({e}); delete its index to rebuild it"
+            ))
+        };
+        let stream = match self.driver.read_range(&path, at, u64::from(len)).await {
+            Ok(s) => s,
+            Err(e) if e.is_not_found() => return Err(damaged(&"missing")),
+            Err(e) => return Err(e.into()),
+        };
+        let chunks: Vec<Bytes> = futures_util::TryStreamExt::try_collect(stream).await.map_err(|e| damaged(&e))?;
+        let window = Arc::new(chunks.concat());
+        if window.len() != len as usize {
+            return Err(damaged(&format!("{} bytes where {len} were expected", window.len())));
+        }
+        self.indexer.remember_window(digest, at, window.clone());
+        Ok(window)
     }
 
     /// Starts building the index of each indexable layer of a manifest.
@@ -240,9 +296,13 @@ impl Registry {
             .await
             .map_err(|e| Error::Upstream(format!("index task failed: {e}")))?
             .map_err(|e| Error::Unsupported(format!("cannot index {digest}: {e}")))?;
-        let json = serde_json::to_vec(&idx).expect("index serializes");
+        // Windows first: an index that exists has its windows.
+        if !idx.windows.is_empty() {
+            self.driver.put_content(&paths::layer_index_windows(digest), Bytes::from(idx.windows)).await?;
+        }
+        let json = serde_json::to_vec(&idx.index).expect("index serializes");
         self.driver.put_content(&paths::layer_index(digest), Bytes::from(json)).await?;
-        self.indexer.remember(digest, Arc::new(idx));
+        self.indexer.remember(digest, Arc::new(idx.index));
         Ok(Built::Stored)
     }
 }

@@ -31,15 +31,26 @@ pub const ROOT: &str = "/docker/registry/v2";
 /// Berth's derived data, outside registry:2's tree.
 pub const BERTH_ROOT: &str = "/berth";
 
-/// The seek index of layer blob `d` (see [`crate::layerindex`]).
-pub fn layer_index(d: &Digest) -> String {
+/// Where layer blob `d`'s seek index lives (see [`crate::layerindex`]).
+fn layer_index_dir(d: &Digest) -> String {
     format!(
-        "{BERTH_ROOT}/layer-index/v{}/{}/{}/{}/index.json",
+        "{BERTH_ROOT}/layer-index/v{}/{}/{}/{}",
         crate::layerindex::FORMAT,
         d.algorithm().as_str(),
         &d.hex()[..2],
         d.hex()
     )
+}
+
+/// The seek index of layer blob `d`.
+pub fn layer_index(d: &Digest) -> String {
+    format!("{}/index.json", layer_index_dir(d))
+}
+
+/// The checkpoint windows of layer blob `d`'s seek index, end to end;
+/// stored before the index, so an index that exists has them.
+pub fn layer_index_windows(d: &Digest) -> String {
+    format!("{}/windows", layer_index_dir(d))
 }
 
 pub fn repositories() -> String {
