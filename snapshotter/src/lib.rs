@@ -30,3 +30,38 @@ pub use error::{Error, Result};
 
 /// The version `berth-snapshotter --version` prints.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+#[cfg(test)]
+mod units {
+    /// The systemd units that ship: the one in `dist/` and the Ansible role's.
+    const UNITS: [(&str, &str); 2] = [
+        ("dist/berth-snapshotter.service", include_str!("../dist/berth-snapshotter.service")),
+        ("ansible template", include_str!("../../ansible/roles/berth/templates/berth-snapshotter.service.j2")),
+    ];
+
+    /// Options that give a service a mount namespace of its own, where the
+    /// FUSE mounts of lazy layers would be invisible to containerd.
+    const PRIVATE_MOUNTS: [&str; 9] = [
+        "ProtectSystem=",
+        "ProtectHome=",
+        "PrivateTmp=",
+        "PrivateDevices=",
+        "ProtectKernelTunables=",
+        "ProtectKernelModules=",
+        "ProtectKernelLogs=",
+        "ReadWritePaths=",
+        "MountFlags=",
+    ];
+
+    #[test]
+    fn units_share_containerds_mounts_and_outlive_restarts() {
+        for (name, unit) in UNITS {
+            let lines: Vec<&str> = unit.lines().map(str::trim).filter(|l| !l.starts_with('#')).collect();
+            for opt in PRIVATE_MOUNTS {
+                assert!(!lines.iter().any(|l| l.starts_with(opt)), "{name} sets {opt}");
+            }
+            assert!(lines.contains(&"KillMode=process"), "{name}: a restart would kill the mount-layer processes");
+            assert!(lines.contains(&"DeviceAllow=/dev/fuse rw"), "{name}: /dev/fuse must stay open");
+        }
+    }
+}

@@ -14,7 +14,12 @@
 //! configures and starts berthd, points containerd at it and restarts it;
 //! containerd then pulls an image pushed through berthd and runs it; a second
 //! run reports `changed=0` (and restarts nothing), so does `--check`; a bad
-//! configuration stops the rollout on its first batch; `berth_state: absent`
+//! configuration stops the rollout on its first batch. With
+//! `berth_snapshotter: true` the rollout installs berth-snapshotter and its
+//! unit and makes it containerd's proxy snapshotter: containerd lists the
+//! plugin, pulls an image into it and runs it; a second such run changes
+//! nothing; set back to false, the unit and binary go and containerd's
+//! config.toml is as it was without it. `berth_state: absent`
 //! leaves containerd's configuration as it was, byte for byte. Then the same
 //! node as a k3s agent (a stand-in `k3s-agent` unit): registries.yaml is
 //! edited, k3s-agent restarted, and both given back exactly. `ansible-lint`
@@ -23,7 +28,10 @@
 //! Needs root, `bash tests/scripts/install-ansible.sh` (mmdebstrap,
 //! systemd-container, Ansible in /opt/berth-test/ansible) and the tools of
 //! install-deps.sh / install-seaweedfs.sh. The system root is cached under
-//! /var/cache/berth-test/, keyed by its package list.
+//! /var/cache/berth-test/, keyed by its package list. The berthd and
+//! berth-snapshotter binaries rolled out are the workspace's, built by the
+//! test (`cargo build`, a no-op when they are up to date) unless
+//! `BERTHD_BIN` / `BERTH_SNAPSHOTTER_BIN` name them.
 
 mod common;
 mod support_e2e;
@@ -37,6 +45,7 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use common::{berthd_bin, require_tool, run, workspace_root};
+use support_e2e::snapshotter::snapshotter_bin;
 use support_e2e::{build_busybox_image, Layout, Skopeo};
 
 /// What the node's system root holds (besides mmdebstrap's minbase).
@@ -56,6 +65,8 @@ const S3_SECRET_KEY: &str = "Sx/9+berth=ans$ible-secret";
 const CACHE_PATH: &str = "/var/cache/berth-node";
 /// A port the bad configuration listens on while something else holds it.
 const BUSY_PORT: u16 = 5050;
+/// berth-snapshotter's socket (the role's unit and `berthd containerd configure` default).
+const SNAPSHOTTER_SOCKET: &str = "/run/berth/snapshotter.sock";
 
 /// containerd's configuration as an administrator left it: comments and
 /// settings Berth must keep, and give back byte for byte.
@@ -86,6 +97,58 @@ fn elapsed(t: Instant) -> String {
 
 fn sh_out(o: &Output) -> String {
     format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
+}
+
+/// The berthd and berth-snapshotter binaries to roll out: the workspace's,
+/// built now (`cargo test` builds only berthd's library for the tests), in
+/// the profile of this test; `BERTHD_BIN` / `BERTH_SNAPSHOTTER_BIN` win.
+fn workspace_binaries() -> (PathBuf, PathBuf) {
+    let wanted: Vec<(&str, &str)> = [("BERTHD_BIN", "berthd"), ("BERTH_SNAPSHOTTER_BIN", "berth-snapshotter")]
+        .into_iter()
+        .filter(|(var, _)| std::env::var_os(var).is_none())
+        .collect();
+    let mut built = BTreeMap::new();
+    if !wanted.is_empty() {
+        let t = Instant::now();
+        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+        let mut cmd = Command::new(cargo);
+        cmd.current_dir(workspace_root()).args(["build", "--bins", "--message-format=json-render-diagnostics"]);
+        // Not what cargo set for this test (build scripts watch some of it,
+        // e.g. ring's CARGO_MANIFEST_DIR): the build must be the one
+        // `cargo build` in the workspace makes, fresh when it is up to date.
+        for (key, _) in std::env::vars_os() {
+            let key = key.to_string_lossy();
+            if ["CARGO_MANIFEST_", "CARGO_PKG_", "CARGO_CRATE_", "CARGO_BIN_", "CARGO_PRIMARY_PACKAGE", "OUT_DIR"]
+                .iter()
+                .any(|p| key.starts_with(p))
+            {
+                cmd.env_remove(&*key);
+            }
+        }
+        for (_, pkg) in &wanted {
+            cmd.args(["-p", pkg]);
+        }
+        // target/<profile>/deps/<this test>
+        let exe = std::env::current_exe().unwrap();
+        if exe.parent().and_then(Path::parent).and_then(Path::file_name).is_some_and(|p| p == "release") {
+            cmd.arg("--release");
+        }
+        let o = cmd.stderr(Stdio::inherit()).output().expect("spawn cargo");
+        assert!(o.status.success(), "cargo build of {wanted:?} failed ({})", o.status);
+        for line in String::from_utf8_lossy(&o.stdout).lines() {
+            let Ok(msg) = serde_json::from_str::<serde_json::Value>(line) else { continue };
+            if let (Some(name), Some(exe)) = (msg["target"]["name"].as_str(), msg["executable"].as_str()) {
+                built.insert(name.to_string(), PathBuf::from(exe));
+            }
+        }
+        eprintln!("ansible: cargo build of {wanted:?} in {}", elapsed(t));
+    }
+    let mut pick = |name: &str, fallback: fn() -> PathBuf| match built.remove(name) {
+        Some(p) => p,
+        None if wanted.iter().any(|(_, pkg)| *pkg == name) => panic!("cargo build made no {name} binary"),
+        None => fallback(),
+    };
+    (pick("berthd", berthd_bin), pick("berth-snapshotter", snapshotter_bin))
 }
 
 // ---------------------------------------------------------------------------
@@ -347,6 +410,16 @@ impl Node {
         sh_out(&self.exec(&["journalctl", "--no-pager", "-n", "60", "-u", unit]))
     }
 
+    /// containerd's snapshotter plugins (`ctr plugins ls`): ID → status.
+    fn snapshotter_plugins(&self) -> BTreeMap<String, String> {
+        self.ok(&["ctr", "plugins", "ls"])
+            .lines()
+            .map(|l| l.split_whitespace().collect::<Vec<_>>())
+            .filter(|w| w.len() >= 3 && w[0] == "io.containerd.snapshotter.v1")
+            .map(|w| (w[1].to_string(), w[w.len() - 1].to_string()))
+            .collect()
+    }
+
     /// SeaweedFS serving S3 on the node's 127.0.0.1:8333: the host's weed, in
     /// the node's network namespace, with a private /tmp (weed puts sockets
     /// named by port there).
@@ -447,9 +520,19 @@ impl Node {
     /// role wrote, so through berthd), and runs it; returns the image digest
     /// and the container's output.
     fn pull_and_run(&self, repo_tag: &str, name: &str) -> (String, String) {
+        self.pull_and_run_with(repo_tag, name, &[], &[])
+    }
+
+    /// [`Self::pull_and_run`] with more `ctr` arguments for the pull and the
+    /// run (`--snapshotter …`), and the container's command (empty: the image's).
+    fn pull_and_run_with(&self, repo_tag: &str, name: &str, ctr_args: &[&str], command: &[&str]) -> (String, String) {
         let image = format!("{REGISTRY}/{repo_tag}");
-        let pull =
-            self.ok(&["ctr", "-n", "berth-test", "images", "pull", "--hosts-dir", "/etc/containerd/certs.d", &image]);
+        let pull = self.ok(&[
+            &["ctr", "-n", "berth-test", "images", "pull"],
+            ctr_args,
+            &["--hosts-dir", "/etc/containerd/certs.d", &image],
+        ]
+        .concat());
         assert!(pull.contains("done"), "ctr pull:\n{pull}");
         let list = self.ok(&["ctr", "-n", "berth-test", "images", "ls"]);
         let digest = list
@@ -458,7 +541,7 @@ impl Node {
             .and_then(|l| l.split_whitespace().find(|w| w.starts_with("sha256:")))
             .unwrap_or_else(|| panic!("{image} not in ctr images ls:\n{list}"))
             .to_string();
-        let out = self.ok(&["ctr", "-n", "berth-test", "run", "--rm", &image, name]);
+        let out = self.ok(&[&["ctr", "-n", "berth-test", "run", "--rm"], ctr_args, &[&image, name], command].concat());
         (digest, out)
     }
 
@@ -635,7 +718,7 @@ impl Ansible {
 
 /// The inventory: `hosts` are names for the node (more than one alias the
 /// same node, to watch the batches), with the variables a user would set.
-fn write_inventory(path: &Path, node: &Node, hosts: &[&str], berthd: &Path) {
+fn write_inventory(path: &Path, node: &Node, hosts: &[&str], berthd: &Path, snapshotter: &Path) {
     let hosts: serde_json::Map<String, serde_json::Value> =
         hosts.iter().map(|h| (h.to_string(), serde_json::json!({"ansible_nsenter_pid": node.pid}))).collect();
     let inventory = serde_json::json!({
@@ -647,6 +730,8 @@ fn write_inventory(path: &Path, node: &Node, hosts: &[&str], berthd: &Path) {
                 // nsenter is root already; site.yml's become would ask for sudo
                 "ansible_become": false,
                 "berth_berthd_src": berthd,
+                // Installed only with berth_snapshotter: true (-e).
+                "berth_snapshotter_src": snapshotter,
                 "berth_s3_endpoint": format!("http://127.0.0.1:{S3_PORT}"),
                 "berth_s3_bucket": S3_BUCKET,
                 "berth_s3_access_key": "{{ lookup('ansible.builtin.env', 'BERTH_TEST_S3_ACCESS_KEY') }}",
@@ -686,14 +771,19 @@ fn ansible_rolls_out_berth_on_a_debian_node_and_removes_it_exactly() {
 
     let work = tempfile::Builder::new().prefix("berth-ansible-work").tempdir_in("/var/tmp").unwrap();
     let image = build_busybox_image(work.path(), "busybox");
-    // A copy: the binary the whole test installs, whatever a build does to target/ meanwhile.
+    let image3 =
+        support_e2e::build_busybox_image_with(work.path(), "busybox3", &[("etc/berth-test", b"snapshotter\n")]);
+    // Copies: the binaries the whole test installs, whatever a build does to target/ meanwhile.
+    let (berthd_built, snapshotter_built) = workspace_binaries();
     let berthd = work.path().join("berthd");
-    std::fs::copy(berthd_bin(), &berthd).expect("copy berthd");
+    std::fs::copy(berthd_built, &berthd).expect("copy berthd");
+    let snapshotter = work.path().join("berth-snapshotter");
+    std::fs::copy(snapshotter_built, &snapshotter).expect("copy berth-snapshotter");
     let tarball = node_root_tarball();
     let mut node = Node::boot(&tarball);
     node.start_seaweed();
     let inventory = work.path().join("inventory.yml");
-    write_inventory(&inventory, &node, &["node1"], &berthd);
+    write_inventory(&inventory, &node, &["node1"], &berthd, &snapshotter);
     let containerd_before = tree(&node.path("/etc/containerd"));
     let containerd_pid = node.unit("containerd", "MainPID");
     assert_ne!(containerd_pid, "0", "containerd runs on the new node:\n{}", node.journal("containerd"));
@@ -795,7 +885,7 @@ fn ansible_rolls_out_berth_on_a_debian_node_and_removes_it_exactly() {
     // 6. A bad configuration stops the rollout on the first batch: node2 (the
     //    same node under a second name, in the second batch) is never touched.
     let two = work.path().join("inventory-two.yml");
-    write_inventory(&two, &node, &["node1", "node2"], &berthd);
+    write_inventory(&two, &node, &["node1", "node2"], &berthd, &snapshotter);
     //    The port berthd is told to listen on is taken (by a socket that
     //    never answers), so berthd cannot start and /v2/ never answers.
     let squatter = node.hold_port(BUSY_PORT);
@@ -822,8 +912,100 @@ fn ansible_rolls_out_berth_on_a_debian_node_and_removes_it_exactly() {
     let (digest2, out2) = node.pull_and_run("app:v2", "berth-e2e-2");
     assert_eq!((digest2, out2.trim().to_string()), (image2.manifest_digest.clone(), "hi".to_string()));
 
-    // 8. berth_state: absent gives containerd's configuration back byte for
-    //    byte, restarts containerd and removes Berth; a second removal changes nothing.
+    // 8. berth_snapshotter: true installs berth-snapshotter and its unit and
+    //    makes it containerd's proxy snapshotter (containerd restarted to read
+    //    it); containerd pulls into it through berthd and runs the image.
+    let on = ["-e", r#"{"berth_snapshotter": true}"#];
+    let berth_pid = node.unit("berth", "MainPID");
+    let snap_on = ansible.ok("rollout with berth-snapshotter", &inventory, &[&on[..], &["--diff"]].concat());
+    assert!(snap_on.changed("node1") > 0, "{}", snap_on.out);
+    let installed = node.path("/usr/local/bin/berth-snapshotter");
+    assert!(
+        std::fs::read(&installed).ok() == Some(std::fs::read(&snapshotter).unwrap()),
+        "{} is not the workspace's berth-snapshotter",
+        installed.display()
+    );
+    assert_eq!(std::fs::metadata(&installed).unwrap().permissions().mode() & 0o777, 0o755);
+    assert!(node.path("/etc/systemd/system/berth-snapshotter.service").is_file(), "no berth-snapshotter unit");
+    assert_eq!(node.unit("berth-snapshotter", "ActiveState"), "active", "{}", node.journal("berth-snapshotter"));
+    assert_eq!(node.unit("berth-snapshotter", "UnitFileState"), "enabled");
+    let snapshotter_pid = node.unit("berth-snapshotter", "MainPID");
+    // /run is the node's own tmpfs: look from inside.
+    assert!(
+        node.exec(&["test", "-S", SNAPSHOTTER_SOCKET]).status.success(),
+        "berth-snapshotter does not listen on {SNAPSHOTTER_SOCKET}:\n{}",
+        node.journal("berth-snapshotter")
+    );
+    assert_eq!(node.unit("berth", "MainPID"), berth_pid, "berthd restarted for the snapshotter");
+    let config_toml_snap = std::fs::read_to_string(node.path("/etc/containerd/config.toml")).unwrap();
+    for want in ["[proxy_plugins.berth]", SNAPSHOTTER_SOCKET, "snapshotter = \"berth\"", "# pinned on purpose"] {
+        assert!(config_toml_snap.contains(want), "config.toml has no {want}:\n{config_toml_snap}");
+    }
+    let containerd_pid_3 = node.unit("containerd", "MainPID");
+    assert_ne!(containerd_pid_3, containerd_pid_1, "config.toml changed, so containerd was restarted");
+    assert_eq!(node.unit("containerd", "ActiveState"), "active", "{}", node.journal("containerd"));
+    // Lazy layers are FUSE mounts made by the snapshotter's processes:
+    // containerd must see them, and a restart of the unit must leave them.
+    let mnt_ns = |pid: &str| node.ok(&["readlink", &format!("/proc/{pid}/ns/mnt")]);
+    assert_eq!(
+        mnt_ns(&snapshotter_pid),
+        mnt_ns(&containerd_pid_3),
+        "berth-snapshotter runs in a mount namespace of its own: containerd would not see its mounts"
+    );
+    assert_eq!(node.unit("berth-snapshotter", "KillMode"), "process");
+    let plugins = node.snapshotter_plugins();
+    assert_eq!(plugins.get("berth").map(String::as_str), Some("ok"), "ctr plugins ls: {plugins:?}");
+    node.push(&image3.layout, "app:v3");
+    let (digest3, out3) = node.pull_and_run_with(
+        "app:v3",
+        "berth-e2e-3",
+        &["--snapshotter", "berth"],
+        &["sh", "-c", "echo hi && cat /etc/berth-test"],
+    );
+    assert_eq!(digest3, image3.manifest_digest, "containerd pulled what was pushed");
+    assert_eq!(out3.trim(), "hi\nsnapshotter", "the container's output, from berth-snapshotter's snapshot");
+    let snapshots = node.ok(&["ctr", "-n", "berth-test", "snapshots", "--snapshotter", "berth", "ls"]);
+    assert!(snapshots.lines().count() > 1, "berth-snapshotter holds no snapshot:\n{snapshots}");
+
+    // 9. Run again with it on: nothing changes, nothing restarts.
+    let snap_again = ansible.ok("second rollout with berth-snapshotter", &inventory, &on);
+    assert_eq!(
+        snap_again.changed("node1"),
+        0,
+        "second run changed:\n{}\n\n{}",
+        snap_again.changed_tasks(),
+        snap_again.out
+    );
+    assert_eq!(node.unit("berth-snapshotter", "MainPID"), snapshotter_pid, "berth-snapshotter was restarted");
+    assert_eq!(node.unit("containerd", "MainPID"), containerd_pid_3, "containerd was restarted");
+
+    // 10. Back to berth_snapshotter: false: containerd's config.toml is as it
+    //     was before (containerd restarted to read it), the unit and the
+    //     binary are gone, and containerd runs containers as before.
+    let snap_off = ansible.ok("rollout with berth-snapshotter switched off", &inventory, &["--diff"]);
+    assert!(snap_off.changed("node1") > 0, "{}", snap_off.out);
+    let config_toml_off = std::fs::read_to_string(node.path("/etc/containerd/config.toml")).unwrap();
+    assert!(
+        config_toml_off == config_toml,
+        "config.toml still differs from the one without berth-snapshotter:\n{config_toml_off}"
+    );
+    assert_ne!(
+        node.unit("containerd", "MainPID"),
+        containerd_pid_3,
+        "config.toml changed, so containerd was restarted"
+    );
+    assert_eq!(node.unit("containerd", "ActiveState"), "active", "{}", node.journal("containerd"));
+    assert!(!node.snapshotter_plugins().contains_key("berth"), "containerd still loads the proxy plugin");
+    for gone in ["/usr/local/bin/berth-snapshotter", "/etc/systemd/system/berth-snapshotter.service"] {
+        assert!(!node.path(gone).exists(), "{gone} is still there with berth_snapshotter: false");
+    }
+    assert_eq!(node.unit("berth-snapshotter", "LoadState"), "not-found");
+    let (_, out_off) = node.pull_and_run("app:v2", "berth-e2e-4");
+    assert_eq!(out_off.trim(), "hi");
+    let containerd_pid_4 = node.unit("containerd", "MainPID");
+
+    // 11. berth_state: absent gives containerd's configuration back byte for
+    //     byte, restarts containerd and removes Berth; a second removal changes nothing.
     let absent = ansible.ok("removal", &inventory, &["-e", "berth_state=absent", "--diff"]);
     assert!(absent.changed("node1") > 0, "{}", absent.out);
     let containerd_after = tree(&node.path("/etc/containerd"));
@@ -835,7 +1017,7 @@ fn ansible_rolls_out_berth_on_a_debian_node_and_removes_it_exactly() {
             std::fs::read_to_string(node.path("/etc/containerd/config.toml")).unwrap_or_default()
         );
     }
-    assert_ne!(node.unit("containerd", "MainPID"), containerd_pid_1, "containerd was restarted to read its old config");
+    assert_ne!(node.unit("containerd", "MainPID"), containerd_pid_4, "containerd was restarted to read its old config");
     assert_eq!(node.unit("containerd", "ActiveState"), "active");
     for gone in ["/usr/local/bin/berthd", "/etc/systemd/system/berth.service", "/etc/berth", "/var/cache/berth"] {
         assert!(!node.path(gone).exists(), "{gone} is still there after removal");
@@ -844,9 +1026,9 @@ fn ansible_rolls_out_berth_on_a_debian_node_and_removes_it_exactly() {
     let absent2 = ansible.ok("second removal", &inventory, &["-e", "berth_state=absent"]);
     assert_eq!(absent2.changed("node1"), 0, "{}\n\n{}", absent2.changed_tasks(), absent2.out);
 
-    // 9. A k3s agent node: k3s's registries.yaml instead of containerd's
-    //    files, and k3s-agent is the unit restarted. (A stand-in k3s-agent
-    //    unit: what is checked is the role's wiring, not k3s itself.)
+    // 12. A k3s agent node: k3s's registries.yaml instead of containerd's
+    //     files, and k3s-agent is the unit restarted. (A stand-in k3s-agent
+    //     unit: what is checked is the role's wiring, not k3s itself.)
     std::fs::create_dir_all(node.path("/etc/rancher/k3s")).unwrap();
     std::fs::write(node.path("/etc/rancher/k3s/registries.yaml"), K3S_REGISTRIES).unwrap();
     std::fs::write(node.path("/etc/systemd/system/k3s-agent.service"), K3S_AGENT_UNIT).unwrap();

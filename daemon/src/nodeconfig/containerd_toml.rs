@@ -4,13 +4,14 @@
 //!
 //! With `--snapshotter` it also registers berth-snapshotter as a proxy
 //! plugin and makes the CRI plugin use it, with snapshot annotations on
-//! (the labels that let a snapshotter mount layers lazily).
+//! (the labels that let a snapshotter mount layers lazily). Without it, what
+//! an earlier `--snapshotter` set is given back its original value.
 //!
 //! containerd 1.6/1.7 files (`version = 2`) keep it under
 //! `[plugins."io.containerd.grpc.v1.cri".registry]`; containerd 2.x files
 //! (`version = 3`) under `[plugins."io.containerd.cri.v1.images".registry]`.
 
-use toml_edit::{DocumentMut, Item, Table};
+use toml_edit::{DocumentMut, Item, Table, TableLike};
 
 const V2_PLUGIN: &str = "io.containerd.grpc.v1.cri";
 const V3_PLUGIN: &str = "io.containerd.cri.v1.images";
@@ -78,6 +79,74 @@ pub fn set_snapshotter(text: &str, address: &str) -> Result<String, String> {
         target["disable_snapshot_annotations"] = toml_edit::value(false);
     }
     Ok(doc.to_string())
+}
+
+/// Undoes [`set_snapshotter`]: each value it sets that still holds berth's
+/// is given back the one it had in `original` (the file before berthd first
+/// changed it), or removed when it had none, and the tables only it created go
+/// away. A file whose proxy plugin and CRI snapshotter are not berth's comes
+/// back unchanged.
+pub fn unset_snapshotter(text: &str, original: &str) -> Result<String, String> {
+    let (mut doc, plugin) = parse(text)?;
+    let orig = parse(original).map(|(d, _)| d).unwrap_or_default();
+    let cri: &[&str] = if plugin == V2_PLUGIN { &["plugins", plugin, "containerd"] } else { &["plugins", plugin] };
+    let cri_value =
+        |doc: &DocumentMut, key: &str| lookup(doc.as_table(), cri).and_then(|t| t.get(key)?.as_value().cloned());
+    let ours_proxy = lookup(doc.as_table(), &["proxy_plugins", SNAPSHOTTER])
+        .and_then(|p| p.get("type")?.as_str().map(|t| t == "snapshot"))
+        .unwrap_or(false);
+    let ours_cri = cri_value(&doc, "snapshotter").is_some_and(|v| v.as_str() == Some(SNAPSHOTTER));
+    if !ours_proxy && !ours_cri {
+        return Ok(text.to_string());
+    }
+    if ours_proxy {
+        restore(doc.as_table_mut(), orig.as_table(), &["proxy_plugins"], SNAPSHOTTER);
+    }
+    if ours_cri {
+        if cri_value(&doc, "disable_snapshot_annotations").is_some_and(|v| v.as_bool() == Some(false)) {
+            restore(doc.as_table_mut(), orig.as_table(), cri, "disable_snapshot_annotations");
+        }
+        restore(doc.as_table_mut(), orig.as_table(), cri, "snapshotter");
+    }
+    Ok(doc.to_string())
+}
+
+fn lookup<'a>(root: &'a Table, path: &[&str]) -> Option<&'a Item> {
+    let (first, rest) = path.split_first()?;
+    rest.iter().try_fold(root.get(first)?, |item, key| item.as_table_like()?.get(key))
+}
+
+fn lookup_table_mut<'a>(root: &'a mut Table, path: &[&str]) -> Option<&'a mut dyn TableLike> {
+    let mut table: &mut dyn TableLike = root;
+    for key in path {
+        table = table.get_mut(key)?.as_table_like_mut()?;
+    }
+    Some(table)
+}
+
+/// Sets `key` of the table at `path` in `doc` to its item in `orig`, or
+/// removes it when `orig` has none; then removes the tables on `path` left
+/// empty that `orig` does not have.
+fn restore(doc: &mut Table, orig: &Table, path: &[&str], key: &str) {
+    let Some(table) = lookup_table_mut(doc, path) else { return };
+    let before = lookup(orig, path).and_then(|t| t.as_table_like()?.get_key_value(key));
+    match (before, table.get_mut(key)) {
+        (Some((_, item)), Some(slot)) => *slot = item.clone(),
+        // With its key as it was written (indentation included).
+        (Some((k, item)), None) => _ = table.entry_format(k).or_insert(item.clone()),
+        (None, _) => _ = table.remove(key),
+    }
+    for depth in (1..=path.len()).rev() {
+        if lookup(orig, &path[..depth]).is_some() {
+            break;
+        }
+        let Some(parent) = lookup_table_mut(doc, &path[..depth - 1]) else { break };
+        let name = path[depth - 1];
+        if !parent.get(name).and_then(|t| t.as_table_like()).is_some_and(|t| t.is_empty()) {
+            break;
+        }
+        parent.remove(name);
+    }
 }
 
 /// Returns `text` with `config_path` including `certs_d`. An existing
@@ -159,5 +228,41 @@ root = "/var/lib/containerd"
         assert_eq!(doc["plugins"][V3_PLUGIN]["snapshotter"].as_str(), Some("berth"));
         assert_eq!(doc["plugins"][V3_PLUGIN]["disable_snapshot_annotations"].as_bool(), Some(false));
         assert_eq!(doc["proxy_plugins"]["berth"]["address"].as_str(), Some("/s.sock"));
+    }
+
+    #[test]
+    fn unset_snapshotter_gives_back_the_original_values() {
+        // A file with no CRI containerd table: berthd's tables go again.
+        let with_path = set_config_path(V2, "/etc/containerd/certs.d").unwrap().text;
+        let on = set_snapshotter(&with_path, "/run/berth/snapshotter.sock").unwrap();
+        let off = unset_snapshotter(&on, V2).unwrap();
+        assert!(!off.contains("proxy_plugins") && !off.contains("berth"), "{off}");
+        assert!(!off.contains("disable_snapshot_annotations") && !off.contains(".containerd]"), "{off}");
+        assert!(off.contains("# keep me") && off.contains("config_path = \"/etc/containerd/certs.d\""), "{off}");
+        assert_eq!(off, with_path, "as if --snapshotter never ran");
+        assert_eq!(unset_snapshotter(&off, V2).unwrap(), off, "idempotent");
+
+        // containerd's own defaults (overlayfs, annotations off) come back.
+        let defaults = "version = 2\n[plugins]\n  [plugins.\"io.containerd.grpc.v1.cri\"]\n    [plugins.\"io.containerd.grpc.v1.cri\".containerd]\n      default_runtime_name = \"runc\"\n      disable_snapshot_annotations = true\n      snapshotter = \"overlayfs\"\n";
+        let on = set_snapshotter(defaults, "/s.sock").unwrap();
+        let off: DocumentMut = unset_snapshotter(&on, defaults).unwrap().parse().unwrap();
+        let ctd = &off["plugins"][V2_PLUGIN]["containerd"];
+        assert_eq!(ctd["snapshotter"].as_str(), Some("overlayfs"));
+        assert_eq!(ctd["disable_snapshot_annotations"].as_bool(), Some(true));
+        assert_eq!(ctd["default_runtime_name"].as_str(), Some("runc"));
+        assert!(off.get("proxy_plugins").is_none(), "{off}");
+        assert_eq!(unset_snapshotter(&on, defaults).unwrap(), defaults, "byte for byte here");
+
+        // version 3, and a proxy plugin named berth that was there before.
+        let v3 = "version = 3\n[proxy_plugins.berth]\n  type = 'snapshot'\n  address = '/mine.sock'\n[plugins.'io.containerd.cri.v1.images']\n  snapshotter = 'overlayfs'\n";
+        let on = set_snapshotter(v3, "/s.sock").unwrap();
+        let off: DocumentMut = unset_snapshotter(&on, v3).unwrap().parse().unwrap();
+        assert_eq!(off["plugins"][V3_PLUGIN]["snapshotter"].as_str(), Some("overlayfs"));
+        assert!(off["plugins"][V3_PLUGIN].get("disable_snapshot_annotations").is_none(), "{off}");
+        assert_eq!(off["proxy_plugins"]["berth"]["address"].as_str(), Some("/mine.sock"));
+
+        // Someone else's snapshotter: left as it is.
+        let other = "version = 2\n[plugins.\"io.containerd.grpc.v1.cri\".containerd]\n  snapshotter = \"stargz\"\n  disable_snapshot_annotations = false\n";
+        assert_eq!(unset_snapshotter(other, "").unwrap(), other);
     }
 }

@@ -128,7 +128,7 @@ pub fn run(opts: &Options, config: &Config, out: &mut dyn Write) -> Result<bool,
         Some(s) => serde_json::from_str(&s).map_err(|e| format!("{} is corrupt: {e}", state_path.display()))?,
         None => State::default(),
     };
-    let changes = if opts.remove { removal(&state, out)? } else { plan(opts, config)? };
+    let changes = if opts.remove { removal(&state, out)? } else { plan(opts, config, &state)? };
     let w = |out: &mut dyn Write, s: String| writeln!(out, "{s}").map_err(|e| e.to_string());
     if changes.is_empty() {
         w(
@@ -201,7 +201,7 @@ pub fn run(opts: &Options, config: &Config, out: &mut dyn Write) -> Result<bool,
     Ok(true)
 }
 
-fn plan(opts: &Options, config: &Config) -> Result<Vec<Change>, String> {
+fn plan(opts: &Options, config: &Config, state: &State) -> Result<Vec<Change>, String> {
     let regs = registries(config);
     if regs.is_empty() {
         return Err("nothing to configure: berthd's config names no `mirrors` and no `containerd.registries`".into());
@@ -239,9 +239,14 @@ fn plan(opts: &Options, config: &Config) -> Result<Vec<Change>, String> {
                     opts.containerd_config.display()
                 );
             }
-            let text = match &opts.snapshotter {
-                Some(socket) => containerd_toml::set_snapshotter(&edited.text, &socket.display().to_string())?,
-                None => edited.text,
+            // Without --snapshotter, take out what an earlier --snapshotter set.
+            let written_before = state.files.iter().find(|m| m.path == opts.containerd_config);
+            let text = match (&opts.snapshotter, written_before) {
+                (Some(socket), _) => containerd_toml::set_snapshotter(&edited.text, &socket.display().to_string())?,
+                (None, Some(m)) => {
+                    containerd_toml::unset_snapshotter(&edited.text, m.original.as_deref().unwrap_or(""))?
+                }
+                (None, None) => edited.text,
             };
             push(opts.containerd_config.clone(), text, true)?;
         }
