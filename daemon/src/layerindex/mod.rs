@@ -305,6 +305,22 @@ impl LayerIndex {
     }
 }
 
+impl LayerIndex {
+    /// The span between two checkpoints (`start`, `end` in the tar) that
+    /// holds all of `[offset, offset + len)`, for a compressed layer: a read
+    /// inflates from `start` anyway, so the whole span can be kept for the
+    /// next read of it. `None` for plain tar or a range across spans.
+    pub fn span_of(&self, offset: u64, len: u64) -> Option<(u64, u64)> {
+        if self.compression == Compression::None || offset >= self.size {
+            return None;
+        }
+        let i = self.checkpoints.partition_point(|c| c.out <= offset);
+        let start = self.checkpoints.get(i.checked_sub(1)?)?.out;
+        let end = self.checkpoints.get(i).map_or(self.size, |c| c.out);
+        (offset + len.min(self.size - offset) <= end).then_some((start, end))
+    }
+}
+
 impl RangePlan {
     /// The (offset, length) in the windows object of the window this read
     /// needs, if it is not in hand yet.
@@ -433,6 +449,22 @@ mod tests {
         assert!(bare.read(&gz[..]).is_err());
         let mut short = idx.plan(idx.checkpoints[1].out, 10).unwrap();
         assert!(short.set_window(vec![0; 10]).is_err(), "a window of the wrong size is refused");
+    }
+
+    #[test]
+    fn spans_lie_between_checkpoints() {
+        let tar = layer(&[("big.bin", noise(5 << 20, 9))]);
+        let gz = zran::tests::gzip(&tar, "-6");
+        let idx = build(&gz[..], &digest(&gz), Compression::Gzip).unwrap().index;
+        let (c1, c2) = (idx.checkpoints[1].out, idx.checkpoints[2].out);
+        assert_eq!(idx.span_of(c1, 10), Some((c1, c2)));
+        assert_eq!(idx.span_of(c2 - 10, 10), Some((c1, c2)));
+        assert_eq!(idx.span_of(c2 - 10, 11), None, "across two spans");
+        let last = idx.checkpoints.last().unwrap().out;
+        assert_eq!(idx.span_of(idx.size - 1, 100), Some((last, idx.size)), "clamped to the end");
+        assert_eq!(idx.span_of(idx.size, 1), None);
+        let plain = build(&tar[..], &digest(&tar), Compression::None).unwrap().index;
+        assert_eq!(plain.span_of(0, 10), None);
     }
 
     #[test]

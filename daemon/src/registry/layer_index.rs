@@ -27,6 +27,15 @@ const CACHED_INDEXES: usize = 16;
 /// the same few spans.
 const CACHED_WINDOWS: usize = 32;
 
+/// Inflated spans between checkpoints kept in memory, and the largest kept:
+/// the snapshotter reads a layer 512 KiB at a time, mostly in order (a
+/// binary as it loads, the background fill), and each read would otherwise
+/// inflate its span again from the checkpoint and fetch it again from
+/// storage. Three spans: one per layer being read at once, in a 64 MiB
+/// daemon.
+const CACHED_SPANS: usize = 3;
+const MAX_CACHED_SPAN: u64 = 4 << 20;
+
 /// How many blobs known to have no index are remembered, and for how long:
 /// a stream error while reading the blob looks like a corrupt layer, so
 /// the verdict expires rather than lasting until a restart.
@@ -37,7 +46,9 @@ pub(super) struct Indexer {
     building: Mutex<HashSet<Digest>>,
     one_at_a_time: tokio::sync::Semaphore,
     cache: Mutex<Vec<(Digest, Arc<LayerIndex>)>>,
-    windows: Mutex<Vec<(WindowKey, Arc<Vec<u8>>)>>,
+    windows: Lru,
+    /// Inflated spans, keyed by the layer and the span's start in its tar.
+    spans: Lru,
     /// Blobs a build found cannot have an index (not a layer, single-frame
     /// zstd, a corrupt stream), with why: asking again answers at once
     /// instead of reading the whole blob again. Node-local, and forgotten
@@ -47,6 +58,26 @@ pub(super) struct Indexer {
 
 /// A checkpoint window: the layer and its offset in the windows object.
 type WindowKey = (Digest, u64);
+
+/// A small most-recently-used list of byte buffers.
+type Lru = Mutex<Vec<(WindowKey, Arc<Vec<u8>>)>>;
+
+/// The most recently used entry for (`d`, `at`) of a small LRU list.
+fn lru_get(list: &Lru, d: &Digest, at: u64) -> Option<Arc<Vec<u8>>> {
+    let mut l = list.lock().unwrap();
+    let i = l.iter().position(|((k, a), _)| k == d && *a == at)?;
+    let hit = l.remove(i);
+    let value = hit.1.clone();
+    l.insert(0, hit);
+    Some(value)
+}
+
+fn lru_put(list: &Lru, d: &Digest, at: u64, value: Arc<Vec<u8>>, keep: usize) {
+    let mut l = list.lock().unwrap();
+    l.retain(|((k, a), _)| !(k == d && *a == at));
+    l.insert(0, ((d.clone(), at), value));
+    l.truncate(keep);
+}
 
 /// What a background build did.
 enum Built {
@@ -62,24 +93,22 @@ impl Indexer {
             one_at_a_time: tokio::sync::Semaphore::new(1),
             cache: Mutex::default(),
             windows: Mutex::default(),
+            spans: Mutex::default(),
             unindexable: Mutex::default(),
         }
     }
 
     fn cached_window(&self, d: &Digest, at: u64) -> Option<Arc<Vec<u8>>> {
-        let mut w = self.windows.lock().unwrap();
-        let i = w.iter().position(|((k, a), _)| k == d && *a == at)?;
-        let hit = w.remove(i);
-        let window = hit.1.clone();
-        w.insert(0, hit);
-        Some(window)
+        lru_get(&self.windows, d, at)
     }
 
     fn remember_window(&self, d: &Digest, at: u64, window: Arc<Vec<u8>>) {
-        let mut w = self.windows.lock().unwrap();
-        w.retain(|((k, a), _)| !(k == d && *a == at));
-        w.insert(0, ((d.clone(), at), window));
-        w.truncate(CACHED_WINDOWS);
+        lru_put(&self.windows, d, at, window, CACHED_WINDOWS);
+    }
+
+    #[cfg(test)]
+    pub(super) fn has_span(&self, d: &Digest, start: u64) -> bool {
+        self.spans.lock().unwrap().iter().any(|((k, s), _)| k == d && *s == start)
     }
 
     #[cfg(test)]
@@ -178,6 +207,30 @@ impl Registry {
         len: u64,
     ) -> Result<(Bytes, u64)> {
         let idx = self.layer_index(mirror, repo, digest).await?;
+        if offset >= idx.size {
+            return Err(Error::RangeNotSatisfiable { size: idx.size });
+        }
+        match idx.span_of(offset, len) {
+            Some((start, end)) if end - start <= MAX_CACHED_SPAN => {
+                let span = match lru_get(&self.indexer.spans, digest, start) {
+                    Some(s) => s,
+                    None => {
+                        let s = Arc::new(self.inflate(&idx, digest, start, end - start).await?);
+                        lru_put(&self.indexer.spans, digest, start, s.clone(), CACHED_SPANS);
+                        s
+                    }
+                };
+                let from = (offset - start) as usize;
+                let to = (offset + len).min(end) - start;
+                Ok((Bytes::copy_from_slice(&span[from..to as usize]), idx.size))
+            }
+            _ => Ok((Bytes::from(self.inflate(&idx, digest, offset, len).await?), idx.size)),
+        }
+    }
+
+    /// Inflates `len` bytes of layer `digest`'s tar at `offset` from the
+    /// checkpoint before it, reading only that part of the blob.
+    async fn inflate(&self, idx: &LayerIndex, digest: &Digest, offset: u64, len: u64) -> Result<Vec<u8>> {
         let mut plan = idx.plan(offset, len).map_err(|_| Error::RangeNotSatisfiable { size: idx.size })?;
         if let Some((at, window_len)) = plan.window_needed() {
             let window = self.index_window(digest, at, window_len).await?;
@@ -194,7 +247,7 @@ impl Registry {
             .await
             .map_err(|e| Error::Upstream(format!("layer read task failed: {e}")))?
             .map_err(|e| Error::IndexUnavailable(format!("cannot read layer {digest} at {offset}: {e}")))?;
-        Ok((Bytes::from(out), idx.size))
+        Ok(out)
     }
 
     /// The checkpoint window at `at` in layer `digest`'s windows object.

@@ -253,3 +253,50 @@ async fn index_requests_build_once_and_remember_blobs_that_cannot_have_one() {
     let err = settled_index(&reg, &r, &broken).await.unwrap_err();
     assert!(matches!(&err, Error::IndexUnavailable(m) if m.contains("cannot index")), "{err:?}");
 }
+
+#[tokio::test]
+async fn layer_ranges_inflate_a_span_once_and_serve_it_from_memory() {
+    let driver = MemoryDriver::new();
+    let reg = registry(&driver, Policy::default());
+    let r = repo("app");
+    let mut x = 0x9e37_79b9_7f4a_7c15u64;
+    let noise: Vec<u8> = (0..5 << 20)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 24) as u8
+        })
+        .collect();
+    let mut tar = tar::Builder::new(Vec::new());
+    let mut h = tar::Header::new_gnu();
+    h.set_size(noise.len() as u64);
+    h.set_mode(0o644);
+    h.set_uid(0);
+    h.set_gid(0);
+    h.set_mtime(0);
+    h.set_cksum();
+    tar.append_data(&mut h, "big.bin", &noise[..]).unwrap();
+    let tar = tar.into_inner().unwrap();
+    let gz: &'static [u8] = Vec::leak(crate::layerindex::zran::tests::gzip(&tar, "-6"));
+    let layer = push_blob(&reg, &r, gz).await;
+    let idx = settled_index(&reg, &r, &layer).await.unwrap();
+    let (c1, c2) = (idx.checkpoints[1].out, idx.checkpoints[2].out);
+
+    // Two reads in one span: the first inflates and keeps it, both are right.
+    let (a, size) = reg.layer_range(None, &r, &layer, c1 + 1000, 512 << 10).await.unwrap();
+    assert_eq!(size, tar.len() as u64);
+    assert_eq!(&a[..], &tar[(c1 + 1000) as usize..(c1 + 1000 + (512 << 10)) as usize]);
+    assert!(reg.indexer.has_span(&layer, c1));
+    let (b, _) = reg.layer_range(None, &r, &layer, c2 - 100, 100).await.unwrap();
+    assert_eq!(&b[..], &tar[(c2 - 100) as usize..c2 as usize]);
+    // Across two spans, and to the end of the tar: read directly, still right.
+    let (c, _) = reg.layer_range(None, &r, &layer, c2 - 100, 200).await.unwrap();
+    assert_eq!(&c[..], &tar[(c2 - 100) as usize..(c2 + 100) as usize]);
+    let (d, _) = reg.layer_range(None, &r, &layer, size - 10, 1 << 20).await.unwrap();
+    assert_eq!(&d[..], &tar[tar.len() - 10..]);
+    assert!(matches!(
+        reg.layer_range(None, &r, &layer, size, 1).await,
+        Err(Error::RangeNotSatisfiable { size: s }) if s == size
+    ));
+}
