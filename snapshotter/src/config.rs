@@ -22,8 +22,8 @@ pub struct Config {
     /// Mount layers lazily when berthd has their index (else every
     /// snapshot is a normal overlayfs one).
     pub lazy: bool,
-    /// Bytes per second a lazy layer's remaining chunks are fetched at in
-    /// the background (0: unlimited).
+    /// Bytes per second lazy layers' remaining chunks are fetched at in the
+    /// background, for the whole node: the layers take turns (0: unlimited).
     pub fill_rate: u64,
 }
 

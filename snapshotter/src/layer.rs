@@ -10,7 +10,9 @@
 //!
 //! After mounting, [`Layer::fill`] fetches the remaining chunks in order at
 //! a bounded rate, pausing while reads a container waits for are in
-//! flight, so the node ends up with the whole layer.
+//! flight, so the node ends up with the whole layer. The rate is the
+//! node's: every layer's fill (each in its own mount process) takes a lock
+//! on one file while it fetches and waits out its share.
 
 use crate::berthd::{Berthd, LayerRef};
 use crate::index::LayerIndex;
@@ -197,7 +199,7 @@ impl Layer {
     /// Fetches every missing chunk, in order, at most `rate` bytes/s,
     /// waiting while container reads are in flight. Returns when the layer
     /// is complete; errors are retried with a growing pause.
-    pub async fn fill(self: Arc<Self>, rate: u64) {
+    pub async fn fill(self: Arc<Self>, rate: u64, node_lock: Option<PathBuf>) {
         let mut backoff = Duration::from_millis(500);
         let total = self.index.chunks.len();
         let run = match rate {
@@ -217,6 +219,10 @@ impl Layer {
                 // The missing chunks from `i` to the end of its aligned run.
                 let run_end = ((i / run + 1) * run).min(total);
                 let n = (i..run_end).take_while(|c| !self.chunk_path(*c).exists()).count();
+                let turn = match &node_lock {
+                    Some(path) => NodeTurn::take(path).await,
+                    None => None,
+                };
                 let started = tokio::time::Instant::now();
                 match self.fetch_run(i, n).await {
                     Ok((done, bytes)) => {
@@ -225,6 +231,7 @@ impl Layer {
                             let due = Duration::from_secs_f64(bytes as f64 / rate as f64);
                             tokio::time::sleep_until(started + due).await;
                         }
+                        drop(turn);
                         i += done;
                         break;
                     }
@@ -237,5 +244,57 @@ impl Layer {
             }
         }
         tracing::info!(layer = %self.layer.digest, "layer complete on local disk");
+    }
+}
+
+/// A turn of the node's background fill: an exclusive `flock` on one file,
+/// released when dropped (or when the process dies).
+struct NodeTurn {
+    _locked: std::fs::File,
+}
+
+impl NodeTurn {
+    /// Waits for the turn; `None` (fill without one) if the lock file
+    /// cannot be used, which only loses the node-wide bound.
+    async fn take(path: &Path) -> Option<NodeTurn> {
+        use std::os::fd::AsRawFd;
+        let file = match std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(path) {
+            Ok(f) => f,
+            Err(e) => {
+                tracing::warn!(path = %path.display(), error = %e, "no fill lock; this layer fills on its own");
+                return None;
+            }
+        };
+        let locked = tokio::task::spawn_blocking(move || {
+            // SAFETY: flock on a descriptor this closure owns through `file`.
+            let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) };
+            (rc == 0).then_some(file)
+        })
+        .await
+        .ok()
+        .flatten();
+        locked.map(|f| NodeTurn { _locked: f })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn fill_turns_are_exclusive_across_holders() {
+        let dir = tempfile::tempdir().unwrap();
+        let lock = dir.path().join("fill.lock");
+        let first = NodeTurn::take(&lock).await.expect("a turn");
+        let second = tokio::spawn({
+            let lock = lock.clone();
+            async move { NodeTurn::take(&lock).await.map(|_| tokio::time::Instant::now()) }
+        });
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert!(!second.is_finished(), "a second fill got a turn while the first held it");
+        let released = tokio::time::Instant::now();
+        drop(first);
+        let got = second.await.unwrap().expect("a turn after the first");
+        assert!(got >= released);
     }
 }

@@ -35,8 +35,14 @@ pub const LABEL_LAZY: &str = "berth.io/lazy-layer";
 pub struct MountSpec {
     pub berthd: String,
     pub layer: LayerRef,
-    /// Background fetch rate, bytes per second (0: unlimited).
+    /// Background fetch rate, bytes per second (0: unlimited), for the
+    /// node: the fills of all layers take turns under `fill_lock`.
     pub fill_rate: u64,
+    /// The file whose lock a fill holds while it fetches and waits out its
+    /// share of the rate (absent in specs written before there was one:
+    /// those layers fill on their own).
+    #[serde(default)]
+    pub fill_lock: Option<PathBuf>,
 }
 
 pub struct Lazy {
@@ -45,13 +51,16 @@ pub struct Lazy {
     /// The `berth-snapshotter` binary that serves mounts.
     exe: PathBuf,
     fill_rate: u64,
+    fill_lock: PathBuf,
 }
 
 impl Lazy {
-    pub fn new(berthd_url: &str, fill_rate: u64) -> Result<Lazy, String> {
+    /// `root` is the snapshotter's root, where the node's fill lock lives.
+    pub fn new(berthd_url: &str, fill_rate: u64, root: &Path) -> Result<Lazy, String> {
         let berthd = Berthd::parse(berthd_url)?.with_timeout(Duration::from_secs(10));
         let exe = std::env::current_exe().map_err(|e| format!("cannot find my own binary: {e}"))?;
-        Ok(Lazy { berthd_url: berthd_url.to_string(), berthd, exe, fill_rate })
+        let fill_lock = root.join("fill.lock");
+        Ok(Lazy { berthd_url: berthd_url.to_string(), berthd, exe, fill_rate, fill_lock })
     }
 
     /// The target snapshot name and layer a Prepare asks for, when its
@@ -85,7 +94,12 @@ impl Lazy {
                 return None;
             }
         };
-        let spec = MountSpec { berthd: self.berthd_url.clone(), layer: layer.clone(), fill_rate: self.fill_rate };
+        let spec = MountSpec {
+            berthd: self.berthd_url.clone(),
+            layer: layer.clone(),
+            fill_rate: self.fill_rate,
+            fill_lock: Some(self.fill_lock.clone()),
+        };
         let mut labels = labels.clone();
         labels.insert(LABEL_LAZY.into(), layer.digest.clone());
         let made = sn.create_committed(&target, parent, labels, |dir| {
@@ -213,7 +227,7 @@ pub fn serve_mount(lazy: &Path, mountpoint: &Path) -> Result<(), String> {
     let layer = std::sync::Arc::new(
         crate::layer::Layer::new(index, lazy, berthd, spec.layer.clone()).map_err(|e| e.to_string())?,
     );
-    rt.spawn(layer.clone().fill(spec.fill_rate));
+    rt.spawn(layer.clone().fill(spec.fill_rate, spec.fill_lock.clone()));
     let fs = crate::lazyfs::LazyFs::new(layer, rt.handle().clone());
     tracing::info!(layer = %spec.layer.digest, mountpoint = %mountpoint.display(), "serving lazy layer");
     crate::lazyfs::serve(fs, mountpoint).map_err(|e| format!("FUSE mount at {}: {e}", mountpoint.display()))?;

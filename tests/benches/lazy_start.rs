@@ -539,10 +539,9 @@ fn report(images: &[Image], cells: &[Cell], runs: u64, fill_rate: u64, load: (&s
          IMAGE ID CMD`), berth-snapshotter with lazy layers against the same snapshotter with `lazy: false`; \
          berthd on SeaweedFS, whose replies cross a veth pair shaped by `tc tbf` in a network namespace. Every \
          run is cold: new berthd with an empty node cache, new snapshotter root, new containerd root (indexes \
-         were built after the push, before timing). Background fill of lazy layers: {fill}, for each layer \
-         (every lazily mounted layer fills on its own). \"Fill held back\" runs pass `--fill-rate 1`: each layer \
-         fetches its first chunk, then waits for days, so what is fetched is what the container read. Median of \
-         {runs} runs.\n\n"
+         were built after the push, before timing). Background fill of lazy layers: {fill}, for the node (the \
+         layers' fills take turns). \"Fill held back\" runs pass `--fill-rate 1`: the fill fetches one chunk, \
+         then waits for days, so what is fetched is what the container read. Median of {runs} runs.\n\n"
     );
     s += "| image | layers | compressed | uncompressed | files | command | seek indexes |\n";
     s += "|---|---|---|---|---|---|---|\n";
