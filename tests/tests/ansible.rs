@@ -125,9 +125,10 @@ fn workspace_binaries() -> (PathBuf, PathBuf) {
                 cmd.env_remove(&*key);
             }
         }
-        for (_, pkg) in &wanted {
-            cmd.args(["-p", pkg]);
-        }
+        // The whole workspace, all targets, as tests/run.sh builds it: one
+        // set of features, so nothing is rebuilt (`-p` would resolve
+        // features for those packages alone and rebuild their dependencies).
+        cmd.args(["--workspace", "--all-targets"]);
         // target/<profile>/deps/<this test>
         let exe = std::env::current_exe().unwrap();
         if exe.parent().and_then(Path::parent).and_then(Path::file_name).is_some_and(|p| p == "release") {
@@ -137,7 +138,11 @@ fn workspace_binaries() -> (PathBuf, PathBuf) {
         assert!(o.status.success(), "cargo build of {wanted:?} failed ({})", o.status);
         for line in String::from_utf8_lossy(&o.stdout).lines() {
             let Ok(msg) = serde_json::from_str::<serde_json::Value>(line) else { continue };
-            if let (Some(name), Some(exe)) = (msg["target"]["name"].as_str(), msg["executable"].as_str()) {
+            // The binary itself, not its unit-test harness (also a "bin" target).
+            let is_bin = msg["target"]["kind"].as_array().is_some_and(|k| k.iter().any(|k| k == "bin"))
+                && msg["profile"]["test"] == false;
+            if let (true, Some(name), Some(exe)) = (is_bin, msg["target"]["name"].as_str(), msg["executable"].as_str())
+            {
                 built.insert(name.to_string(), PathBuf::from(exe));
             }
         }
