@@ -135,7 +135,7 @@ fn containerd_pulls_through_the_mirror_once_per_cluster() {
     // The first mirroring of a layer built its seek index into the shared
     // storage (for lazy pulls on every node), before anyone asked for it.
     let hex = img.layer_digest.trim_start_matches("sha256:");
-    let index_file = shared.join(format!("berth/layer-index/v1/sha256/{}/{hex}/index.json", &hex[..2]));
+    let index_file = shared.join(format!("berth/layer-index/v1/sha256/{}/{hex}/index.json.zst", &hex[..2]));
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
     while !index_file.exists() {
         assert!(

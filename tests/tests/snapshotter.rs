@@ -481,7 +481,7 @@ fn lazy_layers_are_served_by_fuse_and_match_a_full_unpack() {
     // beside its index, not in it: the index a node fetches first is small.
     let hex = img.layers[1].trim_start_matches("sha256:");
     let dir = berthd.root.join(format!("berth/layer-index/v1/sha256/{}/{hex}", &hex[..2]));
-    let index_len = std::fs::metadata(dir.join("index.json")).unwrap().len();
+    let index_len = std::fs::metadata(dir.join("index.json.zst")).unwrap().len();
     let windows_len = std::fs::metadata(dir.join("windows")).unwrap().len();
     assert!(windows_len >= 99 * 32 * 1024, "{windows_len} bytes of windows");
     assert!(index_len < 64 * 1024, "the index is {index_len} bytes");

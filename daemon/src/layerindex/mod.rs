@@ -306,6 +306,31 @@ impl LayerIndex {
 }
 
 impl LayerIndex {
+    /// The stored form: JSON, zstd-compressed. A large image's table of
+    /// contents is megabytes of repetitive JSON, and a node reads it from
+    /// storage before a layer's first read.
+    pub fn encode(&self) -> Vec<u8> {
+        let json = serde_json::to_vec(self).expect("index serializes");
+        ruzstd::encoding::compress_to_vec(&json[..], ruzstd::encoding::CompressionLevel::Fastest)
+    }
+
+    /// Reads the stored form; plain JSON too, as berthd stored it before.
+    pub fn decode(stored: &[u8]) -> io::Result<LayerIndex> {
+        let bad = |e: &dyn std::fmt::Display| io::Error::new(io::ErrorKind::InvalidData, e.to_string());
+        if stored.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
+            let mut json = Vec::new();
+            // An index is far smaller than its layer; bound what a damaged
+            // object could make this read.
+            ruzstd::decoding::StreamingDecoder::new(stored)
+                .map_err(|e| bad(&e))?
+                .take(1 << 30)
+                .read_to_end(&mut json)?;
+            serde_json::from_slice(&json).map_err(|e| bad(&e))
+        } else {
+            serde_json::from_slice(stored).map_err(|e| bad(&e))
+        }
+    }
+
     /// The span between two checkpoints (`start`, `end` in the tar) that
     /// holds all of `[offset, offset + len)`, for a compressed layer: a read
     /// inflates from `start` anyway, so the whole span can be kept for the
@@ -440,9 +465,14 @@ mod tests {
             let got = p.read(&gz[off..off + n]).unwrap();
             assert_eq!(&hex::encode(Sha256::digest(&got)), want, "chunk {i}");
         }
-        // The index round-trips through JSON (how it is stored).
+        // The index round-trips through its stored form, and through plain
+        // JSON (how older berthd stored it); the stored form is smaller.
+        let stored = idx.encode();
+        assert_eq!(&LayerIndex::decode(&stored).unwrap(), idx);
         let json = serde_json::to_vec(idx).unwrap();
-        assert_eq!(&serde_json::from_slice::<LayerIndex>(&json).unwrap(), idx);
+        assert_eq!(&LayerIndex::decode(&json).unwrap(), idx);
+        assert!(stored.len() < json.len(), "{} bytes stored for {} of JSON", stored.len(), json.len());
+        assert!(LayerIndex::decode(&stored[..stored.len() / 2]).is_err(), "a cut index is refused");
         // A read planned without its window refuses rather than guess.
         let bare = idx.plan(idx.checkpoints[1].out, 10).unwrap();
         assert!(bare.window_needed().is_some());

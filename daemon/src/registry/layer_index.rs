@@ -170,9 +170,13 @@ impl Registry {
         if let Some(idx) = self.indexer.cached(digest) {
             return Ok(idx);
         }
-        match self.driver.get_content(&paths::layer_index(digest)).await {
+        let mut stored = self.driver.get_content(&paths::layer_index(digest)).await;
+        if matches!(&stored, Err(e) if e.is_not_found()) {
+            stored = self.driver.get_content(&paths::layer_index_json(digest)).await;
+        }
+        match stored {
             Ok(bytes) => {
-                let idx: LayerIndex = serde_json::from_slice(&bytes).map_err(|e| {
+                let idx = LayerIndex::decode(&bytes).map_err(|e| {
                     Error::IndexUnavailable(format!(
                         "stored index of {digest} is unreadable ({e}); delete it to rebuild"
                     ))
@@ -294,7 +298,9 @@ impl Registry {
         tokio::spawn(async move {
             let result = async {
                 let _permit = me.indexer.one_at_a_time.acquire().await.expect("semaphore never closed");
-                if me.exists(&paths::layer_index(&digest)).await? {
+                if me.exists(&paths::layer_index(&digest)).await?
+                    || me.exists(&paths::layer_index_json(&digest)).await?
+                {
                     return Ok(Built::AlreadyStored);
                 }
                 me.build_index(&digest, compression).await
@@ -353,8 +359,7 @@ impl Registry {
         if !idx.windows.is_empty() {
             self.driver.put_content(&paths::layer_index_windows(digest), Bytes::from(idx.windows)).await?;
         }
-        let json = serde_json::to_vec(&idx.index).expect("index serializes");
-        self.driver.put_content(&paths::layer_index(digest), Bytes::from(json)).await?;
+        self.driver.put_content(&paths::layer_index(digest), Bytes::from(idx.index.encode())).await?;
         self.indexer.remember(digest, Arc::new(idx.index));
         Ok(Built::Stored)
     }

@@ -42,8 +42,13 @@ fn layer_index_dir(d: &Digest) -> String {
     )
 }
 
-/// The seek index of layer blob `d`.
+/// The seek index of layer blob `d` (zstd-compressed JSON).
 pub fn layer_index(d: &Digest) -> String {
+    format!("{}/index.json.zst", layer_index_dir(d))
+}
+
+/// Where berthd stored the index as plain JSON before: still read.
+pub fn layer_index_json(d: &Digest) -> String {
     format!("{}/index.json", layer_index_dir(d))
 }
 

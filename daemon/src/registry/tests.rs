@@ -240,6 +240,15 @@ async fn index_requests_build_once_and_remember_blobs_that_cannot_have_one() {
     let idx = settled_index(&reg, &r, &layer).await.unwrap();
     assert_eq!(idx.size, tar.len() as u64);
 
+    // Stored compressed; an index stored as plain JSON by an older berthd
+    // is read too (a fresh registry: nothing cached in memory).
+    let stored = driver.get_content(&paths::layer_index(&layer)).await.unwrap();
+    let json = serde_json::to_vec(&crate::layerindex::LayerIndex::decode(&stored).unwrap()).unwrap();
+    driver.put_content(&paths::layer_index_json(&layer), Bytes::from(json)).await.unwrap();
+    driver.delete(&paths::layer_index(&layer)).await.unwrap();
+    let fresh = registry(&driver, Policy::default());
+    assert_eq!(fresh.layer_index(None, &r, &layer).await.unwrap().size, tar.len() as u64);
+
     // Not a layer: the verdict is remembered, so asking again starts no build.
     let config = push_blob(&reg, &r, b"{\"architecture\":\"amd64\"}").await;
     let err = settled_index(&reg, &r, &config).await.unwrap_err();
