@@ -7,7 +7,9 @@ use std::path::{Path, PathBuf};
 pub const DEFAULT_ADDRESS: &str = "/run/berth/snapshotter.sock";
 pub const DEFAULT_ROOT: &str = "/var/lib/berth-snapshotter";
 pub const DEFAULT_BERTHD: &str = "http://127.0.0.1:5000";
-/// 8 MiB/s: a Pi on a 100 Mbit/s link keeps a third of it for everything else.
+/// 8 MiB/s of compressed layer (67 Mbit/s): a Pi on a 100 Mbit/s link keeps
+/// a third of it for everything else, and every fill pauses while a
+/// container waits for a lazy read.
 pub const DEFAULT_FILL_RATE: u64 = 8 << 20;
 
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]

@@ -48,6 +48,10 @@ pub struct Entry {
 pub struct LayerIndex {
     pub format: u32,
     pub digest: String,
+    /// Size of the blob as stored: what crossing the link costs (0 in
+    /// indexes that do not say).
+    #[serde(default)]
+    pub compressed_size: u64,
     /// Size of the uncompressed tar.
     pub size: u64,
     pub chunk_size: u64,
@@ -75,5 +79,39 @@ impl LayerIndex {
             }
         }
         Ok(())
+    }
+
+    /// Bytes of the stored blob that `tar_bytes` of this layer cost on
+    /// average: the background fill's rate is a budget of the node's link,
+    /// which carries the compressed blob, not the tar.
+    pub fn link_bytes(&self, tar_bytes: u64) -> u64 {
+        if self.compressed_size == 0 || self.size == 0 {
+            return tar_bytes;
+        }
+        (tar_bytes as u128 * self.compressed_size as u128 / self.size as u128) as u64
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn index(compressed_size: u64, size: u64) -> LayerIndex {
+        LayerIndex {
+            format: FORMAT,
+            digest: "sha256:00".into(),
+            compressed_size,
+            size,
+            chunk_size: 512 << 10,
+            chunks: vec![],
+            entries: vec![],
+        }
+    }
+
+    #[test]
+    fn link_bytes_follow_the_compression_ratio() {
+        assert_eq!(index(60 << 20, 160 << 20).link_bytes(8 << 20), 3 << 20);
+        assert_eq!(index(201 << 20, 200 << 20).link_bytes(2 << 20), (2 << 20) * 201 / 200);
+        assert_eq!(index(0, 160 << 20).link_bytes(4096), 4096, "an index without the blob size counts tar bytes");
     }
 }

@@ -10,16 +10,16 @@
 //!
 //! After mounting, [`Layer::fill`] fetches the remaining chunks in order at
 //! a bounded rate, pausing while reads a container waits for are in
-//! flight, so the node ends up with the whole layer. The rate is the
-//! node's: every layer's fill (each in its own mount process) takes a lock
-//! on one file while it fetches and waits out its share.
+//! flight, so the node ends up with the whole layer. Rate and pauses are
+//! the node's: [`crate::node_fill`] shares them between the mount
+//! processes of every lazy layer.
 
 use crate::berthd::{Berthd, LayerRef};
 use crate::index::LayerIndex;
+use crate::node_fill::{reads_lock_path, NodeTurn, ReadGate};
 use sha2::{Digest as _, Sha256};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -41,14 +41,24 @@ pub struct Layer {
     layer: LayerRef,
     fetching: Mutex<HashMap<usize, Arc<tokio::sync::Mutex<()>>>>,
     hot: Mutex<Vec<(usize, Arc<Vec<u8>>)>>,
-    /// Reads a container is waiting for; the background fill yields to them.
-    waiting: AtomicUsize,
+    /// The node's fill lock (`None`: this layer fills on its own).
+    fill_lock: Option<PathBuf>,
+    /// Container reads waiting for berthd; the node's fills yield to them.
+    reads: ReadGate,
 }
 
 impl Layer {
-    /// `dir` holds `chunks/`; it is created if missing.
-    pub fn new(index: LayerIndex, dir: &Path, berthd: Berthd, layer: LayerRef) -> std::io::Result<Layer> {
+    /// `dir` holds `chunks/`; it is created if missing. `fill_lock` is the
+    /// node's fill lock, beside which the node's readers' lock lives.
+    pub fn new(
+        index: LayerIndex,
+        dir: &Path,
+        berthd: Berthd,
+        layer: LayerRef,
+        fill_lock: Option<PathBuf>,
+    ) -> std::io::Result<Layer> {
         std::fs::create_dir_all(dir.join("chunks"))?;
+        let reads = ReadGate::new(fill_lock.as_deref().map(reads_lock_path).as_deref());
         Ok(Layer {
             index,
             dir: dir.to_owned(),
@@ -56,7 +66,8 @@ impl Layer {
             layer,
             fetching: Mutex::default(),
             hot: Mutex::default(),
-            waiting: AtomicUsize::new(0),
+            fill_lock,
+            reads,
         })
     }
 
@@ -110,6 +121,7 @@ impl Layer {
     }
 
     async fn fetch(&self, i: usize) -> Result<Vec<u8>, String> {
+        let _waits = self.reads.enter();
         let start = i as u64 * self.index.chunk_size;
         let body = self.berthd.range(&self.layer, start, self.chunk_len(i)).await?;
         self.keep(i, &body).await?;
@@ -174,13 +186,6 @@ impl Layer {
 
     /// `len` bytes of the tar at `offset` (clamped to the end).
     pub async fn read(&self, offset: u64, len: u64) -> Result<Vec<u8>, String> {
-        self.waiting.fetch_add(1, Ordering::SeqCst);
-        let out = self.read_inner(offset, len).await;
-        self.waiting.fetch_sub(1, Ordering::SeqCst);
-        out
-    }
-
-    async fn read_inner(&self, offset: u64, len: u64) -> Result<Vec<u8>, String> {
         let end = (offset + len).min(self.index.size);
         let mut out = Vec::with_capacity(end.saturating_sub(offset) as usize);
         let cs = self.index.chunk_size;
@@ -196,22 +201,20 @@ impl Layer {
         Ok(out)
     }
 
-    /// Fetches every missing chunk, in order, at most `rate` bytes/s,
-    /// waiting while container reads are in flight. Returns when the layer
-    /// is complete; errors are retried with a growing pause.
-    pub async fn fill(self: Arc<Self>, rate: u64, node_lock: Option<PathBuf>) {
+    /// Fetches every missing chunk, in order, at most `rate` bytes/s of the
+    /// stored (compressed) blob for the node, waiting while container reads anywhere on the node wait
+    /// for berthd. Returns when the layer is complete; errors are retried
+    /// with a growing pause.
+    pub async fn fill(self: Arc<Self>, rate: u64) {
         let mut backoff = Duration::from_millis(500);
         let total = self.index.chunks.len();
         let run = match rate {
             0 => FILL_RUN,
-            r => (r / self.index.chunk_size).clamp(1, FILL_RUN as u64) as usize,
+            r => (r / self.index.link_bytes(self.index.chunk_size).max(1)).clamp(1, FILL_RUN as u64) as usize,
         };
         let mut i = 0;
         while i < total {
             loop {
-                while self.waiting.load(Ordering::SeqCst) > 0 {
-                    tokio::time::sleep(Duration::from_millis(20)).await;
-                }
                 if self.chunk_path(i).exists() {
                     i += 1;
                     break;
@@ -219,16 +222,18 @@ impl Layer {
                 // The missing chunks from `i` to the end of its aligned run.
                 let run_end = ((i / run + 1) * run).min(total);
                 let n = (i..run_end).take_while(|c| !self.chunk_path(*c).exists()).count();
-                let turn = match &node_lock {
+                let turn = match &self.fill_lock {
                     Some(path) => NodeTurn::take(path).await,
                     None => None,
                 };
+                // With the turn held, so no other fill starts meanwhile.
+                self.reads.wait_idle().await;
                 let started = tokio::time::Instant::now();
                 match self.fetch_run(i, n).await {
                     Ok((done, bytes)) => {
                         backoff = Duration::from_millis(500);
                         if rate > 0 {
-                            let due = Duration::from_secs_f64(bytes as f64 / rate as f64);
+                            let due = Duration::from_secs_f64(self.index.link_bytes(bytes) as f64 / rate as f64);
                             tokio::time::sleep_until(started + due).await;
                         }
                         drop(turn);
@@ -244,57 +249,5 @@ impl Layer {
             }
         }
         tracing::info!(layer = %self.layer.digest, "layer complete on local disk");
-    }
-}
-
-/// A turn of the node's background fill: an exclusive `flock` on one file,
-/// released when dropped (or when the process dies).
-struct NodeTurn {
-    _locked: std::fs::File,
-}
-
-impl NodeTurn {
-    /// Waits for the turn; `None` (fill without one) if the lock file
-    /// cannot be used, which only loses the node-wide bound.
-    async fn take(path: &Path) -> Option<NodeTurn> {
-        use std::os::fd::AsRawFd;
-        let file = match std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(path) {
-            Ok(f) => f,
-            Err(e) => {
-                tracing::warn!(path = %path.display(), error = %e, "no fill lock; this layer fills on its own");
-                return None;
-            }
-        };
-        let locked = tokio::task::spawn_blocking(move || {
-            // SAFETY: flock on a descriptor this closure owns through `file`.
-            let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) };
-            (rc == 0).then_some(file)
-        })
-        .await
-        .ok()
-        .flatten();
-        locked.map(|f| NodeTurn { _locked: f })
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[tokio::test]
-    async fn fill_turns_are_exclusive_across_holders() {
-        let dir = tempfile::tempdir().unwrap();
-        let lock = dir.path().join("fill.lock");
-        let first = NodeTurn::take(&lock).await.expect("a turn");
-        let second = tokio::spawn({
-            let lock = lock.clone();
-            async move { NodeTurn::take(&lock).await.map(|_| tokio::time::Instant::now()) }
-        });
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        assert!(!second.is_finished(), "a second fill got a turn while the first held it");
-        let released = tokio::time::Instant::now();
-        drop(first);
-        let got = second.await.unwrap().expect("a turn after the first");
-        assert!(got >= released);
     }
 }

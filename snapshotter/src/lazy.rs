@@ -225,9 +225,10 @@ pub fn serve_mount(lazy: &Path, mountpoint: &Path) -> Result<(), String> {
         .map_err(|e| e.to_string())?;
     let berthd = Berthd::parse(&spec.berthd)?;
     let layer = std::sync::Arc::new(
-        crate::layer::Layer::new(index, lazy, berthd, spec.layer.clone()).map_err(|e| e.to_string())?,
+        crate::layer::Layer::new(index, lazy, berthd, spec.layer.clone(), spec.fill_lock.clone())
+            .map_err(|e| e.to_string())?,
     );
-    rt.spawn(layer.clone().fill(spec.fill_rate, spec.fill_lock.clone()));
+    rt.spawn(layer.clone().fill(spec.fill_rate));
     let fs = crate::lazyfs::LazyFs::new(layer, rt.handle().clone());
     tracing::info!(layer = %spec.layer.digest, mountpoint = %mountpoint.display(), "serving lazy layer");
     crate::lazyfs::serve(fs, mountpoint).map_err(|e| format!("FUSE mount at {}: {e}", mountpoint.display()))?;

@@ -10,7 +10,9 @@
 //!
 //! Lazy layers: [`lazy`] decides and mounts, [`lazyfs`] is the FUSE file
 //! system of one layer, [`layer`] fetches and verifies its bytes from
-//! berthd ([`berthd`]) using the seek index berthd built ([`index`]).
+//! berthd ([`berthd`]) using the seek index berthd built ([`index`]);
+//! [`node_fill`] shares the node's link between the layers' background
+//! fills and the reads containers wait for.
 
 pub mod berthd;
 pub mod config;
@@ -21,6 +23,7 @@ pub mod index;
 pub mod layer;
 pub mod lazy;
 pub mod lazyfs;
+pub mod node_fill;
 pub mod pull;
 pub mod server;
 pub mod snapshots;

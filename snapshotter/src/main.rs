@@ -28,7 +28,7 @@ enum Command {
         /// The node's berthd [default: http://127.0.0.1:5000].
         #[arg(long)]
         berthd: Option<String>,
-        /// Background fetch rate of lazy layers, bytes/s for the whole node (0: unlimited) [default: 8 MiB/s].
+        /// Background fetch rate of lazy layers, bytes/s of stored (compressed) layer for the whole node (0: unlimited) [default: 8 MiB/s].
         #[arg(long)]
         fill_rate: Option<u64>,
     },
