@@ -10,18 +10,21 @@
 //!   layers of the node together fetch at the node's rate.
 //! - `reads.lock` ([`ReadGate`]): a process holds it shared while any
 //!   container read of its layer waits for berthd. A fill fetches only
-//!   when it could take the lock exclusively, that is when no container on
-//!   the node waits for a lazy read — reads a container waits for go
-//!   first, whichever layer they are in.
+//!   when it could take the lock exclusively and the last such read ended
+//!   a quiet period ago (the file's modification time) — reads a container
+//!   waits for go first, whichever layer they are in.
 
 use std::fs::File;
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
-use std::time::Duration;
+use std::time::{Duration, Instant, SystemTime};
 
 /// How often a paused fill looks again whether reads are still waiting.
 const IDLE_POLL: Duration = Duration::from_millis(20);
+
+/// How long after the node's last waiting read ended a fill holds back.
+const QUIET: Duration = Duration::from_secs(1);
 
 /// The readers' lock that sits beside a node's fill lock.
 pub fn reads_lock_path(fill_lock: &Path) -> PathBuf {
@@ -62,6 +65,13 @@ impl NodeTurn {
 
 /// The container reads of one process that wait for berthd, published to
 /// the node's fills.
+///
+/// A container's start is a burst of reads with short gaps between them;
+/// a fill run that slipped into a gap would hold the link for a second
+/// or more on a slow one while the next read queues behind it. So fills
+/// also wait out a quiet period after the last read ended (and after a
+/// layer was mounted, before its container's first read), published as
+/// the lock file's modification time.
 pub struct ReadGate {
     /// Open for the shared lock readers hold; `None`: only this process's
     /// own fill sees its readers.
@@ -70,7 +80,13 @@ pub struct ReadGate {
     /// (flock locks belong to an open file, so this one conflicts with
     /// `shared` as another process's would).
     probe: Option<File>,
-    waiting: Mutex<usize>,
+    quiet: Duration,
+    local: Mutex<Local>,
+}
+
+struct Local {
+    waiting: usize,
+    last_end: Instant,
 }
 
 /// A container read in flight; the fills of the node wait until it drops.
@@ -80,41 +96,63 @@ pub struct ReadWait<'a> {
 
 impl ReadGate {
     /// A gate published on `path`, or a process-local one when `path` is
-    /// `None` or cannot be opened.
+    /// `None` or cannot be opened. Counts as a read that just ended.
     pub fn new(path: Option<&Path>) -> ReadGate {
+        Self::with_quiet(path, QUIET)
+    }
+
+    fn with_quiet(path: Option<&Path>, quiet: Duration) -> ReadGate {
         let shared = path.and_then(open_lock);
         let probe = shared.as_ref().and(path).and_then(open_lock);
-        ReadGate { shared, probe, waiting: Mutex::new(0) }
+        let gate = ReadGate { shared, probe, quiet, local: Mutex::new(Local { waiting: 0, last_end: Instant::now() }) };
+        gate.publish_end();
+        gate
+    }
+
+    fn publish_end(&self) {
+        if let Some(f) = &self.shared {
+            // Best effort: without it the node's other fills wait for the
+            // lock only, not the quiet period.
+            let _ = f.set_modified(SystemTime::now());
+        }
     }
 
     /// Marks a read that waits for berthd until the returned guard drops.
     pub fn enter(&self) -> ReadWait<'_> {
-        let mut n = self.waiting.lock().unwrap();
-        if *n == 0 {
+        let mut local = self.local.lock().unwrap();
+        if local.waiting == 0 {
             if let Some(f) = &self.shared {
                 // Blocks only while a fill's probe holds the lock, which is
                 // two system calls long.
                 flock(f, libc::LOCK_SH);
             }
         }
-        *n += 1;
+        local.waiting += 1;
         ReadWait { gate: self }
     }
 
-    /// Whether no container read waits, in this process or, when the gate
-    /// is published, anywhere on the node.
+    /// Whether no container read waits or ended within the quiet period, in
+    /// this process or, when the gate is published, anywhere on the node.
     pub fn idle(&self) -> bool {
-        if *self.waiting.lock().unwrap() > 0 {
+        {
+            let local = self.local.lock().unwrap();
+            if local.waiting > 0 || local.last_end.elapsed() < self.quiet {
+                return false;
+            }
+        }
+        let Some(p) = &self.probe else { return true };
+        if !flock(p, libc::LOCK_EX | libc::LOCK_NB) {
             return false;
         }
-        match &self.probe {
-            Some(p) if flock(p, libc::LOCK_EX | libc::LOCK_NB) => flock(p, libc::LOCK_UN),
-            Some(_) => false,
-            None => true,
-        }
+        flock(p, libc::LOCK_UN);
+        // A time in the future (the clock went back) counts as quiet, so a
+        // clock step never stops the fills.
+        let since = p.metadata().and_then(|m| m.modified()).ok().and_then(|t| SystemTime::now().duration_since(t).ok());
+        since.is_none_or(|d| d >= self.quiet)
     }
 
-    /// Returns once no container read waits.
+    /// Returns once no container read waits or ended within the quiet
+    /// period.
     pub async fn wait_idle(&self) {
         while !self.idle() {
             tokio::time::sleep(IDLE_POLL).await;
@@ -124,9 +162,11 @@ impl ReadGate {
 
 impl Drop for ReadWait<'_> {
     fn drop(&mut self) {
-        let mut n = self.gate.waiting.lock().unwrap();
-        *n -= 1;
-        if *n == 0 {
+        let mut local = self.gate.local.lock().unwrap();
+        local.waiting -= 1;
+        if local.waiting == 0 {
+            local.last_end = Instant::now();
+            self.gate.publish_end();
             if let Some(f) = &self.gate.shared {
                 flock(f, libc::LOCK_UN);
             }
@@ -155,13 +195,17 @@ mod tests {
         assert!(got >= released);
     }
 
+    const SHORT: Duration = Duration::from_millis(400);
+
     #[test]
     fn a_read_of_one_layer_pauses_the_fills_of_every_layer() {
         let dir = tempfile::tempdir().unwrap();
         let path = reads_lock_path(&dir.path().join("fill.lock"));
         // Two layers' gates, as two mount processes would hold them.
-        let a = ReadGate::new(Some(&path));
-        let b = ReadGate::new(Some(&path));
+        let a = ReadGate::with_quiet(Some(&path), SHORT);
+        let b = ReadGate::with_quiet(Some(&path), SHORT);
+        assert!(!b.idle(), "a fill started the moment a layer was mounted");
+        std::thread::sleep(SHORT * 2);
         assert!(a.idle() && b.idle());
         let first = a.enter();
         let second = a.enter();
@@ -170,29 +214,36 @@ mod tests {
         drop(first);
         assert!(!b.idle(), "one of two reads ended and the fills went on");
         drop(second);
+        assert!(!b.idle(), "a fill started in the gap between two reads");
+        std::thread::sleep(SHORT * 2);
         assert!(a.idle() && b.idle(), "the reads ended and the fills stayed paused");
     }
 
     #[test]
     fn an_unpublished_gate_still_pauses_its_own_fill() {
-        let gate = ReadGate::new(None);
+        let gate = ReadGate::with_quiet(None, SHORT);
+        std::thread::sleep(SHORT * 2);
         let read = gate.enter();
         assert!(!gate.idle());
         drop(read);
+        assert!(!gate.idle());
+        std::thread::sleep(SHORT * 2);
         assert!(gate.idle());
     }
 
     #[tokio::test]
-    async fn wait_idle_returns_when_the_last_read_ends() {
+    async fn wait_idle_returns_a_quiet_period_after_the_last_read() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("reads.lock");
-        let reader = ReadGate::new(Some(&path));
-        let fill = ReadGate::new(Some(&path));
+        let reader = ReadGate::with_quiet(Some(&path), SHORT);
+        let fill = ReadGate::with_quiet(Some(&path), SHORT);
         let read = reader.enter();
         let waiting = tokio::spawn(async move { fill.wait_idle().await });
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        tokio::time::sleep(Duration::from_millis(400)).await;
         assert!(!waiting.is_finished(), "the fill went on while a read waited");
+        let ended = Instant::now();
         drop(read);
         tokio::time::timeout(Duration::from_secs(5), waiting).await.expect("fill resumed").unwrap();
+        assert!(ended.elapsed() >= SHORT, "the fill did not wait out the quiet period");
     }
 }
