@@ -13,6 +13,7 @@ mod common;
 mod support_e2e;
 
 use common::Berthd;
+use containerd_client::services::v1::leases_client::LeasesClient;
 use containerd_client::services::v1::snapshots as pb;
 use containerd_client::services::v1::snapshots::snapshots_client::SnapshotsClient;
 use containerd_client::tonic::{self, Code};
@@ -31,18 +32,37 @@ struct Api {
     namespace: String,
     /// The `snapshotter` field containerd routes on.
     snapshotter: String,
+    /// The lease every call runs under through containerd, as real clients
+    /// do: without one, containerd's garbage collector may remove committed
+    /// snapshots nothing references in the middle of the exercise.
+    lease: String,
 }
 
 impl Api {
     async fn connect(sock: &Path, namespace: &str, snapshotter: &str) -> Api {
         let channel = containerd_client::connect(sock).await.expect("connect");
-        Api { client: SnapshotsClient::new(channel), namespace: namespace.into(), snapshotter: snapshotter.into() }
+        let mut api = Api {
+            client: SnapshotsClient::new(channel.clone()),
+            namespace: namespace.into(),
+            snapshotter: snapshotter.into(),
+            lease: String::new(),
+        };
+        if !namespace.is_empty() {
+            let id = format!("berth-test-{}", std::process::id());
+            let create = containerd_client::services::v1::CreateRequest { id: id.clone(), labels: HashMap::new() };
+            LeasesClient::new(channel).create(api.req(create)).await.expect("a containerd lease");
+            api.lease = id;
+        }
+        api
     }
 
     fn req<T>(&self, msg: T) -> tonic::Request<T> {
         let mut r = tonic::Request::new(msg);
         if !self.namespace.is_empty() {
             r.metadata_mut().insert("containerd-namespace", self.namespace.parse().unwrap());
+        }
+        if !self.lease.is_empty() {
+            r.metadata_mut().insert("containerd-lease", self.lease.parse().unwrap());
         }
         r
     }
