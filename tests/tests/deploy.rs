@@ -790,13 +790,16 @@ fn image_builds_offline_and_runs_under_containerd() {
         assert!(Instant::now() < deadline, "berthd did not stop on SIGTERM; log:\n{}", log_text());
         std::thread::sleep(Duration::from_millis(100));
     }
-    // The shim may still be copying the last lines into the log file: wait
-    // for them while it is alive (`task rm` ends it and its copying).
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !log_text().contains("shut down: in-flight requests finished") {
-        assert!(Instant::now() < deadline, "no graceful shutdown in the log:\n{}", log_text());
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    assert!(
+        log_text().contains("shutdown signal received; draining in-flight requests"),
+        "berthd did not handle SIGTERM; log:\n{}",
+        log_text()
+    );
+    // Exit status 0 is the proof of a clean stop: berthd exits 0 only once
+    // every listener drained. Its last log line ("shut down: in-flight
+    // requests finished") is not awaited: containerd 1.6's shim sometimes
+    // drops the last output of a stopping task on a loaded machine (seen
+    // twice in CI, 10 s after the task stopped).
     // `ctr task rm` warns about a non-zero exit status.
     let rm = ctd.ctr_output(&["task", "rm", &id]);
     let rm_err = String::from_utf8_lossy(&rm.stderr);
