@@ -28,10 +28,10 @@ const HOT_CHUNKS: usize = 8;
 
 /// Chunks the background fill asks berthd for at once, aligned to runs of
 /// this many: berthd decompresses a range from the checkpoint before it
-/// (every 2 MiB of tar), so one 2 MiB request costs what one 512 KiB
-/// request does, and fetching chunk by chunk would read each span of the
-/// compressed layer from storage four times. A slow `rate` shortens runs
-/// to what it allows in a second, down to one chunk.
+/// (every 1 MiB of tar, 2 MiB in older indexes) straight through to its
+/// end, so one 2 MiB request reads the compressed layer once where chunk
+/// by chunk requests could read a span from storage twice or more. A slow
+/// `rate` shortens runs to what it allows in a second, down to one chunk.
 const FILL_RUN: usize = 4;
 
 pub struct Layer {
