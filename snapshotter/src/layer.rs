@@ -202,9 +202,9 @@ impl Layer {
     }
 
     /// Fetches every missing chunk, in order, at most `rate` bytes/s of the
-    /// stored (compressed) blob for the node, waiting while container reads anywhere on the node wait
-    /// for berthd. Returns when the layer is complete; errors are retried
-    /// with a growing pause.
+    /// stored (compressed) blob for the node, waiting while container reads
+    /// anywhere on the node wait for berthd. Returns when the layer is
+    /// complete; errors are retried with a growing pause.
     pub async fn fill(self: Arc<Self>, rate: u64) {
         let mut backoff = Duration::from_millis(500);
         let total = self.index.chunks.len();

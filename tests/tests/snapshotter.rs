@@ -48,7 +48,11 @@ impl Api {
             lease: String::new(),
         };
         if !namespace.is_empty() {
-            let id = format!("berth-test-{}", std::process::id());
+            // Unique per connection: a second one to the same containerd
+            // would otherwise collide with the first one's lease.
+            static LEASES: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+            let n = LEASES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let id = format!("berth-test-{}-{n}", std::process::id());
             let create = containerd_client::services::v1::CreateRequest { id: id.clone(), labels: HashMap::new() };
             LeasesClient::new(channel).create(api.req(create)).await.expect("a containerd lease");
             api.lease = id;
