@@ -145,6 +145,28 @@ pub struct HttpConfig {
     pub headers: Vec<(String, String)>,
     pub tls: Option<TlsFiles>,
     pub debug_addr: Option<SocketAddr>,
+    pub timeouts: HttpTimeouts,
+    /// `http.maxconnections`: `None` derives it from the open-file limit.
+    pub max_connections: Option<usize>,
+}
+
+/// `http.timeouts`: how long a client may stall, nginx's defaults.
+#[derive(Debug, Clone, Copy)]
+pub struct HttpTimeouts {
+    /// Request headers must arrive within this (also the keep-alive idle
+    /// limit), as nginx's `client_header_timeout`.
+    pub header: Duration,
+    /// Longest pause while a request body is read (`client_body_timeout`).
+    pub body: Duration,
+    /// Longest pause while a client does not read a response (`send_timeout`).
+    pub send: Duration,
+}
+
+impl Default for HttpTimeouts {
+    fn default() -> Self {
+        let minute = Duration::from_secs(60);
+        HttpTimeouts { header: minute, body: minute, send: minute }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -276,6 +298,11 @@ const KNOWN: &[&str] = &[
     "listeners",
     "http.debug",
     "http.debug.addr",
+    "http.timeouts",
+    "http.timeouts.header",
+    "http.timeouts.body",
+    "http.timeouts.send",
+    "http.maxconnections",
 ];
 
 /// registry:2 features Berth does not implement yet. Starting without them
@@ -839,6 +866,30 @@ pub fn load(path: Option<&Path>, vars: &[(String, String)]) -> Result<Loaded, Co
     }
     let addr = parse_addr("http.addr", &get_str(&tree, "http.addr")?.unwrap_or_else(|| DEFAULT_ADDR.into()))?;
     let debug_addr = get_str(&tree, "http.debug.addr")?.map(|a| parse_addr("http.debug.addr", &a)).transpose()?;
+    let d = HttpTimeouts::default();
+    let timeouts = HttpTimeouts {
+        header: get_duration(&tree, "http.timeouts.header", d.header)?,
+        body: get_duration(&tree, "http.timeouts.body", d.body)?,
+        send: get_duration(&tree, "http.timeouts.send", d.send)?,
+    };
+    for (key, v) in [
+        ("http.timeouts.header", timeouts.header),
+        ("http.timeouts.body", timeouts.body),
+        ("http.timeouts.send", timeouts.send),
+    ] {
+        if v.is_zero() {
+            return Err(invalid(key, "must be greater than zero"));
+        }
+    }
+    let max_connections = match get_str(&tree, "http.maxconnections")? {
+        None => None,
+        Some(v) => Some(
+            v.parse::<usize>()
+                .ok()
+                .filter(|n| *n > 0)
+                .ok_or_else(|| invalid("http.maxconnections", format!("{v:?} is not a positive number")))?,
+        ),
+    };
     let host = get_str(&tree, "http.host")?;
     if let Some(h) = &host {
         if !(h.starts_with("http://") || h.starts_with("https://")) {
@@ -925,7 +976,7 @@ pub fn load(path: Option<&Path>, vars: &[(String, String)]) -> Result<Loaded, Co
         config: Config {
             log: LogConfig { level, format, access_log },
             storage,
-            http: HttpConfig { addr, host, headers, tls, debug_addr },
+            http: HttpConfig { addr, host, headers, tls, debug_addr, timeouts, max_connections },
             listeners,
             auth,
             cache,

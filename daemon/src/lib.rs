@@ -9,6 +9,7 @@ pub mod api;
 pub mod auth;
 pub mod config;
 pub mod digest;
+pub mod durable;
 pub mod error;
 pub mod layerindex;
 pub mod listen;

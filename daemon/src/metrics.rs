@@ -25,6 +25,8 @@ pub struct Metrics {
     pub storage_requests: AtomicU64,
     pub storage_errors: AtomicU64,
     pub storage_latency_micros: AtomicU64,
+    /// Stored objects moved aside because they did not hash to their digest.
+    pub quarantined: AtomicU64,
 }
 
 /// The process-wide metrics.
@@ -49,7 +51,7 @@ impl Metrics {
                 "berth_http_requests_total{{route=\"{route}\",method=\"{method}\",status=\"{status}\"}} {n}"
             );
         }
-        let counters: [(&str, &str, &AtomicU64, &str); 11] = [
+        let counters: [(&str, &str, &AtomicU64, &str); 12] = [
             (
                 "berth_cache_hits_total",
                 "Blob and manifest reads served from the node cache.",
@@ -94,6 +96,12 @@ impl Metrics {
                 "berth_storage_latency_seconds_sum",
                 "Total time spent in storage requests.",
                 &self.storage_latency_micros,
+                "counter",
+            ),
+            (
+                "berth_quarantined_total",
+                "Stored objects that did not hash to their digest, moved to /berth/quarantine.",
+                &self.quarantined,
                 "counter",
             ),
         ];

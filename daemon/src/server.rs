@@ -8,7 +8,7 @@ use crate::auth::token::TokenVerifier;
 use crate::auth::{Authenticator, Gate};
 use crate::config::Config;
 use crate::config::{AuthConfig, Backend};
-use crate::listen::{PeerInfo, PlainListener};
+use crate::listen::{self, Limits};
 use crate::outbound_tls::{self, Trust};
 use crate::registry::mirror::Mirrors;
 use crate::registry::paths;
@@ -73,7 +73,11 @@ pub async fn build_registry(config: &Config) -> Result<Arc<Registry>> {
             upstreams.push(Arc::new(Upstream::new(m.clone(), tls.clone()).map_err(Error::Tls)?));
         }
     }
-    Ok(Registry::with_mirrors(driver, policy, Mirrors::new(upstreams, config.proxy_mirror)))
+    Ok(Registry::with_mirrors(
+        driver,
+        policy,
+        Mirrors::new(upstreams, config.proxy_mirror, config.cluster_registries.clone()),
+    ))
 }
 
 /// Runs berthd until a shutdown signal arrives.
@@ -110,6 +114,11 @@ pub async fn run(config: Config) -> Result<()> {
         .filter_map(|(k, v)| Some((HeaderName::from_bytes(k.as_bytes()).ok()?, HeaderValue::from_str(v).ok()?)))
         .collect();
 
+    let limits = Limits {
+        header: config.http.timeouts.header,
+        send: config.http.timeouts.send,
+        max_connections: config.http.max_connections.unwrap_or_else(listen::default_max_connections),
+    };
     // Bind everything first, so a bad address or certificate stops start-up.
     let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);
     let mut servers = tokio::task::JoinSet::new();
@@ -129,18 +138,11 @@ pub async fn run(config: Config) -> Result<()> {
             base_url: config.http.host.as_deref().unwrap_or("").trim_end_matches('/').to_string(),
             gate: gate.clone(),
             policy: l.access,
+            body_timeout: config.http.timeouts.body,
         });
-        let app = api::router(state).into_make_service_with_connect_info::<PeerInfo>();
+        let app = api::router(state);
         let stop = wait_for(shutdown_rx.clone());
-        match tls {
-            Some(cfg) => {
-                let listener = crate::tls::TlsListener::new(tcp, cfg).map_err(Error::Serve)?;
-                servers.spawn(async move { axum::serve(listener, app).with_graceful_shutdown(stop).await });
-            }
-            None => {
-                servers.spawn(async move { axum::serve(PlainListener(tcp), app).with_graceful_shutdown(stop).await });
-            }
-        }
+        servers.spawn(listen::serve(tcp, tls, app, limits, stop));
     }
 
     if config.storage.upload_purging.enabled {
@@ -155,7 +157,7 @@ pub async fn run(config: Config) -> Result<()> {
         let stop = wait_for(shutdown_rx.clone());
         tokio::spawn(async move {
             let app = crate::api::debug_router(registry);
-            let _ = axum::serve(listener, app).with_graceful_shutdown(stop).await;
+            let _ = listen::serve(listener, None, app, limits, stop).await;
         });
     }
 

@@ -31,12 +31,9 @@
 //! `$BENCH_OUT/debian-bookworm-minbase.tar` and reused). Writes
 //! `$BENCH_OUT/lazy.md` (default `target/bench`).
 
-#[path = "../tests/common/mod.rs"]
-mod common;
-#[path = "../tests/support_e2e/mod.rs"]
-mod support_e2e;
-#[path = "../tests/support_s3/mod.rs"]
-mod support_s3;
+use berth_tests::common;
+use berth_tests::support_e2e;
+use berth_tests::support_s3;
 
 use common::{require_tool, run, Berthd};
 use std::io::{BufRead, BufReader, Read};

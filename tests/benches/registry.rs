@@ -8,10 +8,8 @@
 //! binary, runs this and the S3 cache benchmark, rewrites
 //! docs/benchmarks.md and docs/benchmarks.svg).
 
-#[path = "../tests/common/mod.rs"]
-mod common;
-#[path = "../tests/support_e2e/mod.rs"]
-mod support_e2e;
+use berth_tests::common;
+use berth_tests::support_e2e;
 
 use common::{require_tool, Berthd};
 use std::io::Write;

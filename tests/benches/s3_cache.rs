@@ -7,12 +7,9 @@
 //! the layer size (default 512), `BENCH_RUNS` the repetitions (default 3).
 //! Prints a Markdown table for docs/benchmarks.md.
 
-#[path = "../tests/common/mod.rs"]
-mod common;
-#[path = "../tests/support_e2e/mod.rs"]
-mod support_e2e;
-#[path = "../tests/support_s3/mod.rs"]
-mod support_s3;
+use berth_tests::common;
+use berth_tests::support_e2e;
+use berth_tests::support_s3;
 
 use common::Berthd;
 use std::process::Command;

@@ -33,9 +33,6 @@
 //! test (`cargo build`, a no-op when they are up to date) unless
 //! `BERTHD_BIN` / `BERTH_SNAPSHOTTER_BIN` name them.
 
-mod common;
-mod support_e2e;
-
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
@@ -44,9 +41,9 @@ use std::process::{Child, Command, Output, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use common::{berthd_bin, require_tool, run, workspace_root};
-use support_e2e::snapshotter::snapshotter_bin;
-use support_e2e::{build_busybox_image, Layout, Skopeo};
+use crate::common::{berthd_bin, require_tool, run, workspace_root};
+use crate::support_e2e::snapshotter::snapshotter_bin;
+use crate::support_e2e::{build_busybox_image, Layout, Skopeo};
 
 /// What the node's system root holds (besides mmdebstrap's minbase).
 const PACKAGES: &[&str] = &["systemd", "systemd-sysv", "dbus", "python3", "containerd", "runc"];
@@ -204,7 +201,7 @@ fn debian_mirror() -> String {
 /// but the mirror).
 fn node_root_tarball() -> PathBuf {
     let arch = std::env::consts::ARCH;
-    let key = common::sha256(format!("{ROOT_RECIPE}|{SUITE}|{arch}|minbase|{}", PACKAGES.join(",")).as_bytes());
+    let key = crate::common::sha256(format!("{ROOT_RECIPE}|{SUITE}|{arch}|minbase|{}", PACKAGES.join(",")).as_bytes());
     let path = Path::new(CACHE_DIR).join(format!("ansible-node-{SUITE}-{arch}-{}.tar", &key[7..23]));
     if path.is_file() {
         eprintln!("ansible: node root from the cache: {}", path.display());
@@ -674,7 +671,7 @@ impl Ansible {
                 bin.join(tool).is_file(),
                 "{} is missing (CI={}): run `bash tests/scripts/install-ansible.sh`",
                 bin.join(tool).display(),
-                common::in_ci()
+                crate::common::in_ci()
             );
         }
         let home = tempfile::Builder::new().prefix("berth-ansible-home").tempdir().unwrap();
@@ -777,7 +774,7 @@ fn ansible_rolls_out_berth_on_a_debian_node_and_removes_it_exactly() {
     let work = tempfile::Builder::new().prefix("berth-ansible-work").tempdir_in("/var/tmp").unwrap();
     let image = build_busybox_image(work.path(), "busybox");
     let image3 =
-        support_e2e::build_busybox_image_with(work.path(), "busybox3", &[("etc/berth-test", b"snapshotter\n")]);
+        crate::support_e2e::build_busybox_image_with(work.path(), "busybox3", &[("etc/berth-test", b"snapshotter\n")]);
     // Copies: the binaries the whole test installs, whatever a build does to target/ meanwhile.
     let (berthd_built, snapshotter_built) = workspace_binaries();
     let berthd = work.path().join("berthd");
@@ -912,7 +909,7 @@ fn ansible_rolls_out_berth_on_a_debian_node_and_removes_it_exactly() {
     assert!(fixed.changed("node1") > 0, "{}", fixed.out);
     assert!(fixed.out.contains("RUNNING HANDLER [berth : Restart berthd]"), "{}", fixed.out);
     assert_eq!(node.unit("containerd", "MainPID"), containerd_pid_1, "containerd restarted without a config change");
-    let image2 = support_e2e::build_busybox_image_with(work.path(), "busybox2", &[("etc/berth-test", b"v2\n")]);
+    let image2 = crate::support_e2e::build_busybox_image_with(work.path(), "busybox2", &[("etc/berth-test", b"v2\n")]);
     node.push(&image2.layout, "app:v2");
     let (digest2, out2) = node.pull_and_run("app:v2", "berth-e2e-2");
     assert_eq!((digest2, out2.trim().to_string()), (image2.manifest_digest.clone(), "hi".to_string()));

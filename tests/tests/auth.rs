@@ -2,16 +2,13 @@
 //! the anonymous loopback listener, token auth with a test signer, and
 //! certificate rotation during a running pull. Real skopeo throughout.
 
-mod common;
-mod support_e2e;
-
-use common::{berthd_bin, require_tool, run, sha256, Berthd};
+use crate::common::{berthd_bin, require_tool, run, sha256, Berthd};
+use crate::support_e2e::pki::Pki;
+use crate::support_e2e::token::Signer;
+use crate::support_e2e::*;
 use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
-use support_e2e::pki::Pki;
-use support_e2e::token::Signer;
-use support_e2e::*;
 
 fn htpasswd(dir: &Path, users: &[(&str, &str)]) -> std::path::PathBuf {
     let file = dir.join("htpasswd");

@@ -6,12 +6,9 @@
 //! containerd reports it usable, else `native` (e.g. when the temp dir is on
 //! overlayfs itself). `BERTH_TEST_SNAPSHOTTER=native|overlayfs` forces one.
 
-mod common;
-mod support_e2e;
-
-use common::Berthd;
-use support_e2e::containerd::{mounts_under, Containerd, MIRROR_HOST};
-use support_e2e::*;
+use crate::common::Berthd;
+use crate::support_e2e::containerd::{mounts_under, Containerd, MIRROR_HOST};
+use crate::support_e2e::*;
 
 #[test]
 fn containerd_pulls_and_runs_image_from_berthd() {
@@ -72,7 +69,7 @@ fn containerd_pulls_and_runs_image_from_berthd() {
 
     // A Docker manifest list (skopeo converts the OCI index), all platforms.
     sk.push(&multi, &berthd.addr, "app:list", &["--all", "--format", "v2s2"]);
-    let list_digest = common::sha256(&sk.inspect_raw(&berthd.addr, "app:list"));
+    let list_digest = crate::common::sha256(&sk.inspect_raw(&berthd.addr, "app:list"));
     let list_ref = format!("{MIRROR_HOST}/app:list");
     ctd.ctr_ok(&["images", "pull", &snap, "--all-platforms", "--hosts-dir", hosts, &list_ref]);
     assert_eq!(ctd.image_digest(&list_ref), list_digest, "pulled manifest list digest");

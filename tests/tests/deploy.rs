@@ -16,17 +16,14 @@
 //!
 //! The containerd part needs root, like tests/tests/containerd.rs.
 
-mod common;
-mod support_e2e;
-
-use common::{berthd_bin, require_tool, run, workspace_root, Berthd};
+use crate::common::{berthd_bin, require_tool, run, workspace_root, Berthd};
+use crate::support_e2e::containerd::{Containerd, MIRROR_HOST};
+use crate::support_e2e::pki::Pki;
+use crate::support_e2e::*;
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
-use support_e2e::containerd::{Containerd, MIRROR_HOST};
-use support_e2e::pki::Pki;
-use support_e2e::*;
 
 /// Kubernetes minor versions (1.x) whose schemas the manifests must pass:
 /// every one that the pinned kubernetes-validate bundles.

@@ -2,10 +2,8 @@
 //! with a request in flight. In every case no unverified blob is readable
 //! and the registry keeps working afterwards.
 
-mod common;
-
+use crate::common::{require_tool, run, sha256, Berthd};
 use bytes::Bytes;
-use common::{require_tool, run, sha256, Berthd};
 use std::process::Command;
 use std::time::Duration;
 

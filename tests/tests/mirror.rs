@@ -5,16 +5,13 @@
 //! wrote. Plus the configure command on copies of real containerd 1.6, 2.x
 //! and k3s config files.
 
-mod common;
-mod support_e2e;
-
-use common::{berthd_bin, require_tool, run, Berthd};
+use crate::common::{berthd_bin, require_tool, run, Berthd};
+use crate::support_e2e::containerd::Containerd;
+use crate::support_e2e::pki::Pki;
+use crate::support_e2e::token::Signer;
+use crate::support_e2e::*;
 use std::path::Path;
 use std::process::Command;
-use support_e2e::containerd::Containerd;
-use support_e2e::pki::Pki;
-use support_e2e::token::Signer;
-use support_e2e::*;
 
 const USER: &str = "mirror";
 const PASSWORD: &str = "s3cret-pass";
@@ -124,11 +121,11 @@ fn containerd_pulls_through_the_mirror_once_per_cluster() {
     // Node B: same image, no new upstream blob request.
     let direct = http_get(&format!("{}/v2/library/app/manifests/v1?ns={}", node_b.url(), reg.addr));
     assert_eq!(direct.status, 200, "{}", String::from_utf8_lossy(&direct.body));
-    assert_eq!(common::sha256(&direct.body), img.manifest_digest);
+    assert_eq!(crate::common::sha256(&direct.body), img.manifest_digest);
     for blob in [&img.config_digest, &img.layer_digest] {
         let r = http_get(&format!("{}/v2/library/app/blobs/{blob}?ns={}", node_b.url(), reg.addr));
         assert_eq!(r.status, 200);
-        assert_eq!(common::sha256(&r.body), *blob);
+        assert_eq!(crate::common::sha256(&r.body), *blob);
     }
     assert_eq!(blob_gets(&reg), after_a, "node B served the layers without asking the upstream");
 
@@ -164,7 +161,7 @@ fn containerd_pulls_through_the_mirror_once_per_cluster() {
     for p in pulls {
         let r = p.join().unwrap();
         assert_eq!(r.status, 200);
-        assert_eq!(common::sha256(&r.body), big.layer_digest);
+        assert_eq!(crate::common::sha256(&r.body), big.layer_digest);
     }
     assert_eq!(blob_gets(&reg) - before, 1, "8 concurrent first pulls fetched the layer from the upstream once");
 
@@ -389,10 +386,10 @@ fn the_mirror_follows_the_bearer_token_flow() {
     let mirror = Berthd::start_config(dir, root, &yaml, &[]);
     let r = http_get(&format!("{}/v2/busybox/manifests/1.36?ns=docker.io", mirror.url()));
     assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
-    assert_eq!(common::sha256(&r.body), img.manifest_digest);
+    assert_eq!(crate::common::sha256(&r.body), img.manifest_digest);
     let layer = http_get(&format!("{}/v2/library/busybox/blobs/{}?ns=docker.io", mirror.url(), img.layer_digest));
     assert_eq!(layer.status, 200);
-    assert_eq!(common::sha256(&layer.body), img.layer_digest);
+    assert_eq!(crate::common::sha256(&layer.body), img.layer_digest);
     let seen = tokens.requests.lock().unwrap().clone();
     assert!(
         seen.iter().any(|l| l.contains("scope=repository%3Alibrary%2Fbusybox%3Apull")

@@ -2,11 +2,8 @@
 //! (distribution 2.8) and berthd take turns serving the same filesystem root,
 //! and skopeo reads back byte-identical images from either.
 
-mod common;
-mod support_e2e;
-
-use common::Berthd;
-use support_e2e::*;
+use crate::common::Berthd;
+use crate::support_e2e::*;
 
 /// Starts berthd on `root` (config in its own temp dir; the root is not
 /// deleted when berthd stops).
@@ -176,7 +173,7 @@ fn answer(base: &str, method: &str, path: &str, kind: &str) -> Answer {
         }
         Some(v.to_string())
     } else if ok {
-        Some(common::sha256(&r.body))
+        Some(crate::common::sha256(&r.body))
     } else {
         serde_json::from_slice::<serde_json::Value>(&r.body)
             .ok()
@@ -210,11 +207,11 @@ fn same_answers_as_docker_registry_on_one_root() {
     // A manifest deleted through docker-registry: its blob data stays on disk
     // (no GC), but the repository no longer links it.
     sk.push(&img.layout, &ra, "gone:v1", &["--format", "v2s2"]);
-    let gone = common::sha256(&sk.inspect_raw(&ra, "gone:v1"));
+    let gone = crate::common::sha256(&sk.inspect_raw(&ra, "gone:v1"));
     sk.ok(&["delete", "--tls-verify=false", &format!("docker://{ra}/gone@{gone}")]);
     assert!(registry_blob_data(&root, &gone).is_file(), "deleted manifest data stays until GC");
 
-    let docker = common::sha256(&sk.inspect_raw(&ra, "app:docker"));
+    let docker = crate::common::sha256(&sk.inspect_raw(&ra, "app:docker"));
     let multi_index: serde_json::Value = serde_json::from_slice(&multi.blob(&index_digest)).unwrap();
     let child = multi_index["manifests"][1]["digest"].as_str().unwrap().to_string();
     let missing = format!("sha256:{}", "0".repeat(64));

@@ -3,19 +3,15 @@
 //! push on one node and run on another, single-flight cache fills, the
 //! cache bound, an S3 outage, and a bucket written by registry:2.
 
-mod common;
-mod support_e2e;
-mod support_s3;
-
+use crate::common::{sha256, Berthd};
+use crate::support_e2e::containerd::{Containerd, MIRROR_HOST};
+use crate::support_e2e::pki::Pki;
+use crate::support_e2e::*;
+use crate::support_s3::{berthd_yaml, node, Seaweed, ACCESS_KEY, BUCKET, SECRET_KEY};
 use berthd::config::S3Config;
 use berthd::outbound_tls::{client_config, Trust};
 use berthd::storage::s3::S3Driver;
-use common::{sha256, Berthd};
 use std::time::{Duration, Instant};
-use support_e2e::containerd::{Containerd, MIRROR_HOST};
-use support_e2e::pki::Pki;
-use support_e2e::*;
-use support_s3::{berthd_yaml, node, Seaweed, ACCESS_KEY, BUCKET, SECRET_KEY};
 
 async fn push_blob(base: &str, repo: &str, data: &[u8]) -> String {
     let digest = sha256(data);
@@ -90,7 +86,7 @@ fn an_image_pushed_on_one_node_runs_on_another() {
 async fn sixteen_concurrent_pulls_fetch_a_blob_from_s3_once() {
     let weed = Seaweed::start();
     let (a, b) = (node(&weed, "1GiB"), node(&weed, "1GiB"));
-    let data = common::random_bytes(12 * 1024 * 1024 + 4321, 1);
+    let data = crate::common::random_bytes(12 * 1024 * 1024 + 4321, 1);
     let digest = push_blob(&a.url(), "big/blob", &data).await;
 
     let before = weed.bytes_sent();
@@ -135,7 +131,7 @@ async fn the_cache_stays_under_its_bound() {
     let client = reqwest::Client::new();
     let mut digests = Vec::new();
     for i in 0..4 {
-        digests.push(push_blob(&a.url(), "bound/test", &common::random_bytes(5 * 1024 * 1024, 10 + i)).await);
+        digests.push(push_blob(&a.url(), "bound/test", &crate::common::random_bytes(5 * 1024 * 1024, 10 + i)).await);
     }
     for d in &digests {
         let r = client.get(format!("{}/v2/bound/test/blobs/{d}", b.url())).send().await.unwrap();
@@ -225,10 +221,10 @@ fn a_tag_moved_on_one_node_resolves_on_the_other_at_once() {
     let two = build_busybox_image_with(work.path(), "two", &[("etc/release", b"2")]);
     let sk = Skopeo::new();
     sk.push(&one.layout, &a.addr, "moving/app:latest", &[]);
-    assert_eq!(common::sha256(&sk.inspect_raw(&b.addr, "moving/app:latest")), one.manifest_digest);
+    assert_eq!(crate::common::sha256(&sk.inspect_raw(&b.addr, "moving/app:latest")), one.manifest_digest);
     sk.push(&two.layout, &a.addr, "moving/app:latest", &[]);
     assert_eq!(
-        common::sha256(&sk.inspect_raw(&b.addr, "moving/app:latest")),
+        crate::common::sha256(&sk.inspect_raw(&b.addr, "moving/app:latest")),
         two.manifest_digest,
         "node B sees the tag node A just moved"
     );
@@ -242,7 +238,7 @@ async fn blob_reads_redirect_to_s3_only_when_enabled() {
     let yaml = berthd_yaml(&weed.endpoint(), &cache, "1GiB", "  redirect:\n    disable: false\n", "");
     let redirecting = Berthd::start_config(dir, cache, &yaml, &Seaweed::env());
     let proxying = node(&weed, "1GiB");
-    let data = common::random_bytes(100_000, 7);
+    let data = crate::common::random_bytes(100_000, 7);
     let digest = push_blob(&redirecting.url(), "redir/app", &data).await;
     let client = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap();
 
@@ -271,7 +267,7 @@ async fn s3_over_tls_trusts_the_configured_ca_only() {
     let trusting_yaml =
         berthd_yaml(&endpoint, &cache, "1GiB", "", &format!("tls:\n  cacerts:\n    - {}\n", pki.path("ca.crt")));
     let trusting = Berthd::start_config(dir, cache, &trusting_yaml, &Seaweed::env());
-    let data = common::random_bytes(300_000, 8);
+    let data = crate::common::random_bytes(300_000, 8);
     let digest = push_blob(&trusting.url(), "tls/app", &data).await;
     let got = reqwest::get(format!("{}/v2/tls/app/blobs/{digest}", trusting.url())).await.unwrap();
     assert_eq!(got.bytes().await.unwrap().as_ref(), data.as_slice());

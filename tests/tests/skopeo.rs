@@ -3,11 +3,8 @@
 //! byte; inspect/list-tags; cross-repository copy; Docker schema 2
 //! conversion; delete.
 
-mod common;
-mod support_e2e;
-
-use common::Berthd;
-use support_e2e::*;
+use crate::common::Berthd;
+use crate::support_e2e::*;
 
 const DELETE_ENABLED: &str = "  delete:\n    enabled: true\n";
 
@@ -165,13 +162,17 @@ fn copy_between_repositories_and_docker_schema2() {
     assert_eq!(m["mediaType"], DOCKER_MANIFEST, "pushed manifest: {m}");
     assert_eq!(m["layers"][0]["digest"], img.layer_digest.as_str());
     let info = sk.inspect(a, "team/app:docker");
-    assert_eq!(info["Digest"], common::sha256(&raw).as_str(), "inspect digest must be the sha256 of the served bytes");
+    assert_eq!(
+        info["Digest"],
+        crate::common::sha256(&raw).as_str(),
+        "inspect digest must be the sha256 of the served bytes"
+    );
 
     // Pull the Docker manifest back without conversion: bytes preserved.
     let dir = work.path().join("docker-pulled");
     sk.copy(&["--preserve-digests"], &format!("docker://{a}/team/app:docker"), &format!("oci:{}:d", dir.display()));
     let got = Layout { dir, tag: "d".into() };
-    assert_eq!(got.digest(), common::sha256(&raw));
+    assert_eq!(got.digest(), crate::common::sha256(&raw));
     assert!(got.blob(&got.digest()) == raw);
     assert!(got.blob(&img.layer_digest) == img.layout.blob(&img.layer_digest));
 }
@@ -253,7 +254,7 @@ fn docker_manifest_list_roundtrip() {
     .unwrap();
     assert_eq!(r.status, 200);
     assert_eq!(r.header("content-type").as_deref(), Some("application/vnd.docker.distribution.manifest.list.v2+json"));
-    assert_eq!(r.header("docker-content-digest"), Some(common::sha256(&raw)));
+    assert_eq!(r.header("docker-content-digest"), Some(crate::common::sha256(&raw)));
     assert!(r.body == raw);
 
     // Every child manifest and blob is served with bytes matching its digest;
@@ -262,13 +263,13 @@ fn docker_manifest_list_roundtrip() {
         let d = m["digest"].as_str().unwrap();
         let r = http("GET", &format!("{}/v2/app/manifests/{d}", berthd.url()), &[("Accept", DOCKER_MANIFEST)]).unwrap();
         assert_eq!(r.status, 200, "child {d}");
-        assert_eq!(common::sha256(&r.body), d);
+        assert_eq!(crate::common::sha256(&r.body), d);
         assert_eq!(r.header("content-type").as_deref(), Some(DOCKER_MANIFEST));
         let child = r.json();
         let config = child["config"]["digest"].as_str().unwrap();
         let c = http_get(&format!("{}/v2/app/blobs/{config}", berthd.url()));
         assert_eq!(c.status, 200);
-        assert_eq!(common::sha256(&c.body), config);
+        assert_eq!(crate::common::sha256(&c.body), config);
         assert_eq!(child["layers"][0]["digest"], img.layer_digest.as_str());
     }
 
@@ -339,9 +340,9 @@ fn zstd_layer_roundtrip() {
     assert_ne!(layer, img.layer_digest);
 
     let pulled = sk.pull(a, "app:zstd", &work.path().join("pulled"), "z", &["--preserve-digests"]);
-    assert_eq!(pulled.digest(), common::sha256(&raw));
+    assert_eq!(pulled.digest(), crate::common::sha256(&raw));
     let data = pulled.blob(&layer);
-    assert_eq!(common::sha256(&data), layer);
+    assert_eq!(crate::common::sha256(&data), layer);
     assert_eq!(&data[..4], &[0x28, 0xb5, 0x2f, 0xfd], "zstd magic");
     assert_eq!(data.len() as u64, m["layers"][0]["size"].as_u64().unwrap());
 }

@@ -9,10 +9,10 @@
 //!
 //! Needs root (mounts, containerd, runc).
 
-mod common;
-mod support_e2e;
-
-use common::Berthd;
+use crate::common::Berthd;
+use crate::support_e2e::containerd::{Containerd, MIRROR_HOST};
+use crate::support_e2e::snapshotter::{cri_config, cri_pull, SnapshotterProc};
+use crate::support_e2e::*;
 use containerd_client::services::v1::leases_client::LeasesClient;
 use containerd_client::services::v1::snapshots as pb;
 use containerd_client::services::v1::snapshots::snapshots_client::SnapshotsClient;
@@ -20,9 +20,6 @@ use containerd_client::tonic::{self, Code};
 use std::collections::HashMap;
 use std::path::Path;
 use std::process::Command;
-use support_e2e::containerd::{Containerd, MIRROR_HOST};
-use support_e2e::snapshotter::{cri_config, cri_pull, SnapshotterProc};
-use support_e2e::*;
 
 type Client = SnapshotsClient<tonic::transport::Channel>;
 
@@ -212,14 +209,14 @@ fn mount_all(mounts: &[containerd_client::types::Mount], target: &Path) {
         }
         other => panic!("unexpected mount type {other}"),
     }
-    common::run(&mut cmd);
+    crate::common::run(&mut cmd);
     if m.options.iter().any(|o| o == "ro") {
-        common::run(Command::new("mount").args(["-o", "remount,ro,bind"]).arg(target));
+        crate::common::run(Command::new("mount").args(["-o", "remount,ro,bind"]).arg(target));
     }
 }
 
 fn umount(target: &Path) {
-    common::run(Command::new("umount").arg(target));
+    crate::common::run(Command::new("umount").arg(target));
 }
 
 /// The whole contract, on an API that is either containerd (routing to the
@@ -367,14 +364,14 @@ fn configure_snapshotter_is_read_by_containerd_and_reversible() {
     let cfg = dir.join("berthd.yml");
     std::fs::write(&cfg, "http:\n  addr: 127.0.0.1:5000\ncontainerd:\n  registries: [registry.example.test]\n")
         .unwrap();
-    let containerd = common::require_tool("containerd");
+    let containerd = crate::common::require_tool("containerd");
     // containerd 1.6's own default config, as a node has it.
-    let original = common::run(Command::new(&containerd).args(["config", "default"]));
+    let original = crate::common::run(Command::new(&containerd).args(["config", "default"]));
     let ctd_config = dir.join("config.toml");
     std::fs::write(&ctd_config, &original).unwrap();
     let configure = |extra: &[&str]| {
-        common::run(
-            Command::new(common::berthd_bin())
+        crate::common::run(
+            Command::new(crate::common::berthd_bin())
                 .args(["containerd", "configure", "--snapshotter", "--snapshotter-address", "/run/berth/test.sock"])
                 .arg("--config")
                 .arg(&cfg)
@@ -388,7 +385,7 @@ fn configure_snapshotter_is_read_by_containerd_and_reversible() {
     let first = configure(&[]);
     assert!(first.contains("must be restarted"), "{first}");
     // What containerd itself makes of the edited file.
-    let dump = common::run(Command::new(&containerd).arg("--config").arg(&ctd_config).args(["config", "dump"]));
+    let dump = crate::common::run(Command::new(&containerd).arg("--config").arg(&ctd_config).args(["config", "dump"]));
     let compact: String = dump.split_whitespace().collect::<Vec<_>>().join(" ");
     assert!(
         compact.contains(r#"[proxy_plugins.berth] address = "/run/berth/test.sock" type = "snapshot""#)
@@ -472,8 +469,8 @@ fn chunks_fetched(root: &Path, layer: &str) -> usize {
 /// What `umoci unpack` (a normal, full unpack) makes of the image.
 fn unpacked_tree(layout: &Layout, work: &Path) -> Vec<String> {
     let bundle = work.join("reference-unpack");
-    common::run(
-        Command::new(common::require_tool("umoci"))
+    crate::common::run(
+        Command::new(crate::common::require_tool("umoci"))
             .args(["unpack", "--image", &format!("{}:{}", layout.dir.display(), layout.tag)])
             .arg(&bundle),
     );
@@ -537,7 +534,8 @@ fn lazy_layers_are_served_by_fuse_and_match_a_full_unpack() {
     assert_eq!(std::fs::read_to_string(mnt.join("etc/motd")).unwrap(), "layer three motd\n");
     assert_eq!(std::fs::read_to_string(mnt.join("etc/motd.link")).unwrap(), "layer three motd\n");
     assert!(!mnt.join("etc/old").exists() && !mnt.join("etc/dir/a").exists(), "whiteouts hide deleted files");
-    let out = common::run(Command::new(mnt.join("bin/busybox")).args(["echo", "busybox runs from a lazy layer"]));
+    let out =
+        crate::common::run(Command::new(mnt.join("bin/busybox")).args(["echo", "busybox runs from a lazy layer"]));
     assert_eq!(out, "busybox runs from a lazy layer\n");
     let big_chunks = chunks_fetched(&snap.root, &img.layers[1]);
     assert!(big_chunks <= 2, "the 200 MiB layer was not read yet ({big_chunks} chunks fetched)");
@@ -721,14 +719,11 @@ fn lazy_pull_falls_back_to_a_normal_pull_when_berthd_is_down() {
 
 /// `berth-snapshotter pull` as a homelab node without kubelet runs it.
 fn snapshotter_pull(ctd: &Containerd, berthd: &Berthd, image: &str) -> String {
-    common::run(
-        Command::new(support_e2e::snapshotter::snapshotter_bin()).args(["pull", "--containerd"]).arg(&ctd.sock).args([
-            "--namespace",
-            &ctd.namespace,
-            "--berthd",
-            &berthd.url(),
-            image,
-        ]),
+    crate::common::run(
+        Command::new(crate::support_e2e::snapshotter::snapshotter_bin())
+            .args(["pull", "--containerd"])
+            .arg(&ctd.sock)
+            .args(["--namespace", &ctd.namespace, "--berthd", &berthd.url(), image]),
     )
 }
 

@@ -3,13 +3,10 @@
 //! files change without a restart, and a bad key file stops start-up with a
 //! message naming the file.
 
-mod common;
-mod support_e2e;
-
-use common::{require_tool, Berthd};
+use crate::common::{require_tool, Berthd};
+use crate::support_e2e::pki::Pki;
+use crate::support_e2e::{build_busybox_image, Skopeo};
 use std::process::Command;
-use support_e2e::pki::Pki;
-use support_e2e::{build_busybox_image, Skopeo};
 
 fn start_tls(pki: &Pki) -> Berthd {
     let dir = tempfile::tempdir().unwrap();
@@ -57,7 +54,7 @@ fn skopeo_pushes_over_tls_trusting_only_the_test_ca() {
     std::fs::copy(pki.dir.join("ca.crt"), certs.join("ca.crt")).unwrap();
     sk.ok(&["copy", "--dest-cert-dir", &certs.display().to_string(), &img.layout.oci_ref(), &dest]);
     let raw = sk.ok(&["inspect", "--raw", "--cert-dir", &certs.display().to_string(), &dest]);
-    assert_eq!(common::sha256(raw.as_bytes()), img.manifest_digest);
+    assert_eq!(crate::common::sha256(raw.as_bytes()), img.manifest_digest);
 
     // Plain HTTP on the TLS port is not served.
     let plain = Command::new(require_tool("curl"))
@@ -106,7 +103,7 @@ fn a_key_that_does_not_match_stops_startup_with_a_clear_message() {
         ),
     )
     .unwrap();
-    let out = Command::new(common::berthd_bin()).args(["serve", "--config"]).arg(&cfg).output().unwrap();
+    let out = Command::new(crate::common::berthd_bin()).args(["serve", "--config"]).arg(&cfg).output().unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("ca.key") && err.contains("does not belong to the certificate"), "{err}");

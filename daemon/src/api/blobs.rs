@@ -4,29 +4,20 @@ use super::range::{parse_range, RangeRequest};
 use super::{set, ApiResult};
 use crate::digest::Digest;
 use crate::names::RepoName;
-use crate::registry::mirror::MirrorBlob;
-use crate::registry::{Error, Registry};
-use crate::upstream::Upstream;
+use crate::registry::{BlobSource, Error, Namespace, Registry};
 use axum::body::Body;
 use axum::http::request::Parts;
 use axum::http::{header, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
-use tokio::io::AsyncReadExt;
 
-pub async fn get(
-    reg: &Registry,
-    repo: &RepoName,
-    digest: &Digest,
-    req: &Parts,
-    mirror: Option<&Upstream>,
-) -> ApiResult {
-    let info = match mirror {
-        None => reg.stat_blob(repo, digest).await?,
-        Some(up) if req.method == Method::HEAD => reg.mirrored_blob_info(up, repo, digest).await?,
-        Some(up) => match reg.mirrored_blob(up, repo, digest).await? {
-            MirrorBlob::Stored(info) => info,
-            MirrorBlob::Streaming { size, stream } => return Ok(streaming(digest, size, stream)),
-        },
+pub async fn get(reg: &Registry, ns: &Namespace, repo: &RepoName, digest: &Digest, req: &Parts) -> ApiResult {
+    let info = if req.method == Method::HEAD {
+        reg.blob_info(ns, repo, digest).await?
+    } else {
+        match reg.blob(ns, repo, digest).await? {
+            BlobSource::Stored(info) => info,
+            BlobSource::Streaming { size, stream } => return Ok(streaming(digest, size, stream)),
+        }
     };
     let etag = format!("\"{digest}\"");
     let range_header = req.headers.get(header::RANGE).and_then(|v| v.to_str().ok());
@@ -51,10 +42,8 @@ pub async fn get(
         set(r.headers_mut(), header::CONTENT_LENGTH, &len.to_string());
         r
     } else {
-        let stream = reg.read_blob(digest, start).await?;
-        let reader = tokio_util::io::StreamReader::new(stream).take(len);
-        let body = Body::from_stream(tokio_util::io::ReaderStream::with_capacity(reader, 256 * 1024));
-        let mut r = Response::new(body);
+        let stream = reg.read_blob(&info, start, len).await?;
+        let mut r = Response::new(Body::from_stream(stream));
         *r.status_mut() = status;
         set(r.headers_mut(), header::CONTENT_LENGTH, &len.to_string());
         r

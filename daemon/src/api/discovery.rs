@@ -6,7 +6,7 @@ use super::{json_response, query, query_param, set, ApiResult};
 use crate::digest::Digest;
 use crate::names::RepoName;
 use crate::registry::manifest::OCI_INDEX;
-use crate::registry::{Page, Registry};
+use crate::registry::{Namespace, Page, Registry};
 use axum::http::request::Parts;
 use axum::http::{header, StatusCode};
 use axum::response::Response;
@@ -32,9 +32,9 @@ fn with_link(mut r: Response, page: &Page, path: &str, n: Option<usize>) -> Resp
     r
 }
 
-pub async fn tags(reg: &Registry, repo: &RepoName, req: &Parts) -> ApiResult {
+pub async fn tags(reg: &Registry, ns: &Namespace, repo: &RepoName, req: &Parts) -> ApiResult {
     let (n, last) = page_params(req)?;
-    let page = reg.list_tags(repo, n, last.as_deref()).await?;
+    let page = reg.list_tags(ns, repo, n, last.as_deref()).await?;
     let body = serde_json::json!({ "name": repo.as_str(), "tags": page.items });
     let r = json_response(StatusCode::OK, body.to_string(), "application/json");
     Ok(with_link(r, &page, &format!("/v2/{repo}/tags/list"), n))
@@ -48,10 +48,10 @@ pub async fn catalog(reg: &Registry, req: &Parts) -> ApiResult {
     Ok(with_link(r, &page, "/v2/_catalog", n))
 }
 
-pub async fn referrers(reg: &Registry, repo: &RepoName, subject: &Digest, req: &Parts) -> ApiResult {
+pub async fn referrers(reg: &Registry, ns: &Namespace, repo: &RepoName, subject: &Digest, req: &Parts) -> ApiResult {
     let q = query(req);
     let filter = query_param(&q, "artifactType");
-    let list = reg.referrers(repo, subject, filter).await?;
+    let list = reg.referrers(ns, repo, subject, filter).await?;
     let body = serde_json::json!({ "schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": list });
     let mut r = json_response(StatusCode::OK, body.to_string(), OCI_INDEX);
     if filter.is_some() {

@@ -50,8 +50,24 @@ impl ApiError {
         }
     }
 
+    /// What the client is told. Storage failures name no internal path
+    /// or endpoint: the client is told what to do, the log has the detail.
     pub fn message(&self) -> String {
         match self {
+            ApiError::Registry(Error::Storage(e)) => match e {
+                StorageError::Full { .. } => {
+                    "the registry's storage is full: free space on the storage backend (or raise its quota), then retry"
+                        .into()
+                }
+                // The backend and the cause help whoever runs the cluster;
+                // they name no object path.
+                StorageError::Unavailable { .. } => format!("{e}; retry later"),
+                StorageError::NotFound(_) => {
+                    "an object the registry needs is missing from its storage; retry, and if it persists run `berthd fsck`"
+                        .into()
+                }
+                _ => "the registry's storage failed; retry, and see berthd's log for the cause".into(),
+            },
             ApiError::Registry(e) => e.to_string(),
             ApiError::NotFound(m) | ApiError::MethodNotAllowed(m) => m.clone(),
             ApiError::BadRequest { message, .. } => message.clone(),
@@ -65,12 +81,14 @@ fn registry_status(e: &Error) -> StatusCode {
         | Error::BlobUploadUnknown(_)
         | Error::ManifestUnknown(_)
         | Error::NameUnknown(_)
+        | Error::NamespaceUnknown(_)
         | Error::IndexUnavailable(_) => StatusCode::NOT_FOUND,
         Error::BlobUploadInvalid(_)
         | Error::DigestInvalid(_)
         | Error::ManifestBlobUnknown(_)
         | Error::ManifestInvalid(_)
         | Error::NameInvalid(_)
+        | Error::TagInvalid(_)
         | Error::SizeInvalid(_) => StatusCode::BAD_REQUEST,
         Error::UploadOutOfOrder { .. } | Error::RangeNotSatisfiable { .. } => StatusCode::RANGE_NOT_SATISFIABLE,
         Error::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
@@ -108,7 +126,11 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let status = self.status();
         if status.is_server_error() {
-            tracing::error!(code = self.code(), error = %self.message(), "request failed");
+            let detail = match &self {
+                ApiError::Registry(e) => e.to_string(),
+                other => other.message(),
+            };
+            tracing::error!(code = self.code(), error = %detail, "request failed");
         }
         let detail = match &self {
             ApiError::Registry(Error::UploadOutOfOrder { expected, .. }) => {
@@ -128,5 +150,28 @@ impl IntoResponse for ApiError {
             }
         }
         resp
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn storage_errors_name_no_internal_path() {
+        let path = "/docker/registry/v2/repositories/app/_uploads/x/data";
+        for e in [
+            StorageError::NotFound(path.into()),
+            StorageError::InvalidPath(path.into()),
+            StorageError::Full { path: path.into() },
+            StorageError::io(path, std::io::Error::other("Directory not empty")),
+            StorageError::Unavailable { backend: "s3 bucket b at http://10.0.0.5".into(), message: "timed out".into() },
+        ] {
+            let api = ApiError::from(Error::Storage(e));
+            let m = api.message();
+            assert!(!m.contains("/docker"), "{m}");
+            assert!(api.status().is_server_error());
+        }
+        assert_eq!(ApiError::from(Error::Storage(StorageError::Full { path: path.into() })).status().as_u16(), 507);
     }
 }

@@ -9,14 +9,13 @@ use super::{json_response, set, ApiError, ApiResult};
 use crate::digest::Digest;
 use crate::layerindex::MAX_RANGE;
 use crate::names::RepoName;
-use crate::registry::Registry;
-use crate::upstream::Upstream;
+use crate::registry::{Namespace, Registry};
 use axum::http::request::Parts;
 use axum::http::{header, StatusCode};
 use axum::response::Response;
 
-pub async fn index(reg: &Registry, repo: &RepoName, digest: &Digest, mirror: Option<&Upstream>) -> ApiResult {
-    let idx = reg.layer_index(mirror, repo, digest).await?;
+pub async fn index(reg: &Registry, ns: &Namespace, repo: &RepoName, digest: &Digest) -> ApiResult {
+    let idx = reg.layer_index(ns, repo, digest).await?;
     let body = serde_json::to_string(&*idx).expect("index serializes");
     let mut r = json_response(StatusCode::OK, body, "application/json");
     // Content-addressed: the index of a digest never changes.
@@ -24,13 +23,7 @@ pub async fn index(reg: &Registry, repo: &RepoName, digest: &Digest, mirror: Opt
     Ok(r)
 }
 
-pub async fn tar(
-    reg: &Registry,
-    repo: &RepoName,
-    digest: &Digest,
-    req: &Parts,
-    mirror: Option<&Upstream>,
-) -> ApiResult {
+pub async fn tar(reg: &Registry, ns: &Namespace, repo: &RepoName, digest: &Digest, req: &Parts) -> ApiResult {
     let range = req.headers.get(header::RANGE).and_then(|v| v.to_str().ok());
     // The size is not known before the index is read; parse against the
     // largest size so `bytes=a-b` keeps its numbers, then clamp.
@@ -45,7 +38,7 @@ pub async fn tar(
             })
         }
     };
-    let (bytes, size) = reg.layer_range(mirror, repo, digest, start, len).await?;
+    let (bytes, size) = reg.layer_range(ns, repo, digest, start, len).await?;
     let end = start + bytes.len() as u64 - 1;
     let n = bytes.len();
     let mut r = Response::new(axum::body::Body::from(bytes));

@@ -5,8 +5,7 @@ use super::error::ApiError;
 use super::{set, ApiResult};
 use crate::names::{Reference, RepoName};
 use crate::registry::manifest::{MAX_MANIFEST_SIZE, SUPPORTED};
-use crate::registry::{Error, Registry};
-use crate::upstream::Upstream;
+use crate::registry::{Error, Namespace, Registry};
 use axum::body::Body;
 use axum::http::request::Parts;
 use axum::http::{header, Method, StatusCode};
@@ -30,17 +29,8 @@ fn accepts(accept: &[String], media_type: &str) -> bool {
     !types.iter().any(|t| SUPPORTED.contains(t) || t.starts_with("application/vnd.docker.distribution.manifest"))
 }
 
-pub async fn get(
-    reg: &Registry,
-    repo: &RepoName,
-    reference: &Reference,
-    req: &Parts,
-    mirror: Option<&Upstream>,
-) -> ApiResult {
-    let m = match mirror {
-        Some(up) => reg.mirrored_manifest(up, repo, reference).await?,
-        None => reg.get_manifest(repo, reference).await?,
-    };
+pub async fn get(reg: &Registry, ns: &Namespace, repo: &RepoName, reference: &Reference, req: &Parts) -> ApiResult {
+    let m = reg.manifest(ns, repo, reference).await?;
     let accept: Vec<String> =
         req.headers.get_all(header::ACCEPT).iter().filter_map(|v| v.to_str().ok().map(str::to_string)).collect();
     if !accepts(&accept, &m.media_type) {

@@ -15,7 +15,7 @@ mod uploads;
 use crate::auth::{Action, Gate, Policy, Refusal, Scope};
 use crate::listen::PeerInfo;
 use crate::names::RepoName;
-use crate::registry::Registry;
+use crate::registry::{Error, Registry};
 use axum::body::Body;
 use axum::extract::ConnectInfo;
 use axum::extract::{Request, State};
@@ -41,13 +41,16 @@ pub struct AppState {
     pub gate: Arc<Gate>,
     /// What this listener allows.
     pub policy: Policy,
+    /// Longest pause while a request body is read (`http.timeouts.body`).
+    pub body_timeout: std::time::Duration,
 }
 
 pub type Shared = Arc<AppState>;
 pub type ApiResult = Result<Response, ApiError>;
 
 /// The `/v2` API as an axum router (one fallback: routing is ours). Serve
-/// it with `into_make_service_with_connect_info::<PeerInfo>()`.
+/// it with [`crate::listen::serve`], which gives each request its
+/// `ConnectInfo<PeerInfo>`.
 pub fn router(state: Shared) -> Router {
     Router::new().fallback(dispatch).with_state(state)
 }
@@ -55,7 +58,7 @@ pub fn router(state: Shared) -> Router {
 async fn dispatch(State(state): State<Shared>, ConnectInfo(peer): ConnectInfo<PeerInfo>, req: Request) -> Response {
     let started = Instant::now();
     let (parts, body) = req.into_parts();
-    let req = Request::from_parts(parts, drain::drain_on_drop(body));
+    let req = Request::from_parts(parts, drain::drain_on_drop(body, state.body_timeout));
     let method = req.method().clone();
     let path = req.uri().path().to_string();
     let mut label = "unknown";
@@ -107,11 +110,13 @@ fn scopes(route: &Route, method: &Method, req: &Request) -> Vec<Scope> {
         | Route::Referrers { repo: r, .. }
         | Route::LayerIndex { repo: r, .. }
         | Route::LayerTar { repo: r, .. } => vec![repo(r, Action::Pull)],
-        Route::Manifest { repo: r, .. } | Route::Blob { repo: r, .. } => match *method {
-            Method::GET | Method::HEAD => vec![repo(r, Action::Pull)],
-            Method::DELETE => vec![repo(r, Action::Delete)],
-            _ => vec![repo(r, Action::Push)],
-        },
+        Route::Manifest { repo: r, .. } | Route::BadManifestRef { repo: r, .. } | Route::Blob { repo: r, .. } => {
+            match *method {
+                Method::GET | Method::HEAD => vec![repo(r, Action::Pull)],
+                Method::DELETE => vec![repo(r, Action::Delete)],
+                _ => vec![repo(r, Action::Push)],
+            }
+        }
         Route::Upload { repo: r, .. } => vec![repo(r, Action::Push)],
         Route::UploadStart { repo: r } => {
             let mut s = vec![repo(r, Action::Push)];
@@ -136,19 +141,22 @@ async fn handle(state: &AppState, route: Route, req: Request) -> ApiResult {
     let req = &parts;
     let method = req.method.clone();
     let not_allowed = || ApiError::MethodNotAllowed(format!("{method} is not supported on {}", req.uri.path()));
-    // containerd names the registry a mirror request is for in `?ns=`.
+    // containerd names the registry a request is for in `?ns=`; the
+    // registry decides, once, whether it serves that name.
     let q = query(req);
-    let ns = query_param(&q, "ns");
-    let mirror = reg.mirror(ns);
+    let ns_params: Vec<(&str, &str)> =
+        q.iter().filter(|(k, _)| k.eq_ignore_ascii_case("ns")).map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let ns = reg.namespace(&ns_params)?;
     let writes = !matches!(method, Method::GET | Method::HEAD);
     match &route {
         Route::Manifest { repo, .. }
+        | Route::BadManifestRef { repo, .. }
         | Route::Blob { repo, .. }
         | Route::UploadStart { repo }
         | Route::Upload { repo, .. }
             if writes =>
         {
-            reg.ensure_not_mirrored(repo, ns)?
+            reg.check_writable_name(&ns, repo)?
         }
         _ => {}
     }
@@ -157,28 +165,33 @@ async fn handle(state: &AppState, route: Route, req: Request) -> ApiResult {
             Ok(json_response(StatusCode::OK, "{}".into(), "application/json"))
         }
         (Route::Catalog, &Method::GET) => discovery::catalog(reg, req).await,
-        (Route::Tags { repo }, &Method::GET) => discovery::tags(reg, &repo, req).await,
-        (Route::Referrers { repo, subject }, &Method::GET) => discovery::referrers(reg, &repo, &subject, req).await,
+        (Route::Tags { repo }, &Method::GET) => discovery::tags(reg, &ns, &repo, req).await,
+        (Route::Referrers { repo, subject }, &Method::GET) => {
+            discovery::referrers(reg, &ns, &repo, &subject, req).await
+        }
         (Route::Manifest { repo, reference }, &Method::GET | &Method::HEAD) => {
-            manifests::get(reg, &repo, &reference, req, mirror.as_deref()).await
+            manifests::get(reg, &ns, &repo, &reference, req).await
         }
         (Route::Manifest { repo, reference }, &Method::PUT) => manifests::put(reg, &repo, &reference, req, body).await,
         (Route::Manifest { repo, reference }, &Method::DELETE) => manifests::delete(reg, &repo, &reference).await,
-        (Route::Blob { repo, digest }, &Method::GET | &Method::HEAD) => {
-            blobs::get(reg, &repo, &digest, req, mirror.as_deref()).await
+        (Route::BadManifestRef { reference, .. }, &Method::PUT) => {
+            Err(match crate::names::Reference::parse(&reference) {
+                Err(e) => Error::from(e).into(),
+                Ok(_) => not_allowed(),
+            })
         }
+        (Route::BadManifestRef { repo, reference }, &Method::GET | &Method::HEAD | &Method::DELETE) => {
+            Err(Error::ManifestUnknown(format!("{repo}:{reference} (no manifest can have that reference)")).into())
+        }
+        (Route::Blob { repo, digest }, &Method::GET | &Method::HEAD) => blobs::get(reg, &ns, &repo, &digest, req).await,
         (Route::Blob { repo, digest }, &Method::DELETE) => blobs::delete(reg, &repo, &digest).await,
         (Route::UploadStart { repo }, &Method::POST) => uploads::start(reg, &repo, req, body).await,
         (Route::Upload { repo, id }, &Method::GET) => uploads::status(reg, &repo, &id).await,
         (Route::Upload { repo, id }, &Method::PATCH) => uploads::patch(reg, &repo, &id, req, body).await,
         (Route::Upload { repo, id }, &Method::PUT) => uploads::finish(reg, &repo, &id, req, body).await,
         (Route::Upload { repo, id }, &Method::DELETE) => uploads::cancel(reg, &repo, &id).await,
-        (Route::LayerIndex { repo, digest }, &Method::GET) => {
-            layers::index(reg, &repo, &digest, mirror.as_deref()).await
-        }
-        (Route::LayerTar { repo, digest }, &Method::GET) => {
-            layers::tar(reg, &repo, &digest, req, mirror.as_deref()).await
-        }
+        (Route::LayerIndex { repo, digest }, &Method::GET) => layers::index(reg, &ns, &repo, &digest).await,
+        (Route::LayerTar { repo, digest }, &Method::GET) => layers::tar(reg, &ns, &repo, &digest, req).await,
         _ => Err(not_allowed()),
     }
 }

@@ -16,6 +16,11 @@ pub enum Route {
     Tags { repo: RepoName },
     /// `/v2/<name>/manifests/<reference>`
     Manifest { repo: RepoName, reference: Reference },
+    /// `/v2/<name>/manifests/<reference>` with a reference that is not a
+    /// valid tag (nor digest-shaped): no manifest can have it (404 on
+    /// reads, as the OCI conformance tests expect), and a push under it is
+    /// `TAG_INVALID`.
+    BadManifestRef { repo: RepoName, reference: String },
     /// `/v2/<name>/blobs/<digest>`
     Blob { repo: RepoName, digest: Digest },
     /// `/v2/<name>/blobs/uploads/`
@@ -37,7 +42,7 @@ impl Route {
             Route::Base => "base",
             Route::Catalog => "catalog",
             Route::Tags { .. } => "tags",
-            Route::Manifest { .. } => "manifest",
+            Route::Manifest { .. } | Route::BadManifestRef { .. } => "manifest",
             Route::Blob { .. } => "blob",
             Route::UploadStart { .. } | Route::Upload { .. } => "upload",
             Route::Referrers { .. } => "referrers",
@@ -126,8 +131,12 @@ pub fn parse(path: &str) -> Result<Route, RouteError> {
         match segs[n - 2] {
             "manifests" => {
                 let repo = repo(&segs[..n - 2])?;
-                let reference = Reference::parse(last).map_err(Error::from)?;
-                return Ok(Route::Manifest { repo, reference });
+                return match Reference::parse(last) {
+                    Ok(reference) => Ok(Route::Manifest { repo, reference }),
+                    // A malformed digest is a malformed request.
+                    Err(e) if last.contains(':') => Err(Error::from(e).into()),
+                    Err(_) => Ok(Route::BadManifestRef { repo, reference: last.to_string() }),
+                };
             }
             "blobs" => {
                 let repo = repo(&segs[..n - 2])?;
@@ -192,7 +201,10 @@ mod tests {
         assert!(matches!(parse("/v2/UPPER/tags/list"), Err(RouteError::Invalid(Error::NameInvalid(_)))));
         assert!(matches!(parse("/v2/a/../b/manifests/v1"), Err(RouteError::Invalid(Error::NameInvalid(_)))));
         assert!(matches!(parse("/v2/a/blobs/sha256:zz"), Err(RouteError::Invalid(Error::DigestInvalid(_)))));
-        assert!(matches!(parse("/v2/a/manifests/-bad"), Err(RouteError::Invalid(Error::ManifestInvalid(_)))));
+        assert!(
+            matches!(parse("/v2/a/manifests/-bad"), Ok(Route::BadManifestRef { reference, .. }) if reference == "-bad")
+        );
+        assert!(matches!(parse("/v2/a/manifests/sha256:zz"), Err(RouteError::Invalid(Error::DigestInvalid(_)))));
         assert!(matches!(parse("/v3/"), Err(RouteError::NotFound)));
         assert!(matches!(parse("/v2/a/unknown"), Err(RouteError::NotFound)));
         assert!(matches!(parse("/v2/a/b/c"), Err(RouteError::NotFound)));

@@ -87,7 +87,7 @@ pub async fn patch(reg: &Registry, repo: &RepoName, id: &str, req: &Parts, body:
                 ))
                 .into());
             }
-            Some(start)
+            Some((start, len))
         }
     };
     let status = reg.append_chunk(repo, id, start, body_stream(body)).await?;

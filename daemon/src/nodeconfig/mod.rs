@@ -70,14 +70,9 @@ fn read(path: &Path) -> Result<Option<String>, String> {
     }
 }
 
-/// Writes atomically (temporary file, then rename), creating directories.
+/// Writes atomically and durably ([`crate::durable`]), creating directories.
 fn write(path: &Path, content: &str) -> Result<(), String> {
-    let dir = path.parent().ok_or_else(|| format!("{} has no parent directory", path.display()))?;
-    std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
-    let tmp = dir.join(format!(".{}.berthd-tmp", path.file_name().unwrap_or_default().to_string_lossy()));
-    std::fs::write(&tmp, content)
-        .and_then(|_| std::fs::rename(&tmp, path))
-        .map_err(|e| format!("cannot write {}: {e}", path.display()))
+    crate::durable::write_file(path, content.as_bytes()).map_err(|e| format!("cannot write {}: {e}", path.display()))
 }
 
 /// The URL containerd should use for this node's berthd.

@@ -1,16 +1,20 @@
 //! Blobs in a repository: existence through the repository's `_layers` link,
 //! content by digest in the shared blob store.
 
+use super::integrity::{verifying, Verdict};
 use super::{paths, Error, Registry, Result};
 use crate::digest::Digest;
 use crate::names::RepoName;
-use crate::storage::ByteStream;
+use crate::storage::{ByteStream, FileInfo};
 
 /// A blob's size, as served.
 #[derive(Debug, Clone)]
 pub struct BlobInfo {
     pub digest: Digest,
     pub size: u64,
+    /// What storage said of the object, when it is stored: whether it was
+    /// verified is remembered by this.
+    pub(super) stored: Option<FileInfo>,
 }
 
 impl Registry {
@@ -26,19 +30,42 @@ impl Registry {
             return Err(Error::BlobUnknown(digest.clone()));
         }
         match self.driver.stat(&paths::blob_data(digest)).await {
-            Ok(st) => Ok(BlobInfo { digest: digest.clone(), size: st.size }),
+            Ok(st) => Ok(BlobInfo { digest: digest.clone(), size: st.size, stored: Some(st) }),
             Err(e) if e.is_not_found() => Err(Error::BlobUnknown(digest.clone())),
             Err(e) => Err(e.into()),
         }
     }
 
-    /// Streams a blob from `offset`; the caller limits the length for ranges.
-    pub async fn read_blob(&self, digest: &Digest, offset: u64) -> Result<ByteStream> {
-        match self.driver.reader(&paths::blob_data(digest), offset).await {
-            Ok(s) => Ok(s),
-            Err(e) if e.is_not_found() => Err(Error::BlobUnknown(digest.clone())),
-            Err(e) => Err(e.into()),
+    /// Streams `len` bytes of a stored blob from `start`. A whole read is
+    /// verified on its way out unless this object verified before (see
+    /// [`super::integrity`]); a part cannot be, and is served as stored.
+    pub async fn read_blob(&self, info: &BlobInfo, start: u64, len: u64) -> Result<ByteStream> {
+        let digest = &info.digest;
+        let stream = match self.driver.reader(&paths::blob_data(digest), start).await {
+            Ok(s) => s,
+            Err(e) if e.is_not_found() => return Err(Error::BlobUnknown(digest.clone())),
+            Err(e) => return Err(e.into()),
+        };
+        let whole = start == 0 && len == info.size;
+        let known_good = info.stored.as_ref().is_some_and(|st| self.verified.contains(digest, st));
+        if !whole || known_good {
+            return Ok(crate::storage::take(stream, len));
         }
+        let me = self.self_arc();
+        let (d, seen) = (digest.clone(), info.stored.clone());
+        Ok(verifying(stream, digest.clone(), info.size, move |verdict| match verdict {
+            Verdict::Good => {
+                if let Some(st) = &seen {
+                    me.verified.record(&d, st);
+                }
+            }
+            Verdict::Bad(n, actual) => {
+                tokio::spawn(async move {
+                    let why = format!("{n} bytes with digest {actual}");
+                    me.quarantine(&d, seen.as_ref(), &why).await;
+                });
+            }
+        }))
     }
 
     /// Where to redirect a client for a blob, when redirects are enabled and

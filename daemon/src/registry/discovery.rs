@@ -3,6 +3,7 @@
 //! as the spec describes.
 
 use super::manifest::Manifest;
+use super::namespace::Namespace;
 use super::{paths, Error, Registry, Result};
 use crate::digest::Digest;
 use crate::names::{RepoName, Tag};
@@ -58,11 +59,19 @@ impl Registry {
         Ok(tags)
     }
 
-    pub async fn list_tags(&self, repo: &RepoName, n: Option<usize>, last: Option<&str>) -> Result<Page> {
-        if !self.repo_exists(repo).await? {
+    /// Tags of `repo` in `ns` (for a mirror: the tags pulled through it).
+    pub async fn list_tags(
+        &self,
+        ns: &Namespace,
+        repo: &RepoName,
+        n: Option<usize>,
+        last: Option<&str>,
+    ) -> Result<Page> {
+        let stored = self.stored_repo(ns, repo)?;
+        if !self.repo_exists(&stored).await? {
             return Err(Error::NameUnknown(repo.clone()));
         }
-        let all: Vec<String> = self.all_tags(repo).await?.into_iter().map(|t| t.as_str().to_string()).collect();
+        let all: Vec<String> = self.all_tags(&stored).await?.into_iter().map(|t| t.as_str().to_string()).collect();
         Ok(paginate(all, n, last, usize::MAX))
     }
 
@@ -85,10 +94,12 @@ impl Registry {
     /// those of `artifact_type`.
     pub async fn referrers(
         &self,
+        ns: &Namespace,
         repo: &RepoName,
         subject: &Digest,
         artifact_type: Option<&str>,
     ) -> Result<Vec<Referrer>> {
+        let repo = &self.stored_repo(ns, repo)?;
         let entries = match self.driver.list(&paths::referrers_dir(repo, subject)).await {
             Ok(e) => e,
             Err(e) if e.is_not_found() => return Ok(Vec::new()),

@@ -30,6 +30,11 @@ pub enum Error {
     NameInvalid(String),
     #[error("repository {0} is not known to this registry")]
     NameUnknown(RepoName),
+    /// containerd's `?ns=` names a registry this one does not serve.
+    #[error("{0}")]
+    NamespaceUnknown(String),
+    #[error("{0}")]
+    TagInvalid(String),
     #[error("{0}")]
     SizeInvalid(String),
     #[error("{0}")]
@@ -63,7 +68,8 @@ impl Error {
             Error::ManifestInvalid(_) => "MANIFEST_INVALID",
             Error::ManifestUnknown(_) => "MANIFEST_UNKNOWN",
             Error::NameInvalid(_) => "NAME_INVALID",
-            Error::NameUnknown(_) => "NAME_UNKNOWN",
+            Error::NameUnknown(_) | Error::NamespaceUnknown(_) => "NAME_UNKNOWN",
+            Error::TagInvalid(_) => "TAG_INVALID",
             Error::SizeInvalid(_) | Error::TooLarge(_) => "SIZE_INVALID",
             Error::Unsupported(_) => "UNSUPPORTED",
             Error::Denied(_) => "DENIED",
@@ -80,7 +86,7 @@ impl From<NameError> for Error {
     fn from(e: NameError) -> Error {
         match e {
             NameError::Digest(d) => d.into(),
-            NameError::Tag(_) => Error::ManifestInvalid(e.to_string()),
+            NameError::Tag(_) => Error::TagInvalid(e.to_string()),
             other => Error::NameInvalid(other.to_string()),
         }
     }

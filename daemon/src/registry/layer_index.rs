@@ -8,11 +8,11 @@
 //! back to a normal pull instead of waiting. Builds run one at a time per
 //! node: they read the whole layer once and must not starve requests.
 
+use super::namespace::Namespace;
 use super::{paths, Error, Registry, Result};
 use crate::digest::Digest;
 use crate::layerindex::{self, Compression, LayerIndex};
 use crate::names::RepoName;
-use crate::upstream::Upstream;
 use bytes::Bytes;
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
@@ -147,25 +147,10 @@ impl Indexer {
 }
 
 impl Registry {
-    /// The repository a layer request reads: `repo` itself, or where a
-    /// mirror stores it.
-    fn layer_repo(&self, mirror: Option<&Upstream>, repo: &RepoName) -> Result<RepoName> {
-        match mirror {
-            Some(up) => Ok(self.mirror_repo(up, repo)?.0),
-            None => Ok(repo.clone()),
-        }
-    }
-
-    /// The index of layer `digest` in `repo` (through `mirror` when the
-    /// request names one). `Error::IndexUnavailable` when it is not built
+    /// The index of layer `digest` in `repo` of `ns`. `Error::IndexUnavailable` when it is not built
     /// yet (a build is then started).
-    pub async fn layer_index(
-        &self,
-        mirror: Option<&Upstream>,
-        repo: &RepoName,
-        digest: &Digest,
-    ) -> Result<Arc<LayerIndex>> {
-        let repo = self.layer_repo(mirror, repo)?;
+    pub async fn layer_index(&self, ns: &Namespace, repo: &RepoName, digest: &Digest) -> Result<Arc<LayerIndex>> {
+        let repo = self.stored_repo(ns, repo)?;
         self.stat_blob(&repo, digest).await?;
         if let Some(idx) = self.indexer.cached(digest) {
             return Ok(idx);
@@ -204,13 +189,13 @@ impl Registry {
     /// `len` bytes of the uncompressed tar of layer `digest` at `offset`.
     pub async fn layer_range(
         &self,
-        mirror: Option<&Upstream>,
+        ns: &Namespace,
         repo: &RepoName,
         digest: &Digest,
         offset: u64,
         len: u64,
     ) -> Result<(Bytes, u64)> {
-        let idx = self.layer_index(mirror, repo, digest).await?;
+        let idx = self.layer_index(ns, repo, digest).await?;
         if offset >= idx.size {
             return Err(Error::RangeNotSatisfiable { size: idx.size });
         }

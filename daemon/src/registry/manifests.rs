@@ -53,6 +53,14 @@ impl Registry {
             Err(e) if e.is_not_found() => return Err(Error::ManifestUnknown(format!("{repo}@{digest}"))),
             Err(e) => return Err(e.into()),
         };
+        let actual = Digest::of(digest.algorithm(), &body);
+        if actual != digest {
+            let why = format!("{} bytes with digest {actual}", body.len());
+            self.quarantine(&digest, None, &why).await;
+            return Err(Error::ManifestUnknown(format!(
+                "{repo}@{digest}: the stored copy was damaged ({why}) and has been quarantined; push the manifest again"
+            )));
+        }
         let media_type = Manifest::parse_stored(&body)?.media_type;
         Ok(StoredManifest { digest, media_type, body })
     }
@@ -115,10 +123,9 @@ impl Registry {
         body: Bytes,
         subject: Option<&Digest>,
     ) -> Result<()> {
-        let data = paths::blob_data(digest);
-        if !self.exists(&data).await? {
-            self.driver.put_content(&data, body).await?;
-        }
+        // Always written (atomically): a stored copy that was damaged is
+        // repaired by the next push of the same manifest.
+        self.driver.put_content(&paths::blob_data(digest), body).await?;
         self.write_link(&paths::revision_link(repo, digest), digest).await?;
         if let Some(subject) = subject {
             self.write_link(&paths::referrer_link(repo, subject, digest), digest).await?;

@@ -36,6 +36,9 @@ pub struct Mirrors {
     pub list: Vec<Arc<Upstream>>,
     /// registry:2's `proxy.remoteurl`: the mirror for requests without `ns`.
     pub default: Option<usize>,
+    /// `containerd.registries`: the names this registry's own repositories
+    /// are pulled as (see [`super::namespace`]).
+    pub local_names: Vec<String>,
     /// Blob downloads in progress on this node.
     fills: Mutex<HashMap<Digest, watch::Receiver<FillOutcome>>>,
     /// One tag revalidation at a time per tag.
@@ -43,20 +46,20 @@ pub struct Mirrors {
 }
 
 impl Mirrors {
-    pub fn new(list: Vec<Arc<Upstream>>, default: Option<usize>) -> Mirrors {
-        Mirrors { list, default, ..Mirrors::default() }
+    pub fn new(list: Vec<Arc<Upstream>>, default: Option<usize>, local_names: Vec<String>) -> Mirrors {
+        Mirrors { list, default, local_names, ..Mirrors::default() }
     }
 }
 
-/// A mirrored blob: already stored, or streaming from the upstream now.
-pub enum MirrorBlob {
+/// A blob to serve: already stored, or streaming from an upstream now.
+pub enum BlobSource {
     Stored(BlobInfo),
     Streaming { size: Option<u64>, stream: BodyStream },
 }
 
 /// The storage namespace of an upstream: its name with `:` (a port) made
 /// legal in a repository name.
-fn namespace(name: &str) -> String {
+pub(super) fn namespace(name: &str) -> String {
     name.to_ascii_lowercase().replace(':', "-")
 }
 
@@ -71,34 +74,6 @@ impl From<UpstreamError> for Error {
 }
 
 impl Registry {
-    /// The upstream a request is for: the one `ns` names, else the default
-    /// (registry:2 proxy mode) when the request has no `ns`.
-    pub fn mirror(&self, ns: Option<&str>) -> Option<Arc<Upstream>> {
-        match ns {
-            Some(ns) => self.mirrors.list.iter().find(|m| m.name().eq_ignore_ascii_case(ns)).cloned(),
-            None => self.mirrors.default.map(|i| self.mirrors.list[i].clone()),
-        }
-    }
-
-    /// Refuses writes into an upstream's namespace: through `ns`, or to a
-    /// repository under `<upstream name>/`.
-    pub fn ensure_not_mirrored(&self, repo: &RepoName, ns: Option<&str>) -> Result<()> {
-        if let Some(up) = self.mirror(ns) {
-            return Err(Error::Unsupported(format!(
-                "{} is a pull-through mirror of {}; it accepts no pushes. Push to the cluster's own registry name instead",
-                up.name(),
-                up.cfg.url
-            )));
-        }
-        let first = repo.as_str().split('/').next().unwrap_or_default();
-        if self.mirrors.list.iter().any(|m| namespace(m.name()) == first) {
-            return Err(Error::Unsupported(format!(
-                "repositories under {first}/ hold the pull-through mirror of that registry; push elsewhere"
-            )));
-        }
-        Ok(())
-    }
-
     /// The local repository holding what was mirrored for `repo`.
     pub(super) fn mirror_repo(&self, up: &Upstream, repo: &RepoName) -> Result<(RepoName, String)> {
         if !up.allows(repo.as_str()) && !up.allows(&up.upstream_repo(repo.as_str())) {
@@ -199,18 +174,18 @@ impl Registry {
             other => return other,
         }
         match up.head_blob(&remote, digest).await? {
-            Some(size) => Ok(BlobInfo { digest: digest.clone(), size }),
+            Some(size) => Ok(BlobInfo { digest: digest.clone(), size, stored: None }),
             None => Err(Error::BlobUnknown(digest.clone())),
         }
     }
 
     /// A blob through a mirror: stored already, or fetched now (shared with
     /// concurrent requests for it on this node).
-    pub async fn mirrored_blob(&self, up: &Upstream, repo: &RepoName, digest: &Digest) -> Result<MirrorBlob> {
+    pub async fn mirrored_blob(&self, up: &Upstream, repo: &RepoName, digest: &Digest) -> Result<BlobSource> {
         let (local, remote) = self.mirror_repo(up, repo)?;
         let tx = loop {
             match self.stat_blob(&local, digest).await {
-                Ok(info) => return Ok(MirrorBlob::Stored(info)),
+                Ok(info) => return Ok(BlobSource::Stored(info)),
                 Err(Error::BlobUnknown(_)) => {}
                 Err(e) => return Err(e),
             }
@@ -260,7 +235,7 @@ impl Registry {
             registry.end_fill(&digest, &tx, res.map_err(|e| e.to_string()));
         });
         let stream = tokio_stream_from(chunks_rx);
-        Ok(MirrorBlob::Streaming { size, stream })
+        Ok(BlobSource::Streaming { size, stream })
     }
 
     fn end_fill(&self, digest: &Digest, tx: &watch::Sender<FillOutcome>, res: std::result::Result<(), String>) {
@@ -303,6 +278,7 @@ impl Registry {
             self.delete_if_exists(&paths::upload_dir(local, &id)).await?;
             return Err(e);
         }
+        let size = w.size();
         w.commit().await?;
         let actual = hasher.finish();
         if &actual != digest {
@@ -311,7 +287,7 @@ impl Registry {
             let _ = chunks.send(Err(std::io::Error::other(msg.clone()))).await;
             return Err(Error::Upstream(msg));
         }
-        self.store_verified(local, &data_path, digest).await?;
+        self.store_verified(local, &data_path, digest, size).await?;
         self.delete_if_exists(&paths::upload_dir(local, &id)).await?;
         // First mirrored: index it for lazy pulls on every node (a config
         // or other non-layer blob is recognised and skipped).

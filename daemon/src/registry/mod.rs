@@ -8,16 +8,20 @@ pub mod paths;
 
 mod blobs;
 mod discovery;
+mod integrity;
 mod layer_index;
 mod maintenance;
 mod manifests;
 pub mod mirror;
+mod namespace;
 mod uploads;
 
 pub use blobs::BlobInfo;
 pub use discovery::{Page, Referrer};
 pub use error::{Error, Result};
 pub use manifests::{PushedManifest, StoredManifest};
+pub use mirror::BlobSource;
+pub use namespace::Namespace;
 pub use uploads::{BodyStream, UploadStatus};
 
 use crate::digest::Digest;
@@ -42,6 +46,8 @@ pub struct Registry {
     driver: Arc<dyn StorageDriver>,
     policy: Policy,
     uploads: uploads::Sessions,
+    /// Blobs that hashed to their digest, by storage identity.
+    verified: integrity::Verified,
     mirrors: mirror::Mirrors,
     indexer: layer_index::Indexer,
     /// This registry, for background work that outlives a request.
@@ -58,6 +64,7 @@ impl Registry {
             driver,
             policy,
             uploads: uploads::Sessions::default(),
+            verified: integrity::Verified::default(),
             mirrors,
             indexer: layer_index::Indexer::new(),
             me: me.clone(),
@@ -168,3 +175,5 @@ impl Registry {
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_integrity;

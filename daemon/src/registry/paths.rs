@@ -17,6 +17,8 @@
 //!
 //! ```text
 //! /berth/layer-index/v1/<alg>/<hex[0..2]>/<hex>/index.json  seek index of a layer blob
+//! /berth/quarantine/<alg>/<hex>/<time>-<id>                 stored content that did not
+//!                                                           match its digest
 //! ```
 //!
 //! A link file holds the digest as text (`sha256:…`, no newline). The
@@ -56,6 +58,19 @@ pub fn layer_index_json(d: &Digest) -> String {
 /// stored before the index, so an index that exists has them.
 pub fn layer_index_windows(d: &Digest) -> String {
     format!("{}/windows", layer_index_dir(d))
+}
+
+/// Where a stored object that did not hash to its digest is moved (see
+/// `registry::integrity`), one name per quarantine so none overwrites
+/// another.
+pub fn quarantine(d: &Digest) -> String {
+    let stamp = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_secs();
+    format!("{BERTH_ROOT}/quarantine/{}/{}/{stamp}-{}", d.algorithm().as_str(), d.hex(), uuid::Uuid::new_v4().simple())
+}
+
+/// Where quarantined objects are kept.
+pub fn quarantine_root() -> String {
+    format!("{BERTH_ROOT}/quarantine")
 }
 
 pub fn repositories() -> String {

@@ -21,7 +21,9 @@ fn registry(driver: &MemoryDriver, policy: Policy) -> Arc<Registry> {
 }
 
 async fn read(reg: &Registry, d: &Digest) -> Vec<u8> {
-    let chunks: Vec<Bytes> = reg.read_blob(d, 0).await.unwrap().try_collect().await.unwrap();
+    let st = reg.driver.stat(&paths::blob_data(d)).await.unwrap();
+    let info = BlobInfo { digest: d.clone(), size: st.size, stored: Some(st) };
+    let chunks: Vec<Bytes> = reg.read_blob(&info, 0, info.size).await.unwrap().try_collect().await.unwrap();
     chunks.concat()
 }
 
@@ -50,11 +52,11 @@ async fn chunked_upload_is_verified_before_it_is_readable() {
     let reg = registry(&driver, Policy::default());
     let r = repo("app");
     let up = reg.start_upload(&r).await.unwrap();
-    let st = reg.append_chunk(&r, &up.id, Some(0), body(&[b"hello "])).await.unwrap();
+    let st = reg.append_chunk(&r, &up.id, Some((0, 6)), body(&[b"hello "])).await.unwrap();
     assert_eq!(st.size, 6);
-    let err = reg.append_chunk(&r, &up.id, Some(3), body(&[b"x"])).await.unwrap_err();
+    let err = reg.append_chunk(&r, &up.id, Some((3, 1)), body(&[b"x"])).await.unwrap_err();
     assert!(matches!(err, Error::UploadOutOfOrder { expected: 6, got: 3 }));
-    reg.append_chunk(&r, &up.id, Some(6), body(&[b"wor"])).await.unwrap();
+    reg.append_chunk(&r, &up.id, Some((6, 3)), body(&[b"wor"])).await.unwrap();
     let d = Digest::sha256_of(b"hello world");
     assert!(matches!(reg.stat_blob(&r, &d).await, Err(Error::BlobUnknown(_))));
     let info = reg.finish_upload(&r, &up.id, &d, Some(body(&[b"ld"]))).await.unwrap();
@@ -97,7 +99,7 @@ async fn uploads_survive_a_restart_and_sha512_is_verified() {
     // A new registry (daemon restart) has no in-memory hash state.
     let reg = registry(&driver, Policy::default());
     assert_eq!(reg.upload_status(&r, &id).await.unwrap().size, 10);
-    reg.append_chunk(&r, &id, Some(10), body(&[b"part two"])).await.unwrap();
+    reg.append_chunk(&r, &id, Some((10, 8)), body(&[b"part two"])).await.unwrap();
     let d = Digest::of(Algorithm::Sha512, b"part one, part two");
     reg.finish_upload(&r, &id, &d, None).await.unwrap();
     assert_eq!(read(&reg, &d).await, b"part one, part two");
@@ -120,7 +122,7 @@ async fn manifests_need_their_blobs_and_tags_resolve() {
     assert_eq!(pushed.digest, Digest::sha256_of(&m));
     let got = reg.get_manifest(&r, &v1).await.unwrap();
     assert_eq!((got.body, got.media_type.as_str()), (m.clone(), OCI_MANIFEST));
-    assert_eq!(reg.list_tags(&r, None, None).await.unwrap().items, vec!["v1"]);
+    assert_eq!(reg.list_tags(&Namespace::Local, &r, None, None).await.unwrap().items, vec!["v1"]);
     assert_eq!(reg.catalog(None, None).await.unwrap().items, vec!["lib/app"]);
 
     // Wrong digest in the URL.
@@ -144,8 +146,8 @@ async fn manifests_need_their_blobs_and_tags_resolve() {
     reg.delete_manifest(&r, &by_digest).await.unwrap();
     assert!(reg.get_manifest(&r, &by_digest).await.is_err());
     assert!(reg.get_manifest(&r, &v2).await.is_err());
-    assert!(reg.list_tags(&r, None, None).await.unwrap().items.is_empty());
-    assert!(matches!(reg.list_tags(&repo("nobody"), None, None).await, Err(Error::NameUnknown(_))));
+    assert!(reg.list_tags(&Namespace::Local, &r, None, None).await.unwrap().items.is_empty());
+    assert!(matches!(reg.list_tags(&Namespace::Local, &repo("nobody"), None, None).await, Err(Error::NameUnknown(_))));
 }
 
 #[tokio::test]
@@ -161,14 +163,20 @@ async fn referrers_are_indexed_by_subject() {
     let sig_digest = Digest::sha256_of(&sig);
     let pushed = reg.put_manifest(&r, &Reference::Digest(sig_digest.clone()), None, sig).await.unwrap();
     assert_eq!(pushed.subject.as_ref(), Some(&subject));
-    let all = reg.referrers(&r, &subject, None).await.unwrap();
+    let all = reg.referrers(&Namespace::Local, &r, &subject, None).await.unwrap();
     assert_eq!(all.len(), 1);
     assert_eq!(all[0].digest, sig_digest);
     assert_eq!(all[0].artifact_type.as_deref(), Some("application/vnd.example.config+json"));
-    assert_eq!(reg.referrers(&r, &subject, Some("application/vnd.example.config+json")).await.unwrap().len(), 1);
-    assert!(reg.referrers(&r, &subject, Some("other/type")).await.unwrap().is_empty());
+    assert_eq!(
+        reg.referrers(&Namespace::Local, &r, &subject, Some("application/vnd.example.config+json"))
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+    assert!(reg.referrers(&Namespace::Local, &r, &subject, Some("other/type")).await.unwrap().is_empty());
     reg.delete_manifest(&r, &Reference::Digest(sig_digest)).await.unwrap();
-    assert!(reg.referrers(&r, &subject, None).await.unwrap().is_empty());
+    assert!(reg.referrers(&Namespace::Local, &r, &subject, None).await.unwrap().is_empty());
 }
 
 #[tokio::test]
@@ -207,7 +215,7 @@ async fn abandoned_uploads_are_purged_by_age() {
 /// Asks for the index of `d` until the background build has settled.
 async fn settled_index(reg: &Registry, r: &RepoName, d: &Digest) -> Result<Arc<crate::layerindex::LayerIndex>> {
     for _ in 0..200 {
-        let res = reg.layer_index(None, r, d).await;
+        let res = reg.layer_index(&Namespace::Local, r, d).await;
         let building = reg.indexer.is_building(d);
         if !building && !matches!(&res, Err(Error::IndexUnavailable(m)) if m.contains("being built")) {
             return res;
@@ -235,7 +243,7 @@ async fn index_requests_build_once_and_remember_blobs_that_cannot_have_one() {
     tar.append_data(&mut h, "etc/motd", &b"hello\n"[..]).unwrap();
     let tar: &'static [u8] = Vec::leak(tar.into_inner().unwrap());
     let layer = push_blob(&reg, &r, tar).await;
-    let first = reg.layer_index(None, &r, &layer).await.unwrap_err();
+    let first = reg.layer_index(&Namespace::Local, &r, &layer).await.unwrap_err();
     assert!(matches!(&first, Error::IndexUnavailable(m) if m.contains("being built")), "{first:?}");
     let idx = settled_index(&reg, &r, &layer).await.unwrap();
     assert_eq!(idx.size, tar.len() as u64);
@@ -247,13 +255,13 @@ async fn index_requests_build_once_and_remember_blobs_that_cannot_have_one() {
     driver.put_content(&paths::layer_index_json(&layer), Bytes::from(json)).await.unwrap();
     driver.delete(&paths::layer_index(&layer)).await.unwrap();
     let fresh = registry(&driver, Policy::default());
-    assert_eq!(fresh.layer_index(None, &r, &layer).await.unwrap().size, tar.len() as u64);
+    assert_eq!(fresh.layer_index(&Namespace::Local, &r, &layer).await.unwrap().size, tar.len() as u64);
 
     // Not a layer: the verdict is remembered, so asking again starts no build.
     let config = push_blob(&reg, &r, b"{\"architecture\":\"amd64\"}").await;
     let err = settled_index(&reg, &r, &config).await.unwrap_err();
     assert!(matches!(&err, Error::IndexUnavailable(m) if m.contains("not a gzip, zstd or tar layer")), "{err:?}");
-    let again = reg.layer_index(None, &r, &config).await.unwrap_err();
+    let again = reg.layer_index(&Namespace::Local, &r, &config).await.unwrap_err();
     assert!(matches!(&again, Error::IndexUnavailable(m) if m.contains("pull it normally")), "{again:?}");
     assert!(!reg.indexer.is_building(&config), "a second build was started");
 
@@ -293,19 +301,19 @@ async fn layer_ranges_inflate_a_span_once_and_serve_it_from_memory() {
     let (c1, c2) = (idx.checkpoints[1].out, idx.checkpoints[2].out);
 
     // Two reads in one span: the first inflates and keeps it, both are right.
-    let (a, size) = reg.layer_range(None, &r, &layer, c1 + 1000, 512 << 10).await.unwrap();
+    let (a, size) = reg.layer_range(&Namespace::Local, &r, &layer, c1 + 1000, 512 << 10).await.unwrap();
     assert_eq!(size, tar.len() as u64);
     assert_eq!(&a[..], &tar[(c1 + 1000) as usize..(c1 + 1000 + (512 << 10)) as usize]);
     assert!(reg.indexer.has_span(&layer, c1));
-    let (b, _) = reg.layer_range(None, &r, &layer, c2 - 100, 100).await.unwrap();
+    let (b, _) = reg.layer_range(&Namespace::Local, &r, &layer, c2 - 100, 100).await.unwrap();
     assert_eq!(&b[..], &tar[(c2 - 100) as usize..c2 as usize]);
     // Across two spans, and to the end of the tar: read directly, still right.
-    let (c, _) = reg.layer_range(None, &r, &layer, c2 - 100, 200).await.unwrap();
+    let (c, _) = reg.layer_range(&Namespace::Local, &r, &layer, c2 - 100, 200).await.unwrap();
     assert_eq!(&c[..], &tar[(c2 - 100) as usize..(c2 + 100) as usize]);
-    let (d, _) = reg.layer_range(None, &r, &layer, size - 10, 1 << 20).await.unwrap();
+    let (d, _) = reg.layer_range(&Namespace::Local, &r, &layer, size - 10, 1 << 20).await.unwrap();
     assert_eq!(&d[..], &tar[tar.len() - 10..]);
     assert!(matches!(
-        reg.layer_range(None, &r, &layer, size, 1).await,
+        reg.layer_range(&Namespace::Local, &r, &layer, size, 1).await,
         Err(Error::RangeNotSatisfiable { size: s }) if s == size
     ));
 }

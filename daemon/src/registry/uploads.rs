@@ -32,58 +32,103 @@ struct Session {
     /// with the stored data.
     hasher: Option<Hasher>,
     size: u64,
+    /// Finished or cancelled: whoever waited for the lock meanwhile finds
+    /// the upload gone, never a half-moved file.
+    ended: bool,
 }
 
-/// In-memory state of uploads on this node; one lock per upload so chunks
-/// of one upload are applied in order while uploads proceed in parallel.
+type SessionLock = Arc<tokio::sync::Mutex<Session>>;
+
+/// In-memory state of uploads on this node; one lock per upload, held for
+/// the whole of each request on it, so requests on one upload run one
+/// after the other whatever order they arrive in, and none of them writes
+/// after the upload was finished (the data file was moved under its
+/// digest: an append then would change a committed blob).
 #[derive(Default)]
 pub(super) struct Sessions {
-    map: Mutex<HashMap<String, Arc<tokio::sync::Mutex<Session>>>>,
+    map: Mutex<HashMap<String, SessionLock>>,
 }
 
 impl Sessions {
-    fn get(&self, id: &str) -> Arc<tokio::sync::Mutex<Session>> {
+    fn get(&self, id: &str) -> SessionLock {
         self.map
             .lock()
             .unwrap()
             .entry(id.to_string())
-            .or_insert_with(|| Arc::new(tokio::sync::Mutex::new(Session { hasher: None, size: u64::MAX })))
+            .or_insert_with(|| {
+                Arc::new(tokio::sync::Mutex::new(Session { hasher: None, size: u64::MAX, ended: false }))
+            })
             .clone()
     }
 
     fn insert_new(&self, id: &str) {
-        let s = Session { hasher: Some(Hasher::new(Algorithm::Sha256)), size: 0 };
+        let s = Session { hasher: Some(Hasher::new(Algorithm::Sha256)), size: 0, ended: false };
         self.map.lock().unwrap().insert(id.to_string(), Arc::new(tokio::sync::Mutex::new(s)));
     }
 
     pub(super) fn remove(&self, id: &str) {
         self.map.lock().unwrap().remove(id);
     }
+
+    /// Uploads with in-memory state.
+    #[cfg(test)]
+    pub(super) fn len(&self) -> usize {
+        self.map.lock().unwrap().len()
+    }
 }
 
-/// Upload ids are UUIDs we generated; anything else is unknown (and never
-/// reaches a storage path).
+/// Upload ids are UUIDs we generated, in the one form we generate
+/// (lowercase, hyphenated); anything else — braces, `urn:uuid:`, upper
+/// case — is unknown and never reaches a storage path.
 fn check_id(id: &str) -> Result<()> {
-    uuid::Uuid::parse_str(id).map(|_| ()).map_err(|_| Error::BlobUploadUnknown(id.to_string()))
+    let ours = uuid::Uuid::try_parse(id).is_ok_and(|u| u.hyphenated().to_string() == id);
+    if ours {
+        Ok(())
+    } else {
+        Err(Error::BlobUploadUnknown(id.to_string()))
+    }
 }
 
-/// Streams `body` into `w`, feeding `hasher` if present. Returns bytes written.
-async fn copy_body(body: BodyStream, w: &mut Box<dyn FileWriter>, hasher: &mut Option<Hasher>) -> Result<u64> {
+/// Streams `body` into `w`, feeding `hasher` if present. With `limit`
+/// (from `Content-Range`) the body must be exactly that long: bytes past it
+/// are not written, and a shorter or longer body is an error after what
+/// fits was stored. Returns bytes written.
+async fn copy_body(
+    body: BodyStream,
+    w: &mut Box<dyn FileWriter>,
+    hasher: &mut Option<Hasher>,
+    limit: Option<u64>,
+) -> Result<u64> {
     let mut body = body;
     let mut n = 0u64;
     while let Some(chunk) = body.next().await {
-        let chunk = chunk.map_err(|e| {
+        let mut chunk = chunk.map_err(|e| {
             Error::BlobUploadInvalid(format!(
                 "the request body ended early after {n} bytes ({e}); check the upload status and resume"
             ))
         })?;
+        let over = limit.is_some_and(|l| n + chunk.len() as u64 > l);
+        if let Some(l) = limit.filter(|_| over) {
+            chunk.truncate((l - n) as usize);
+        }
         w.write(&chunk).await?;
         if let Some(h) = hasher.as_mut() {
             h.update(&chunk);
         }
         n += chunk.len() as u64;
+        if over {
+            return Err(Error::BlobUploadInvalid(format!(
+                "the body is longer than the {} bytes its Content-Range announced; the announced bytes were stored, send the rest as the next chunk",
+                limit.unwrap_or_default()
+            )));
+        }
     }
-    Ok(n)
+    match limit {
+        Some(l) if n != l => Err(Error::BlobUploadInvalid(format!(
+            "Content-Range announced {l} bytes but the body had {n}; those {n} bytes were stored, check the upload status and resume"
+        ))),
+        _ => Ok(n),
+    }
 }
 
 impl Registry {
@@ -106,53 +151,81 @@ impl Registry {
         Ok(())
     }
 
+    /// Takes the upload's lock and checks, under it, that the upload still
+    /// exists: a request that waited behind a finish or cancel gets
+    /// `BLOB_UPLOAD_UNKNOWN`.
+    async fn lock_upload(&self, repo: &RepoName, id: &str) -> Result<tokio::sync::OwnedMutexGuard<Session>> {
+        check_id(id)?;
+        let s = self.uploads.get(id).lock_owned().await;
+        if s.ended {
+            return Err(Error::BlobUploadUnknown(id.to_string()));
+        }
+        if let Err(e) = self.upload_exists(repo, id).await {
+            if matches!(e, Error::BlobUploadUnknown(_)) {
+                // Do not keep state for ids that name nothing.
+                self.uploads.remove(id);
+            }
+            return Err(e);
+        }
+        Ok(s)
+    }
+
     pub async fn upload_status(&self, repo: &RepoName, id: &str) -> Result<UploadStatus> {
         self.upload_exists(repo, id).await?;
         let st = self.driver.stat(&paths::upload_data(repo, id)).await?;
         Ok(UploadStatus { id: id.to_string(), size: st.size })
     }
 
-    /// Appends a chunk. `start` is the first byte's offset from
-    /// `Content-Range`, which must equal the current size.
+    /// Appends a chunk. `range` is `Content-Range`'s first byte and length:
+    /// the first byte must equal the current size and the body must be
+    /// exactly that long.
     pub async fn append_chunk(
         &self,
         repo: &RepoName,
         id: &str,
-        start: Option<u64>,
+        range: Option<(u64, u64)>,
         body: BodyStream,
     ) -> Result<UploadStatus> {
         self.ensure_writable()?;
-        self.upload_exists(repo, id).await?;
-        let session = self.uploads.get(id);
-        let mut s = session.lock().await;
+        let mut s = self.lock_upload(repo, id).await?;
         let mut w = self.driver.writer(&paths::upload_data(repo, id), true).await?;
         if w.size() != s.size {
             // Restarted daemon, or an upload begun elsewhere: re-hash at the end.
             s.hasher = None;
             s.size = w.size();
         }
-        if let Some(start) = start {
+        if let Some((start, _)) = range {
             if start != w.size() {
                 let expected = w.size();
                 w.close().await?;
                 return Err(Error::UploadOutOfOrder { expected, got: start });
             }
         }
-        let res = copy_body(body, &mut w, &mut s.hasher).await;
-        s.size = w.size();
-        let size = s.size;
-        w.close().await?;
+        let res = copy_body(body, &mut w, &mut s.hasher, range.map(|(_, len)| len)).await;
         if res.is_err() {
-            // Part of a chunk was written: the running hash no longer
+            // Part of a chunk may be written: the running hash no longer
             // matches what the client thinks it sent; re-hash when finishing.
             s.hasher = None;
         }
+        let closed = w.close().await;
+        // What is really stored is the size from now on (a failed write
+        // may have stored part of a batch).
+        s.size = match closed {
+            Ok(()) => self.driver.stat(&paths::upload_data(repo, id)).await.map(|st| st.size).unwrap_or(u64::MAX),
+            Err(_) => u64::MAX,
+        };
+        if closed.is_err() {
+            s.hasher = None;
+        }
+        let size = s.size;
         res?;
+        closed?;
         Ok(UploadStatus { id: id.to_string(), size })
     }
 
     /// Finishes an upload: appends an optional last chunk, verifies
-    /// `expected`, and makes the blob readable in `repo`.
+    /// `expected`, and makes the blob readable in `repo`. The upload's lock
+    /// is held until its data was moved and its directory removed.
     pub async fn finish_upload(
         &self,
         repo: &RepoName,
@@ -161,39 +234,43 @@ impl Registry {
         body: Option<BodyStream>,
     ) -> Result<BlobInfo> {
         self.ensure_writable()?;
-        self.upload_exists(repo, id).await?;
-        let session = self.uploads.get(id);
-        let mut s = session.lock().await;
+        let mut s = self.lock_upload(repo, id).await?;
         let data_path = paths::upload_data(repo, id);
         let mut w = self.driver.writer(&data_path, true).await?;
         if w.size() != s.size {
             s.hasher = None;
         }
         if let Some(body) = body {
-            if let Err(e) = copy_body(body, &mut w, &mut s.hasher).await {
+            if let Err(e) = copy_body(body, &mut w, &mut s.hasher, None).await {
                 s.hasher = None;
-                s.size = w.size();
+                s.size = u64::MAX;
                 w.close().await?;
                 return Err(e);
             }
         }
         let size = w.size();
-        w.commit().await?;
+        if let Err(e) = w.commit().await {
+            s.hasher = None;
+            s.size = u64::MAX;
+            return Err(e.into());
+        }
         let actual = match s.hasher.take() {
             Some(h) if h.algorithm() == expected.algorithm() => h.finish(),
             _ => self.hash_object(&data_path, expected.algorithm()).await?,
         };
-        drop(s);
-        self.uploads.remove(id);
         if &actual != expected {
+            s.ended = true;
+            self.uploads.remove(id);
             self.delete_if_exists(&paths::upload_dir(repo, id)).await?;
             return Err(Error::DigestInvalid(format!(
                 "uploaded content has digest {actual} but the client said {expected}; the upload was discarded, push the blob again"
             )));
         }
-        self.store_verified(repo, &data_path, expected).await?;
+        self.store_verified(repo, &data_path, expected, size).await?;
+        s.ended = true;
+        self.uploads.remove(id);
         self.delete_if_exists(&paths::upload_dir(repo, id)).await?;
-        Ok(BlobInfo { digest: actual, size })
+        Ok(BlobInfo { digest: actual, size, stored: None })
     }
 
     /// Monolithic upload (`POST ?digest=` with the body).
@@ -209,17 +286,29 @@ impl Registry {
 
     pub async fn cancel_upload(&self, repo: &RepoName, id: &str) -> Result<()> {
         self.ensure_writable()?;
-        self.upload_exists(repo, id).await?;
+        let mut s = self.lock_upload(repo, id).await?;
+        s.ended = true;
         self.uploads.remove(id);
         self.delete_if_exists(&paths::upload_dir(repo, id)).await
     }
 
-    /// Moves verified data under its digest (unless the blob store already
-    /// has it) and links it into the repository.
-    pub(super) async fn store_verified(&self, repo: &RepoName, data_path: &str, digest: &Digest) -> Result<()> {
+    /// Moves verified data under its digest and links it into the
+    /// repository. Data already stored under the digest is replaced (an
+    /// atomic rename on the filesystem, a copy on S3): the new data was
+    /// just verified, the old may not be, so a push always repairs a
+    /// damaged blob.
+    pub(super) async fn store_verified(
+        &self,
+        repo: &RepoName,
+        data_path: &str,
+        digest: &Digest,
+        size: u64,
+    ) -> Result<()> {
         let blob = paths::blob_data(digest);
-        if !self.exists(&blob).await? {
-            self.driver.move_object(data_path, &blob).await?;
+        self.driver.move_object(data_path, &blob).await?;
+        match self.driver.stat(&blob).await {
+            Ok(st) if st.size == size => self.verified.record(digest, &st),
+            _ => self.verified.forget(digest),
         }
         self.write_link(&paths::layer_link(repo, digest), digest).await
     }

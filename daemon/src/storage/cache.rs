@@ -30,7 +30,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
-use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
+use tokio::io::{AsyncReadExt, AsyncSeekExt};
 use tokio::sync::watch;
 
 /// Maps a storage path to the digest of its content, if it is
@@ -331,7 +331,7 @@ impl Shared {
             while let Some(chunk) = stream.next().await {
                 let chunk = chunk.map_err(|e| StorageError::Unavailable {
                     backend: self.inner.name().to_string(),
-                    message: format!("reading {path}: {e}"),
+                    message: format!("reading a blob broke off: {e}"),
                 })?;
                 hasher.update(&chunk);
                 pending.extend_from_slice(&chunk);
@@ -362,11 +362,11 @@ impl Shared {
             .await
             .map_err(|e| io(std::io::Error::other(e)))?
             .map_err(io)?;
-        let dest = cache_path(&self.dir, d);
-        if let Some(parent) = dest.parent() {
-            tokio::fs::create_dir_all(parent).await.map_err(io)?;
-        }
-        tokio::fs::rename(tmp, &dest).await.map_err(io)?;
+        let (src, dest) = (tmp.to_path_buf(), cache_path(&self.dir, d));
+        tokio::task::spawn_blocking(move || crate::durable::rename(&src, &dest))
+            .await
+            .map_err(|e| io(std::io::Error::other(e)))?
+            .map_err(io)?;
         metrics::get().cache_fill_bytes.fetch_add(written, Relaxed);
         self.index.lock().unwrap().insert(d.clone(), size);
         self.evict();
@@ -393,25 +393,17 @@ impl Shared {
         if content.len() as u64 > self.max_size || &Digest::of(d.algorithm(), content) != d {
             return;
         }
-        let tmp = self.dir.join("tmp").join(uuid::Uuid::new_v4().simple().to_string());
         let dest = cache_path(&self.dir, d);
-        let res = async {
-            let mut f = tokio::fs::File::create(&tmp).await?;
-            f.write_all(content).await?;
-            f.sync_all().await?;
-            if let Some(parent) = dest.parent() {
-                tokio::fs::create_dir_all(parent).await?;
-            }
-            tokio::fs::rename(&tmp, &dest).await
-        }
-        .await;
+        let data = content.clone();
+        let res = tokio::task::spawn_blocking(move || crate::durable::write_file(&dest, &data))
+            .await
+            .unwrap_or_else(|e| Err(std::io::Error::other(e)));
         match res {
             Ok(()) => {
                 self.index.lock().unwrap().insert(d.clone(), content.len() as u64);
                 self.evict();
             }
             Err(e) => {
-                let _ = tokio::fs::remove_file(&tmp).await;
                 tracing::warn!(digest = %d, "cannot cache: {e}");
             }
         }

@@ -2,20 +2,25 @@
 //! root directory, in exactly the layout registry:2 writes, so a root can be
 //! moved between registry:2 and berthd in either direction.
 //!
-//! Whole-object writes go to a temporary file beside the target and are
-//! renamed into place after `fsync`, so a crash or a full disk never leaves a
-//! half-written object under its final name.
+//! Whole-object writes go through [`durable`]: a temporary file beside the
+//! target, `fsync`, `rename`, `fsync` of the directory — so a crash or a full
+//! disk never leaves a half-written object under its final name, and a
+//! failed write leaves the previous object as it was.
 
 use super::{check_path, ByteStream, FileInfo, FileWriter, Result, StorageDriver, StorageError};
+use crate::durable;
 use async_trait::async_trait;
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use futures_util::StreamExt;
-use std::path::{Path, PathBuf};
+use std::io::Write;
+use std::path::PathBuf;
 use tokio::fs;
-use tokio::io::{AsyncSeekExt, AsyncWriteExt};
+use tokio::io::AsyncSeekExt;
 
 /// Read buffer size for streamed objects.
 const CHUNK: usize = 256 * 1024;
+/// Bytes a writer gathers before each write(2), done on the blocking pool.
+const WRITE_BATCH: usize = 1024 * 1024;
 
 pub struct FsDriver {
     root: PathBuf,
@@ -33,18 +38,15 @@ impl FsDriver {
     }
 }
 
-async fn ensure_parent(path: &str, full: &Path) -> Result<()> {
-    if let Some(parent) = full.parent() {
-        fs::create_dir_all(parent).await.map_err(|e| StorageError::io(path, e))?;
+/// Runs blocking file work on the blocking pool, naming `path` in errors.
+/// std's calls are used for every write because each returns its own
+/// error: tokio's `File` reports a failed background write only at a
+/// later call, and a `sync_all` after it can drop that error.
+async fn blocking<T: Send + 'static>(path: &str, f: impl FnOnce() -> std::io::Result<T> + Send + 'static) -> Result<T> {
+    match tokio::task::spawn_blocking(f).await {
+        Ok(r) => r.map_err(|e| StorageError::io(path, e)),
+        Err(e) => Err(StorageError::io(path, std::io::Error::other(e))),
     }
-    Ok(())
-}
-
-/// A temporary sibling name for atomic replacement; the leading dot keeps
-/// it out of the object namespace (`check_path` never names it).
-fn temp_sibling(full: &Path) -> PathBuf {
-    let name = full.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    full.with_file_name(format!(".{name}.tmp-{}", uuid::Uuid::new_v4().simple()))
 }
 
 #[async_trait]
@@ -61,20 +63,7 @@ impl StorageDriver for FsDriver {
 
     async fn put_content(&self, path: &str, content: Bytes) -> Result<()> {
         let full = self.full(path)?;
-        ensure_parent(path, &full).await?;
-        let tmp = temp_sibling(&full);
-        let res = async {
-            let mut f = fs::File::create(&tmp).await?;
-            f.write_all(&content).await?;
-            f.sync_all().await?;
-            fs::rename(&tmp, &full).await
-        }
-        .await;
-        if let Err(e) = res {
-            let _ = fs::remove_file(&tmp).await;
-            return Err(StorageError::io(path, e));
-        }
-        Ok(())
+        blocking(path, move || durable::write_file(&full, &content)).await
     }
 
     async fn reader(&self, path: &str, offset: u64) -> Result<ByteStream> {
@@ -92,17 +81,24 @@ impl StorageDriver for FsDriver {
 
     async fn writer(&self, path: &str, append: bool) -> Result<Box<dyn FileWriter>> {
         let full = self.full(path)?;
-        ensure_parent(path, &full).await?;
-        let mut opts = fs::OpenOptions::new();
-        opts.create(true).write(true);
-        if append {
-            opts.append(true);
-        } else {
-            opts.truncate(true);
-        }
-        let file = opts.open(&full).await.map_err(|e| StorageError::io(path, e))?;
-        let size = file.metadata().await.map_err(|e| StorageError::io(path, e))?.len();
-        Ok(Box::new(FsWriter { path: path.to_string(), full, file, size }))
+        let target = full.clone();
+        let (file, size) = blocking(path, move || {
+            if let Some(parent) = target.parent() {
+                durable::create_dirs(parent)?;
+            }
+            let mut opts = std::fs::OpenOptions::new();
+            opts.create(true).write(true);
+            if append {
+                opts.append(true);
+            } else {
+                opts.truncate(true);
+            }
+            let file = opts.open(&target)?;
+            let size = file.metadata()?.len();
+            Ok((file, size))
+        })
+        .await?;
+        Ok(Box::new(FsWriter { path: path.to_string(), full, file: Some(file), pending: BytesMut::new(), size }))
     }
 
     async fn stat(&self, path: &str) -> Result<FileInfo> {
@@ -136,30 +132,63 @@ impl StorageDriver for FsDriver {
     async fn move_object(&self, source: &str, dest: &str) -> Result<()> {
         let src = self.full(source)?;
         let dst = self.full(dest)?;
-        ensure_parent(dest, &dst).await?;
-        fs::rename(&src, &dst).await.map_err(|e| StorageError::io(source, e))
+        blocking(source, move || durable::rename(&src, &dst)).await
     }
 
     async fn delete(&self, path: &str) -> Result<()> {
         let full = self.full(path)?;
-        let md = fs::symlink_metadata(&full).await.map_err(|e| StorageError::io(path, e))?;
-        let res = if md.is_dir() { fs::remove_dir_all(&full).await } else { fs::remove_file(&full).await };
-        res.map_err(|e| StorageError::io(path, e))
+        blocking(path, move || {
+            let md = std::fs::symlink_metadata(&full)?;
+            if md.is_dir() {
+                std::fs::remove_dir_all(&full)?;
+            } else {
+                std::fs::remove_file(&full)?;
+            }
+            match full.parent() {
+                Some(parent) => durable::sync_dir(parent),
+                None => Ok(()),
+            }
+        })
+        .await
     }
 }
 
 struct FsWriter {
     path: String,
     full: PathBuf,
-    file: fs::File,
+    /// `None` only while a batch is being written on the blocking pool.
+    file: Option<std::fs::File>,
+    /// Bytes accepted but not yet written.
+    pending: BytesMut,
     size: u64,
+}
+
+impl FsWriter {
+    /// Writes the pending bytes; the error of this very write is returned.
+    async fn flush_pending(&mut self, sync: bool) -> Result<()> {
+        let mut file = self.file.take().ok_or_else(|| {
+            StorageError::io(&self.path, std::io::Error::other("an earlier write of this writer failed"))
+        })?;
+        let batch = self.pending.split().freeze();
+        let (file, res) = tokio::task::spawn_blocking(move || {
+            let res = file.write_all(&batch).and_then(|()| if sync { file.sync_all() } else { Ok(()) });
+            (file, res)
+        })
+        .await
+        .map_err(|e| StorageError::io(&self.path, std::io::Error::other(e)))?;
+        self.file = Some(file);
+        res.map_err(|e| StorageError::io(&self.path, e))
+    }
 }
 
 #[async_trait]
 impl FileWriter for FsWriter {
     async fn write(&mut self, data: &[u8]) -> Result<()> {
-        self.file.write_all(data).await.map_err(|e| StorageError::io(&self.path, e))?;
+        self.pending.extend_from_slice(data);
         self.size += data.len() as u64;
+        if self.pending.len() >= WRITE_BATCH {
+            self.flush_pending(false).await?;
+        }
         Ok(())
     }
 
@@ -168,11 +197,11 @@ impl FileWriter for FsWriter {
     }
 
     async fn close(mut self: Box<Self>) -> Result<()> {
-        self.file.flush().await.map_err(|e| StorageError::io(&self.path, e))
+        self.flush_pending(false).await
     }
 
-    async fn cancel(self: Box<Self>) -> Result<()> {
-        drop(self.file);
+    async fn cancel(mut self: Box<Self>) -> Result<()> {
+        drop(self.file.take());
         match fs::remove_file(&self.full).await {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(StorageError::io(&self.path, e)),
             _ => Ok(()),
@@ -180,8 +209,7 @@ impl FileWriter for FsWriter {
     }
 
     async fn commit(mut self: Box<Self>) -> Result<()> {
-        self.file.flush().await.map_err(|e| StorageError::io(&self.path, e))?;
-        self.file.sync_all().await.map_err(|e| StorageError::io(&self.path, e))
+        self.flush_pending(true).await
     }
 }
 

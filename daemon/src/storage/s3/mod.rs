@@ -349,7 +349,7 @@ impl StorageDriver for S3Driver {
             self.client.get_object().bucket(&self.bucket).key(&key).send().await.map_err(|e| self.err(path, e))?;
         let data = out.body.collect().await.map_err(|e| StorageError::Unavailable {
             backend: self.describe(),
-            message: format!("reading {path}: {e}"),
+            message: format!("reading an object broke off: {e}"),
         })?;
         Ok(data.into_bytes())
     }

@@ -2,7 +2,6 @@
 //! ports with its own data directory. Install it with
 //! `bash tests/scripts/install-seaweedfs.sh`; notes in
 //! `tests/scripts/seaweedfs.md`.
-#![allow(dead_code)]
 
 use crate::common::require_tool;
 use std::io::{BufRead, BufReader};

@@ -2,8 +2,7 @@
 //! free loopback port with its own data directory, and find the external
 //! programs the tests drive.
 //!
-//! Every test file does `mod common;` and uses only what it needs.
-#![allow(dead_code)]
+//! The test modules and benchmarks use it as `berth_tests::common`.
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -88,10 +87,18 @@ impl Berthd {
     }
 
     /// Starts berthd with `yaml` as its config (every key but `http`, which
-    /// the harness adds: a free loopback port and a debug listener).
+    /// the harness adds: a free loopback port and a debug listener). Unless
+    /// `yaml` says otherwise, the cluster's own registry name is the one the
+    /// containerd tests pull through berthd
+    /// ([`MIRROR_HOST`](crate::support_e2e::containerd::MIRROR_HOST)): berthd
+    /// serves no other `?ns=`.
     pub fn start_config(dir: tempfile::TempDir, root: PathBuf, yaml: &str, env: &[(&str, &str)]) -> Berthd {
         let config = dir.path().join("config.yml");
-        let yaml = format!("{yaml}\nhttp:\n  addr: 127.0.0.1:0\n  debug:\n    addr: 127.0.0.1:0\n");
+        let mut yaml = format!("{yaml}\nhttp:\n  addr: 127.0.0.1:0\n  debug:\n    addr: 127.0.0.1:0\n");
+        if !yaml.lines().any(|l| l.starts_with("containerd:")) {
+            let own = crate::support_e2e::containerd::MIRROR_HOST;
+            yaml.push_str(&format!("containerd:\n  registries: [{own}]\n"));
+        }
         std::fs::write(&config, yaml).expect("write config");
         let mut cmd = Command::new(berthd_bin());
         cmd.arg("serve")

@@ -1,13 +1,11 @@
-//! Helpers shared by the real-client end-to-end tests (`skopeo.rs`,
-//! `containerd.rs`, `registry2_compat.rs`), included with
-//! `mod support_e2e;` (this is `support_e2e/mod.rs`, so cargo does not build it as a test target of its own).
+//! Helpers shared by the real-client end-to-end tests (`skopeo`,
+//! `containerd`, `registry2_compat`, …) and the benchmarks.
 //!
 //! * builds a small runnable busybox OCI image layout with `umoci`, offline;
 //! * builds a two-platform OCI image index from it;
 //! * wraps `skopeo` (explicit permissive policy, plain HTTP on loopback);
 //! * runs Debian's `docker-registry` (distribution 2.8) as a reference peer;
 //! * compares OCI layouts / registry roots byte for byte.
-#![allow(dead_code)]
 
 pub mod containerd;
 pub mod pki;
@@ -426,6 +424,12 @@ pub struct Skopeo {
     bin: PathBuf,
     policy: PathBuf,
     _dir: tempfile::TempDir,
+}
+
+impl Default for Skopeo {
+    fn default() -> Self {
+        Skopeo::new()
+    }
 }
 
 impl Skopeo {

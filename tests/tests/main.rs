@@ -1,0 +1,20 @@
+//! Berth's end-to-end tests: real `berthd` and `berth-snapshotter`
+//! processes driven by real clients (skopeo, containerd + ctr, runc,
+//! Debian's docker-registry, SeaweedFS). One test binary, one module per
+//! area; run one area with a name filter, e.g.
+//! `cargo test -p berth-tests --test e2e -- skopeo::`.
+
+use berth_tests::{common, support_e2e, support_s3};
+
+mod ansible;
+mod auth;
+mod conformance;
+mod containerd;
+mod deploy;
+mod faults;
+mod mirror;
+mod registry2_compat;
+mod s3;
+mod skopeo;
+mod snapshotter;
+mod tls;
