@@ -1169,3 +1169,37 @@ mod tests {
         assert!(matches!(load_str("a: [", &[]), Err(ConfigError::Yaml { .. })));
     }
 }
+
+#[cfg(test)]
+mod properties {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(3000))]
+
+        /// Any value for any known key (as a `REGISTRY_*` override, parsed
+        /// as YAML like registry:2 does) loads or is refused with an error
+        /// that names a key — never a panic.
+        #[test]
+        fn any_value_for_any_key_loads_or_names_the_key(
+            keys in proptest::collection::vec(proptest::sample::select(KNOWN.to_vec()), 1..4),
+            values in proptest::collection::vec("\\PC{0,24}|[0-9]{1,12}[a-zA-Z]{0,3}|true|false|\\[[a-z0-9:./ ,-]{0,30}\\]|\\{[a-z: ,]{0,20}\\}|-?[0-9.]{1,8}(s|m|h|GiB|ms)?", 1..4),
+        ) {
+            let vars: Vec<(String, String)> = keys
+                .iter()
+                .zip(values.iter().cycle())
+                .filter(|(k, _)| !k.contains('*'))
+                .map(|(k, v)| (format!("REGISTRY_{}", k.replace('.', "_").to_ascii_uppercase()), v.clone()))
+                .chain([("HOME".to_string(), "/home/u".to_string())])
+                .collect();
+            match load(None, &vars) {
+                Ok(_) => {}
+                Err(ConfigError::Invalid { key, message }) => {
+                    prop_assert!(!key.is_empty() && !message.is_empty());
+                }
+                Err(e) => prop_assert!(false, "unexpected error kind: {e}"),
+            }
+        }
+    }
+}

@@ -174,3 +174,39 @@ mod tests {
         assert!("../../etc:passwd".parse::<Digest>().is_err());
     }
 }
+
+#[cfg(test)]
+mod properties {
+    use super::*;
+    use crate::registry::paths;
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(4000))]
+
+        /// An accepted digest prints as it was written and names exactly one
+        /// blob path, which maps back to it.
+        #[test]
+        fn accepted_digests_round_trip_to_one_blob_path(
+            s in "(sha256|sha512|SHA256|md5|sha256\\+b64)?:?[0-9a-fA-Fg./]{0,130}|\\PC{0,40}"
+        ) {
+            if let Ok(d) = s.parse::<Digest>() {
+                prop_assert_eq!(d.to_string(), s.clone());
+                let path = paths::blob_data(&d);
+                prop_assert!(crate::storage::check_path(&path).is_ok());
+                prop_assert_eq!(paths::content_digest(&path), Some(d));
+            }
+        }
+
+        #[test]
+        fn hashing_matches_the_named_algorithm(data in proptest::collection::vec(any::<u8>(), 0..2000)) {
+            let d = Digest::sha256_of(&data);
+            prop_assert_eq!(d.to_string().parse::<Digest>().unwrap(), d.clone());
+            let mut h = Hasher::new(Algorithm::Sha256);
+            let (a, b) = data.split_at(data.len() / 2);
+            h.update(a);
+            h.update(b);
+            prop_assert_eq!(h.finish(), d);
+        }
+    }
+}

@@ -7,6 +7,7 @@
 
 pub mod api;
 pub mod auth;
+pub mod commands;
 pub mod config;
 pub mod digest;
 pub mod durable;

@@ -23,6 +23,20 @@ enum Command {
         #[arg(conflicts_with = "config", value_name = "CONFIG")]
         config_positional: Option<PathBuf>,
     },
+    /// Verify the storage: every blob hashes to its digest, every link
+    /// names a blob that exists, every manifest's references are there.
+    /// Exit status 0 when clean, 1 when problems were found.
+    Fsck {
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        #[arg(conflicts_with = "config", value_name = "CONFIG")]
+        config_positional: Option<PathBuf>,
+        /// Quarantine damaged blobs and unreadable links (under
+        /// /berth/quarantine), so the registry stops offering them and a
+        /// push repairs them.
+        #[arg(long)]
+        repair: bool,
+    },
     /// Integrate with the node's container runtime.
     Containerd {
         #[command(subcommand)]
@@ -75,6 +89,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Serve { config, config_positional } => serve(config.or(config_positional)),
+        Command::Fsck { config, config_positional, repair } => fsck(config.or(config_positional), repair),
         Command::Containerd {
             command:
                 ContainerdCommand::Configure {
@@ -121,6 +136,32 @@ fn configure(path: Option<PathBuf>, opts: &berthd::nodeconfig::Options) -> ExitC
         Err(e) => {
             eprintln!("berthd containerd configure: {e}");
             ExitCode::FAILURE
+        }
+    }
+}
+
+fn fsck(path: Option<PathBuf>, repair: bool) -> ExitCode {
+    let vars: Vec<(String, String)> = std::env::vars().collect();
+    let config = match berthd::config::load(path.as_deref(), &vars) {
+        Ok(l) => l.config,
+        Err(e) => {
+            eprintln!("berthd: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("berthd: cannot start the async runtime: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    match rt.block_on(berthd::commands::fsck::run(&config, repair, &mut std::io::stdout())) {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::FAILURE,
+        Err(e) => {
+            eprintln!("berthd fsck: {e}");
+            ExitCode::from(2)
         }
     }
 }

@@ -27,6 +27,8 @@ pub struct Metrics {
     pub storage_latency_micros: AtomicU64,
     /// Stored objects moved aside because they did not hash to their digest.
     pub quarantined: AtomicU64,
+    /// Password hash (bcrypt) verifications: logins not remembered.
+    pub password_checks: AtomicU64,
 }
 
 /// The process-wide metrics.
@@ -51,7 +53,7 @@ impl Metrics {
                 "berth_http_requests_total{{route=\"{route}\",method=\"{method}\",status=\"{status}\"}} {n}"
             );
         }
-        let counters: [(&str, &str, &AtomicU64, &str); 12] = [
+        let counters: [(&str, &str, &AtomicU64, &str); 13] = [
             (
                 "berth_cache_hits_total",
                 "Blob and manifest reads served from the node cache.",
@@ -102,6 +104,12 @@ impl Metrics {
                 "berth_quarantined_total",
                 "Stored objects that did not hash to their digest, moved to /berth/quarantine.",
                 &self.quarantined,
+                "counter",
+            ),
+            (
+                "berth_auth_password_checks_total",
+                "bcrypt verifications of htpasswd logins (successful logins are remembered for 5 minutes).",
+                &self.password_checks,
                 "counter",
             ),
         ];

@@ -167,3 +167,58 @@ mod tests {
         assert!(matches!(Reference::parse("sha256:zz"), Err(NameError::Digest(_))));
     }
 }
+
+#[cfg(test)]
+mod properties {
+    //! Whatever a client sends as a name, what is accepted follows the
+    //! spec's grammar and can only name paths inside the registry layout.
+    use super::*;
+    use crate::registry::paths;
+    use crate::storage::check_path;
+    use proptest::prelude::*;
+
+    const COMPONENT: &str = "[a-z0-9]{1,8}(([._]|__|-{1,3})[a-z0-9]{1,8}){0,3}";
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(4000))]
+
+        #[test]
+        fn any_accepted_repository_name_stays_in_the_layout(s in "[a-zA-Z0-9._/%-]{0,300}|\\PC{0,64}") {
+            if let Ok(n) = RepoName::parse(&s) {
+                prop_assert!(s.len() <= MAX_NAME_LEN);
+                prop_assert_eq!(n.as_str(), s.as_str());
+                prop_assert!(check_path(&paths::repo_dir(&n)).is_ok());
+                prop_assert!(!s.split('/').any(|c| c.is_empty() || c == "." || c == ".." || c.starts_with('_')));
+            }
+        }
+
+        #[test]
+        fn names_of_the_spec_grammar_are_accepted(parts in proptest::collection::vec(COMPONENT, 1..5)) {
+            let s = parts.join("/");
+            prop_assume!(s.len() <= MAX_NAME_LEN);
+            prop_assert!(RepoName::parse(&s).is_ok(), "{}", s);
+        }
+
+        #[test]
+        fn tags_are_exactly_the_spec_grammar(s in "[a-zA-Z0-9._-]{0,130}|\\PC{0,20}") {
+            let b = s.as_bytes();
+            let grammar = (1..=128).contains(&b.len())
+                && (b[0].is_ascii_alphanumeric() || b[0] == b'_')
+                && b.iter().all(|c| c.is_ascii_alphanumeric() || matches!(c, b'.' | b'_' | b'-'));
+            prop_assert_eq!(Tag::parse(&s).is_ok(), grammar);
+            if let Ok(t) = Tag::parse(&s) {
+                let repo = RepoName::parse("r").unwrap();
+                prop_assert!(check_path(&paths::tag_current_link(&repo, &t)).is_ok());
+            }
+        }
+
+        #[test]
+        fn references_are_a_tag_or_a_digest(s in "\\PC{0,80}|sha256:[0-9a-fA-F]{0,70}") {
+            match Reference::parse(&s) {
+                Ok(Reference::Tag(t)) => prop_assert_eq!(t.as_str(), s.as_str()),
+                Ok(Reference::Digest(d)) => prop_assert_eq!(d.to_string(), s),
+                Err(_) => {}
+            }
+        }
+    }
+}

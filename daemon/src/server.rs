@@ -24,9 +24,8 @@ use axum::http::{HeaderName, HeaderValue};
 use std::sync::Arc;
 use tokio::net::TcpListener;
 
-/// Builds the storage stack: the backend, instrumented, behind the node
-/// cache when one is configured.
-pub async fn build_storage(config: &Config) -> Result<Arc<dyn StorageDriver>> {
+/// Builds the configured backend, instrumented (no node cache).
+pub async fn build_backend(config: &Config) -> Result<Arc<dyn StorageDriver>> {
     let backend: Arc<dyn StorageDriver> = match &config.storage.backend {
         Backend::Filesystem => {
             let root = &config.storage.root;
@@ -44,7 +43,13 @@ pub async fn build_storage(config: &Config) -> Result<Arc<dyn StorageDriver>> {
             Arc::new(driver)
         }
     };
-    let backend: Arc<dyn StorageDriver> = Arc::new(Instrumented(backend));
+    Ok(Arc::new(Instrumented(backend)))
+}
+
+/// Builds the storage stack: the backend, instrumented, behind the node
+/// cache when one is configured.
+pub async fn build_storage(config: &Config) -> Result<Arc<dyn StorageDriver>> {
+    let backend = build_backend(config).await?;
     Ok(match &config.cache {
         None => backend,
         Some(c) => {
@@ -59,11 +64,26 @@ pub async fn build_storage(config: &Config) -> Result<Arc<dyn StorageDriver>> {
 /// Builds the registry on the configured storage.
 pub async fn build_registry(config: &Config) -> Result<Arc<Registry>> {
     let driver = build_storage(config).await?;
-    let policy = Policy {
+    registry_on(config, driver)
+}
+
+/// A registry for maintenance commands (`fsck`): on the backend itself,
+/// never through this node's cache, without mirrors.
+pub async fn build_maintenance_registry(config: &Config) -> Result<Arc<Registry>> {
+    let driver = build_backend(config).await?;
+    Ok(Registry::new(driver, policy_of(config)))
+}
+
+fn policy_of(config: &Config) -> Policy {
+    Policy {
         delete_enabled: config.storage.delete_enabled,
         read_only: config.storage.read_only,
         redirect: !config.storage.redirect_disable,
-    };
+    }
+}
+
+fn registry_on(config: &Config, driver: Arc<dyn StorageDriver>) -> Result<Arc<Registry>> {
+    let policy = policy_of(config);
     let mut upstreams = Vec::new();
     if !config.mirrors.is_empty() {
         let trust = Trust { ca_files: config.tls_cacerts.clone(), discover_cluster_ca: true };

@@ -217,6 +217,15 @@ fn tokens_grant_exactly_their_scopes() {
     assert!(r.json()["errors"][0]["message"].as_str().unwrap().contains("expired"));
     let r = http("GET", &url, &[("authorization", &bearer(&foreign))]).unwrap();
     assert_eq!(r.status, 401);
+    // A token valid only from an hour ahead is refused until then.
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64;
+    let future = signer.sign(&serde_json::json!({
+        "iss": "test-issuer", "sub": "ci", "aud": "berth-test", "iat": now, "nbf": now + 3600, "exp": now + 7200,
+        "access": [{"type":"repository","name":"team/app","actions":["*"]}],
+    }));
+    let r = http("GET", &url, &[("authorization", &bearer(&future))]).unwrap();
+    assert_eq!(r.status, 401, "a token is not valid before its nbf");
+    assert!(r.json()["errors"][0]["message"].as_str().unwrap().contains("not valid yet"));
     let r = http("DELETE", &url, &[("authorization", &bearer(&pull_token))]).unwrap();
     assert_eq!(r.status, 403);
     assert_eq!(r.json()["errors"][0]["code"], "DENIED");

@@ -65,7 +65,9 @@ async fn dispatch(State(state): State<Shared>, ConnectInfo(peer): ConnectInfo<Pe
     let mut resp = match route::parse(&path) {
         Ok(route) => {
             label = route.label();
-            match authorize(&state, &route, &req, &peer) {
+            let authz = req.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).map(str::to_string);
+            let needs = scopes(&route, req.method(), &req);
+            match authorize(&state, authz, needs, &peer).await {
                 Ok(()) => handle(&state, route, req).await.unwrap_or_else(IntoResponse::into_response),
                 Err(refusal) => refusal.into_response(),
             }
@@ -129,10 +131,27 @@ fn scopes(route: &Route, method: &Method, req: &Request) -> Vec<Scope> {
     }
 }
 
-fn authorize(state: &AppState, route: &Route, req: &Request, peer: &PeerInfo) -> Result<(), Refusal> {
-    let authz = req.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
-    let scopes = scopes(route, req.method(), req);
-    state.gate.check(&state.policy, authz, peer.client_cert.as_deref(), peer.addr.ip(), &scopes).map(|_| ())
+/// Checks the request against the listener's policy. A password that
+/// needs bcrypt is checked on the blocking pool, so logins do not slow down
+/// the requests served beside them.
+async fn authorize(
+    state: &AppState,
+    authz: Option<String>,
+    scopes: Vec<Scope>,
+    peer: &PeerInfo,
+) -> Result<(), Refusal> {
+    let authz = authz.as_deref();
+    if state.gate.is_cheap(authz) {
+        return state
+            .gate
+            .check(&state.policy, authz, peer.client_cert.as_deref(), peer.addr.ip(), &scopes)
+            .map(|_| ());
+    }
+    let (gate, policy, authz, cert, ip) =
+        (state.gate.clone(), state.policy, authz.map(str::to_string), peer.client_cert.clone(), peer.addr.ip());
+    tokio::task::spawn_blocking(move || gate.check(&policy, authz.as_deref(), cert.as_deref(), ip, &scopes).map(|_| ()))
+        .await
+        .unwrap_or_else(|e| Err(Refusal::Denied(format!("the credential check failed: {e}"))))
 }
 
 async fn handle(state: &AppState, route: Route, req: Request) -> ApiResult {

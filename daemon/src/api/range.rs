@@ -85,3 +85,34 @@ mod tests {
         assert_eq!(parse_content_range("x"), None);
     }
 }
+
+#[cfg(test)]
+mod properties {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(4000))]
+
+        /// A served range always lies inside the blob and is not empty.
+        #[test]
+        fn ranges_stay_inside_the_blob(
+            h in "bytes=[0-9]{0,21}-[0-9]{0,21}|bytes=-?[0-9 ,-]{0,12}|\\PC{0,30}",
+            size in prop_oneof![0u64..100, any::<u64>()],
+        ) {
+            if let RangeRequest::Partial(r) = parse_range(Some(&h), size) {
+                prop_assert!(r.len > 0);
+                prop_assert!(r.start < size);
+                prop_assert!(r.start.checked_add(r.len).is_some_and(|end| end <= size));
+            }
+        }
+
+        #[test]
+        fn content_ranges_are_consistent(h in "(bytes )?[0-9]{0,21}-[0-9]{0,21}(/\\*|/[0-9]{1,5})?|\\PC{0,30}") {
+            if let Some((start, len)) = parse_content_range(&h) {
+                prop_assert!(len >= 1);
+                prop_assert!(start.checked_add(len - 1).is_some());
+            }
+        }
+    }
+}

@@ -210,3 +210,35 @@ mod tests {
         assert!(matches!(parse("/v2/a/b/c"), Err(RouteError::NotFound)));
     }
 }
+
+#[cfg(test)]
+mod properties {
+    use super::*;
+    use crate::registry::paths;
+    use crate::storage::check_path;
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(4000))]
+
+        /// Any request path parses or is refused; a route's names only ever
+        /// lead to paths inside the registry layout.
+        #[test]
+        fn any_path_routes_safely(
+            p in "/v2/([a-z0-9._%/-]{0,40}/)?(manifests|blobs|tags|referrers|_berth/layer|blobs/uploads)/[a-zA-Z0-9:%._{}-]{0,80}(/index|/tar|/list)?|\\PC{0,60}"
+        ) {
+            match parse(&p) {
+                Ok(Route::Manifest { repo, reference: Reference::Tag(t) }) => {
+                    prop_assert!(check_path(&paths::tag_current_link(&repo, &t)).is_ok());
+                }
+                Ok(Route::Blob { repo, digest }) | Ok(Route::LayerIndex { repo, digest }) => {
+                    prop_assert!(check_path(&paths::layer_link(&repo, &digest)).is_ok());
+                }
+                Ok(Route::Upload { repo, .. }) | Ok(Route::UploadStart { repo }) | Ok(Route::Tags { repo }) => {
+                    prop_assert!(check_path(&paths::repo_dir(&repo)).is_ok());
+                }
+                _ => {}
+            }
+        }
+    }
+}

@@ -9,6 +9,11 @@ use std::sync::{Mutex, RwLock};
 use std::time::{Duration, Instant, SystemTime};
 
 const RELOAD_CHECK: Duration = Duration::from_secs(1);
+/// How long a successful login is remembered: clients send their
+/// credentials with every request, and one bcrypt check costs ~250 ms of
+/// CPU at the usual cost 12.
+const REMEMBER: Duration = Duration::from_secs(300);
+const MAX_REMEMBERED: usize = 4096;
 
 #[derive(Debug)]
 pub struct Htpasswd {
@@ -19,6 +24,10 @@ pub struct Htpasswd {
     /// users are checked against it, so a wrong user name costs as much
     /// time as a wrong password.
     dummy: String,
+    /// Recent successful logins, by a salted hash of user and password
+    /// (never the password itself); emptied when the file changes.
+    remembered: Mutex<HashMap<[u8; 32], Instant>>,
+    salt: [u8; 16],
 }
 
 /// The cost of a bcrypt hash (`$2y$NN$…`).
@@ -66,7 +75,27 @@ impl Htpasswd {
             users: RwLock::new((users, mtime(path))),
             last_check: Mutex::new(Instant::now()),
             dummy,
+            remembered: Mutex::default(),
+            salt: *uuid::Uuid::new_v4().as_bytes(),
         })
+    }
+
+    fn key(&self, user: &str, password: &str) -> [u8; 32] {
+        use sha2::Digest as _;
+        let mut h = sha2::Sha256::new();
+        h.update(self.salt);
+        h.update((user.len() as u64).to_le_bytes());
+        h.update(user.as_bytes());
+        h.update(password.as_bytes());
+        h.finalize().into()
+    }
+
+    /// Whether these credentials logged in successfully a moment ago (then
+    /// [`verify`](Self::verify) answers without bcrypt).
+    pub fn remembers(&self, user: &str, password: &str) -> bool {
+        self.maybe_reload();
+        let key = self.key(user, password);
+        self.remembered.lock().unwrap().get(&key).is_some_and(|t| t.elapsed() < REMEMBER)
     }
 
     fn maybe_reload(&self) {
@@ -85,6 +114,7 @@ impl Htpasswd {
             Ok(users) => {
                 let n = users.len();
                 *self.users.write().unwrap() = (users, stamp);
+                self.remembered.lock().unwrap().clear();
                 tracing::info!(path = %self.path.display(), users = n, "htpasswd file reloaded");
             }
             Err(e) => {
@@ -94,13 +124,28 @@ impl Htpasswd {
         }
     }
 
-    /// Checks a user's password. Takes the same time whether or not the
-    /// user exists (one bcrypt verification either way).
+    /// Checks a user's password. Unless the same credentials succeeded a
+    /// moment ago, this is a bcrypt verification (so callers run it on the
+    /// blocking pool), which takes the same time whether or not the user
+    /// exists.
     pub fn verify(&self, user: &str, password: &str) -> bool {
-        self.maybe_reload();
+        if self.remembers(user, password) {
+            return true;
+        }
         let hash = self.users.read().unwrap().0.get(user).cloned();
         let known = hash.is_some();
+        crate::metrics::get().password_checks.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let ok = bcrypt::verify(password, hash.as_deref().unwrap_or(&self.dummy)).unwrap_or(false);
+        if known && ok {
+            let mut remembered = self.remembered.lock().unwrap();
+            if remembered.len() >= MAX_REMEMBERED {
+                remembered.retain(|_, t| t.elapsed() < REMEMBER);
+                if remembered.len() >= MAX_REMEMBERED {
+                    remembered.clear();
+                }
+            }
+            remembered.insert(self.key(user, password), Instant::now());
+        }
         known && ok
     }
 }
@@ -125,6 +170,28 @@ mod tests {
         assert!(e.contains(":1:") && e.contains("carol") && e.contains("htpasswd -B"), "{e}");
         std::fs::write(&p, "no-colon-here\n").unwrap();
         assert!(Htpasswd::load(&p).unwrap_err().contains(":1:"));
+    }
+
+    #[test]
+    fn successful_logins_are_remembered_until_the_file_changes() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("htpasswd");
+        std::fs::write(&p, format!("alice:{}\n", bcrypt::hash("pw", 4).unwrap())).unwrap();
+        let h = Htpasswd::load(&p).unwrap();
+        assert!(!h.remembers("alice", "pw"));
+        assert!(!h.verify("alice", "nope"));
+        assert!(!h.remembers("alice", "nope"), "failures are not remembered");
+        assert!(h.verify("alice", "pw"));
+        assert!(h.remembers("alice", "pw"));
+        assert!(!h.remembers("alice", "pw2") && !h.remembers("alic", "epw"));
+        // A changed file (new password) forgets every remembered login.
+        std::thread::sleep(RELOAD_CHECK + Duration::from_millis(50));
+        std::fs::write(&p, format!("alice:{}\n", bcrypt::hash("new", 4).unwrap())).unwrap();
+        let t = SystemTime::now() + Duration::from_secs(5);
+        std::fs::File::options().write(true).open(&p).unwrap().set_modified(t).unwrap();
+        assert!(!h.remembers("alice", "pw"));
+        assert!(!h.verify("alice", "pw"));
+        assert!(h.verify("alice", "new"));
     }
 
     #[test]

@@ -200,16 +200,11 @@ impl Gate {
         let (scheme, value) = header.trim().split_once(' ').unwrap_or((header, ""));
         let result = match (&self.auth, scheme.to_ascii_lowercase().as_str()) {
             (Authenticator::Htpasswd { file, .. }, "basic") => {
-                use base64::Engine;
-                let decoded = base64::engine::general_purpose::STANDARD
-                    .decode(value.trim())
-                    .ok()
-                    .and_then(|b| String::from_utf8(b).ok());
-                match decoded.as_deref().and_then(|d| d.split_once(':')) {
-                    Some((user, pass)) if file.verify(user, pass) => Ok(Identity::User(user.to_string())),
+                match basic_credentials(header) {
+                    Some((user, pass)) if file.verify(&user, &pass) => Ok(Identity::User(user)),
                     Some((user, _)) => {
                         // Never log the password.
-                        tracing::warn!(%peer, user, "failed login");
+                        tracing::warn!(%peer, user = %user, "failed login");
                         Err(unauthorized(format!("wrong user name or password for {user:?}")))
                     }
                     None => Err(unauthorized("the Basic credentials are malformed".into())),
@@ -236,6 +231,17 @@ impl Gate {
 
     /// Decides a request: identifies the client, then checks every scope
     /// against the listener's policy (and the token's grants).
+    /// Whether [`check`](Self::check) can answer without a password hash
+    /// (bcrypt): otherwise the caller runs it on the blocking pool, so
+    /// logins never stall the async workers that serve everyone else.
+    pub fn is_cheap(&self, authorization: Option<&str>) -> bool {
+        let Authenticator::Htpasswd { file, .. } = &self.auth else { return true };
+        match authorization.and_then(basic_credentials) {
+            Some((user, pass)) => file.remembers(&user, &pass),
+            None => true,
+        }
+    }
+
     pub fn check(
         &self,
         policy: &Policy,
@@ -286,6 +292,19 @@ impl Gate {
         }
         Ok(identity)
     }
+}
+
+/// User and password of a `Basic` authorization header.
+fn basic_credentials(header: &str) -> Option<(String, String)> {
+    use base64::Engine;
+    let (scheme, value) = header.trim().split_once(' ')?;
+    if !scheme.eq_ignore_ascii_case("basic") {
+        return None;
+    }
+    let decoded = base64::engine::general_purpose::STANDARD.decode(value.trim()).ok()?;
+    let text = String::from_utf8(decoded).ok()?;
+    let (user, pass) = text.split_once(':')?;
+    Some((user.to_string(), pass.to_string()))
 }
 
 fn token_grants(t: &token::VerifiedToken, scope: &Scope) -> bool {

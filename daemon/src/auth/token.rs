@@ -95,6 +95,8 @@ impl TokenVerifier {
         validation.set_issuer(&[&self.issuer]);
         validation.set_audience(&[&self.service]);
         validation.set_required_spec_claims(&["exp", "iss", "aud"]);
+        // A token is valid from `nbf` on, with the same leeway as `exp`.
+        validation.validate_nbf = true;
         validation.leeway = 30;
         let mut last = format!("token algorithm {:?} is not accepted (RS256/384/512, ES256/384)", header.alg);
         for (kind, key) in self.keys.iter().filter(|(k, _)| kind_ok(k)) {
@@ -104,6 +106,9 @@ impl TokenVerifier {
                     use jsonwebtoken::errors::ErrorKind::*;
                     last = match e.kind() {
                         ExpiredSignature => "the token has expired; get a new one from the token service".into(),
+                        ImmatureSignature => {
+                            "the token is not valid yet (nbf is in the future); check the clocks of the token service and this node".into()
+                        }
                         InvalidIssuer => format!("the token was not issued by {}", self.issuer),
                         InvalidAudience => format!("the token is not for service {}", self.service),
                         InvalidSignature => {

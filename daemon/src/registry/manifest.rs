@@ -230,3 +230,52 @@ mod tests {
         assert_eq!(Manifest::parse(idx, Some(OCI_INDEX)).unwrap().media_type, OCI_INDEX);
     }
 }
+
+#[cfg(test)]
+mod properties {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn json() -> impl Strategy<Value = serde_json::Value> {
+        let leaf = prop_oneof![
+            Just(serde_json::Value::Null),
+            any::<bool>().prop_map(serde_json::Value::from),
+            any::<i64>().prop_map(serde_json::Value::from),
+            "sha256:[0-9a-f]{64}|application/vnd\\.oci\\.[a-z.+]{0,30}|\\PC{0,12}".prop_map(serde_json::Value::from),
+        ];
+        leaf.prop_recursive(4, 48, 6, |inner| {
+            prop_oneof![
+                proptest::collection::vec(inner.clone(), 0..6).prop_map(serde_json::Value::from),
+                proptest::collection::btree_map(
+                    "schemaVersion|mediaType|config|layers|manifests|subject|digest|size|blobs|artifactType|[a-z]{1,6}",
+                    inner,
+                    0..6
+                )
+                .prop_map(|m| serde_json::Value::Object(m.into_iter().collect())),
+            ]
+        })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(3000))]
+
+        /// Any body is parsed or refused with MANIFEST_INVALID-like errors,
+        /// never a panic; what is accepted lists only valid digests.
+        #[test]
+        fn any_manifest_body_is_parsed_or_refused(v in json(), ct in proptest::option::of("application/vnd\\.oci\\.image\\.(manifest|index)\\.v1\\+json|\\PC{0,10}")) {
+            let body = v.to_string();
+            if let Ok(m) = Manifest::parse(body.as_bytes(), ct.as_deref()) {
+                for d in m.blobs.iter().chain(&m.children) {
+                    prop_assert_eq!(d.digest.to_string().parse::<crate::digest::Digest>().ok(), Some(d.digest.clone()));
+                }
+            }
+            let _ = Manifest::parse_stored(body.as_bytes());
+        }
+
+        #[test]
+        fn any_bytes_are_parsed_or_refused(b in proptest::collection::vec(any::<u8>(), 0..400)) {
+            let _ = Manifest::parse(&b, None);
+            let _ = Manifest::parse_stored(&b);
+        }
+    }
+}

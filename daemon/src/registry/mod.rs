@@ -8,6 +8,7 @@ pub mod paths;
 
 mod blobs;
 mod discovery;
+pub mod fsck;
 mod integrity;
 mod layer_index;
 mod maintenance;

@@ -63,6 +63,8 @@ pub struct Berthd {
     pub dir: tempfile::TempDir,
     pub root: PathBuf,
     pub log: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    /// Extra environment it runs with.
+    env: Vec<(String, String)>,
 }
 
 impl Berthd {
@@ -100,6 +102,41 @@ impl Berthd {
             yaml.push_str(&format!("containerd:\n  registries: [{own}]\n"));
         }
         std::fs::write(&config, yaml).expect("write config");
+        let env: Vec<(String, String)> = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        Self::spawn(dir, root, env)
+    }
+
+    /// Kills this berthd with SIGKILL (no chance to clean up) and starts a
+    /// new one on the same config and data: a crash and a restart.
+    pub fn kill9_and_restart(mut self) -> Berthd {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let dir = std::mem::replace(&mut self.dir, tempfile::tempdir().expect("tempdir"));
+        let (root, env) = (self.root.clone(), self.env.clone());
+        Self::spawn(dir, root, env)
+    }
+
+    /// The config file this berthd runs with.
+    pub fn config_path(&self) -> PathBuf {
+        self.dir.path().join("config.yml")
+    }
+
+    /// Runs `berthd fsck` (with `--repair` when asked) on this berthd's
+    /// config: whether it found the storage clean, and what it printed.
+    pub fn fsck(&self, repair: bool) -> (bool, String) {
+        let mut cmd = Command::new(berthd_bin());
+        cmd.arg("fsck").arg("--config").arg(self.config_path()).envs(self.env.iter().map(|(k, v)| (k, v)));
+        if repair {
+            cmd.arg("--repair");
+        }
+        let out = cmd.output().expect("run berthd fsck");
+        let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        assert!(matches!(out.status.code(), Some(0) | Some(1)), "berthd fsck could not run: {text}");
+        (out.status.success(), text)
+    }
+
+    fn spawn(dir: tempfile::TempDir, root: PathBuf, env: Vec<(String, String)>) -> Berthd {
+        let config = dir.path().join("config.yml");
         let mut cmd = Command::new(berthd_bin());
         cmd.arg("serve")
             .arg("--config")
@@ -107,7 +144,7 @@ impl Berthd {
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .env("NO_COLOR", "1");
-        for (k, v) in env {
+        for (k, v) in &env {
             cmd.env(k, v);
         }
         let mut child = cmd.spawn().expect("spawn berthd");
@@ -152,7 +189,7 @@ impl Berthd {
         while let Ok((false, a)) = rx.try_recv() {
             addrs.push(a);
         }
-        Berthd { child, addr: addrs[0].clone(), addrs, debug_addr: debug_addr.unwrap(), dir, root, log }
+        Berthd { child, addr: addrs[0].clone(), addrs, debug_addr: debug_addr.unwrap(), dir, root, log, env }
     }
 
     /// Prometheus text from the debug listener.

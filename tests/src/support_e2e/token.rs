@@ -43,6 +43,11 @@ impl Signer {
             "iss": issuer, "sub": "ci", "aud": audience, "iat": now, "nbf": now - 5, "exp": now + expires_in,
             "access": access,
         });
-        encode(&Header::new(Algorithm::RS256), &claims, &self.key).unwrap()
+        self.sign(&claims)
+    }
+
+    /// Signs arbitrary claims (for tokens a token service should never issue).
+    pub fn sign(&self, claims: &serde_json::Value) -> String {
+        encode(&Header::new(Algorithm::RS256), claims, &self.key).unwrap()
     }
 }
