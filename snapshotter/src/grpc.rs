@@ -41,6 +41,14 @@ impl tonic::server::NamedService for SnapshotsService {
     const NAME: &'static str = "containerd.services.snapshots.v1.Snapshots";
 }
 
+/// Before mounts go to containerd: the lazy layers they stack on are served.
+fn served(s: &Snapshotter, lazy: Option<&Lazy>, key: &str) -> crate::error::Result<()> {
+    match lazy {
+        Some(l) => l.ensure_served(&s.parent_dirs(key)?),
+        None => Ok(()),
+    }
+}
+
 type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
 
 impl tower::Service<http::Request<Body>> for SnapshotsService {
@@ -66,20 +74,24 @@ impl tower::Service<http::Request<Body>> for SnapshotsService {
                             return Err(exists);
                         }
                         let mounts = s.create(Kind::Active, &r.key, &r.parent, labels)?;
+                        served(s, lazy.as_deref(), &r.key)?;
                         Ok(pb::PrepareSnapshotResponse { mounts: mounts_pb(mounts) })
                     })
                     .await
                 }
                 "View" => {
-                    unary(req, s, |s, r: pb::ViewSnapshotRequest| {
+                    unary(req, s, move |s, r: pb::ViewSnapshotRequest| {
                         let mounts = s.create(Kind::View, &r.key, &r.parent, labels(r.labels))?;
+                        served(s, lazy.as_deref(), &r.key)?;
                         Ok(pb::ViewSnapshotResponse { mounts: mounts_pb(mounts) })
                     })
                     .await
                 }
                 "Mounts" => {
-                    unary(req, s, |s, r: pb::MountsRequest| {
-                        Ok(pb::MountsResponse { mounts: mounts_pb(s.mounts(&r.key)?) })
+                    unary(req, s, move |s, r: pb::MountsRequest| {
+                        let mounts = s.mounts(&r.key)?;
+                        served(s, lazy.as_deref(), &r.key)?;
+                        Ok(pb::MountsResponse { mounts: mounts_pb(mounts) })
                     })
                     .await
                 }

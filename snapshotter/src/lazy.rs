@@ -46,6 +46,9 @@ pub struct MountSpec {
 }
 
 pub struct Lazy {
+    /// One remount at a time: two requests finding the same dead mount
+    /// must not stack two file systems on it.
+    remounting: std::sync::Mutex<()>,
     berthd_url: String,
     berthd: Berthd,
     /// The `berth-snapshotter` binary that serves mounts.
@@ -60,7 +63,14 @@ impl Lazy {
         let berthd = Berthd::parse(berthd_url)?.with_timeout(Duration::from_secs(10));
         let exe = std::env::current_exe().map_err(|e| format!("cannot find my own binary: {e}"))?;
         let fill_lock = root.join("fill.lock");
-        Ok(Lazy { berthd_url: berthd_url.to_string(), berthd, exe, fill_rate, fill_lock })
+        Ok(Lazy {
+            remounting: Default::default(),
+            berthd_url: berthd_url.to_string(),
+            berthd,
+            exe,
+            fill_rate,
+            fill_lock,
+        })
     }
 
     /// The target snapshot name and layer a Prepare asks for, when its
@@ -167,6 +177,36 @@ impl Lazy {
         }
     }
 
+    /// Makes sure every lazy layer among `dirs` (snapshot directories a
+    /// container is about to stack on) is served: a layer whose mount is
+    /// gone (unmounted: an empty directory) or dead (its process was
+    /// killed: `ENOTCONN`) is mounted again before containerd gets the
+    /// mounts. If that fails the request fails, saying so — a container
+    /// never starts on an empty or broken layer.
+    pub fn ensure_served(&self, dirs: &[PathBuf]) -> Result<()> {
+        for dir in dirs.iter().filter(|d| d.join("lazy").join("layer.json").exists()) {
+            let fs = dir.join("fs");
+            if is_served(&fs) {
+                continue;
+            }
+            let _one = self.remounting.lock().unwrap_or_else(|e| e.into_inner());
+            if is_served(&fs) {
+                continue;
+            }
+            if is_mounted(&fs) {
+                unmount(&fs);
+            }
+            tracing::warn!(dir = %dir.display(), "lazy layer was not served (its mount process died or it was unmounted); mounting it again");
+            self.mount(dir).map_err(|e| {
+                Error::FailedPrecondition(format!(
+                    "lazy layer {} is not served and could not be mounted again ({e}); restart berth-snapshotter, or remove the image and pull it again",
+                    dir.display()
+                ))
+            })?;
+        }
+        Ok(())
+    }
+
     /// Adopts live mounts of lazy snapshots and remounts dead or missing
     /// ones (after a restart of the snapshotter or of the node).
     pub fn restore(&self, sn: &Snapshotter) {
@@ -185,6 +225,12 @@ impl Lazy {
             }
         }
     }
+}
+
+/// Whether a FUSE mount at `fs` is up and answering (a mount whose process
+/// died still shows in mountinfo but fails every call with `ENOTCONN`).
+pub fn is_served(fs: &Path) -> bool {
+    is_mounted(fs) && std::fs::read_dir(fs).is_ok()
 }
 
 /// Whether `path` is a mount point (in this mount namespace).

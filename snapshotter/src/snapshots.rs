@@ -110,6 +110,12 @@ impl Snapshotter {
         all.into_iter().filter(|(_, r)| r.labels.contains_key(LABEL_LAZY)).map(|(_, r)| self.dir(r.id)).collect()
     }
 
+    /// The directories of the snapshots `key` stacks on, nearest first.
+    pub fn parent_dirs(&self, key: &str) -> Result<Vec<PathBuf>> {
+        let resolved = self.store.get(key)?;
+        Ok(resolved.parent_ids.iter().map(|id| self.dir(*id)).collect())
+    }
+
     pub fn mounts(&self, key: &str) -> Result<Vec<Mount>> {
         let resolved = self.store.get(key)?;
         if resolved.record.kind == Kind::Committed {

@@ -9,7 +9,7 @@
 //!
 //! Needs root (mounts, containerd, runc).
 
-use crate::common::Berthd;
+use crate::common::{require_tool, run, Berthd};
 use crate::support_e2e::containerd::{Containerd, MIRROR_HOST};
 use crate::support_e2e::snapshotter::{cri_config, cri_pull, SnapshotterProc};
 use crate::support_e2e::*;
@@ -18,7 +18,7 @@ use containerd_client::services::v1::snapshots as pb;
 use containerd_client::services::v1::snapshots::snapshots_client::SnapshotsClient;
 use containerd_client::tonic::{self, Code};
 use std::collections::HashMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 type Client = SnapshotsClient<tonic::transport::Channel>;
@@ -762,6 +762,38 @@ fn snapshotter_pull_then_ctr_run_starts_before_the_image_is_downloaded() {
     assert_special_files(&tree);
     let again = snapshotter_pull(&ctd, &berthd, &image);
     assert!(again.contains("3 already present"), "{again}");
+
+    // One layer's mount process killed, another layer unmounted: a new
+    // container still sees every file (the layers are mounted again before
+    // containerd gets the mounts), never an empty or dead layer.
+    let servers = mount_layer_processes(&snap.root);
+    assert_eq!(servers.len(), 3, "one mount process per lazy layer: {servers:?}");
+    run(Command::new("kill").args(["-KILL", &servers[0].0]));
+    run(Command::new(require_tool("umount")).arg("-l").arg(&servers[1].1));
+    let id = format!("pull-rerun-{}", std::process::id());
+    let out = ctd.ctr_ok(&["run", "--rm", "--snapshotter", "berth", &image, &id, "cat", "/etc/motd", "/etc/keep"]);
+    assert_eq!(out, "layer three motd\nkept\n");
+    assert!(snap.log_text().contains("mounting it again"), "{}", snap.log_text());
+}
+
+/// The `mount-layer` processes serving lazy layers under `root`: (pid,
+/// mount point).
+fn mount_layer_processes(root: &Path) -> Vec<(String, PathBuf)> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let pid = entry.file_name().to_string_lossy().into_owned();
+        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else { continue };
+        let args: Vec<String> = cmdline
+            .split(|b| *b == 0)
+            .filter(|a| !a.is_empty())
+            .map(|a| String::from_utf8_lossy(a).into_owned())
+            .collect();
+        if args.iter().any(|a| a == "mount-layer") && args.last().is_some_and(|m| Path::new(m).starts_with(root)) {
+            found.push((pid, PathBuf::from(args.last().unwrap())));
+        }
+    }
+    found.sort();
+    found
 }
 
 #[test]

@@ -193,7 +193,7 @@ state = "{state}"
     }
 
     pub fn shim_pids(&self) -> Vec<String> {
-        let mut pids = Vec::new();
+        let mut pids = shims_serving(&self.sock);
         let tasks = self.dir().join("state/io.containerd.runtime.v2.task");
         for ns in std::fs::read_dir(tasks).into_iter().flatten().flatten() {
             for task in std::fs::read_dir(ns.path()).into_iter().flatten().flatten() {
@@ -209,6 +209,28 @@ state = "{state}"
         }
         pids
     }
+}
+
+/// Shims started for the containerd on `sock`, found by their command line
+/// (`-address <sock>`): a shim whose task was never deleted outlives
+/// containerd and its state files, and must not outlive the test.
+fn shims_serving(sock: &Path) -> Vec<String> {
+    let sock = sock.to_string_lossy();
+    let mut pids = Vec::new();
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if !name.bytes().all(|b| b.is_ascii_digit()) {
+            continue;
+        }
+        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else { continue };
+        let args: Vec<String> = cmdline.split(|b| *b == 0).map(|a| String::from_utf8_lossy(a).into_owned()).collect();
+        // (argv ends in a NUL: the last item is empty)
+        let is_shim = args.first().is_some_and(|a| a.contains("containerd-shim"));
+        if is_shim && args.windows(2).any(|w| w[0] == "-address" && w[1] == sock) {
+            pids.push(name);
+        }
+    }
+    pids
 }
 
 impl Drop for Containerd {
@@ -228,6 +250,9 @@ impl Drop for Containerd {
             }
             let _ = child.kill();
             let _ = child.wait();
+        }
+        for pid in shims_serving(&self.sock) {
+            let _ = Command::new("kill").arg("-KILL").arg(&pid).stderr(Stdio::null()).status();
         }
         // Remove any mounts left under the temp dir (deepest first), then the dir.
         if let Some(dir) = self.dir.take() {
