@@ -561,3 +561,58 @@ async fn malformed_requests_get_clear_errors() {
         assert!(r.status().is_client_error(), "{path}: {}", r.status());
     }
 }
+
+/// The S3 node cache on a file system much smaller than `cache.maxsize`:
+/// it evicts by the space really free, serves what it cannot take straight
+/// from S3, and every read — whole or a range — is right.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_node_cache_on_a_small_disk_serves_everything_right() {
+    let weed = crate::support_s3::Seaweed::start();
+    let a = crate::support_s3::node(&weed, "1GiB");
+    let disk = SmallDisk::mount("48m");
+    let dir = tempfile::tempdir().unwrap();
+    let cache = disk.root().join("cache");
+    let yaml = weed.berthd_yaml(&cache, "1GiB");
+    let b = Berthd::start_config(dir, cache.clone(), &yaml, &crate::support_s3::Seaweed::env());
+    let c = client();
+    let get = |url: String| {
+        let c = c.clone();
+        async move {
+            let r = c.get(url).send().await.unwrap();
+            assert_eq!(r.status(), 200);
+            r.bytes().await.unwrap()
+        }
+    };
+    let mut digests = Vec::new();
+    for i in 0..4u64 {
+        let (s, d) = push_blob(&c, &a.url(), "small/cache", &random_bytes(20 << 20, 40 + i)).await;
+        assert_eq!(s, 201);
+        digests.push(d);
+    }
+    for d in digests.iter().chain(digests.iter()) {
+        let body = get(format!("{}/v2/small/cache/blobs/{d}", b.url())).await;
+        assert_eq!(&sha256(&body), d, "whole and right through a cache that cannot hold them all");
+    }
+    assert!(b.metric("berth_cache_size_bytes") < 44.0 * 1048576.0, "the cache left its disk some room");
+
+    // Larger than the whole disk: served from S3, ranges too.
+    let big = random_bytes(100 << 20, 50);
+    let (_, big_digest) = push_blob(&c, &a.url(), "small/cache", &big).await;
+    let body = get(format!("{}/v2/small/cache/blobs/{big_digest}", b.url())).await;
+    assert_eq!(sha256(&body), big_digest);
+    let r = c
+        .get(format!("{}/v2/small/cache/blobs/{big_digest}", b.url()))
+        .header("range", "bytes=52428800-52429823")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 206);
+    assert_eq!(r.bytes().await.unwrap().as_ref(), &big[52428800..52429824]);
+
+    // The disk filled by someone else: new blobs still come, from S3.
+    disk.fill();
+    let (_, late) = push_blob(&c, &a.url(), "small/cache", &random_bytes(8 << 20, 51)).await;
+    let body = get(format!("{}/v2/small/cache/blobs/{late}", b.url())).await;
+    assert_eq!(sha256(&body), late);
+    disk.free();
+}
