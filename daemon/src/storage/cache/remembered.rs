@@ -13,9 +13,12 @@ use std::sync::Mutex;
 /// Bound on remembered paths (past it the memory starts over).
 const MAX_REMEMBERED: usize = 20_000;
 
+/// The last content and metadata seen for a path.
+type Last = (Option<Bytes>, Option<FileInfo>);
+
 #[derive(Default)]
 pub(super) struct Remembered {
-    map: Mutex<HashMap<String, (Option<Bytes>, Option<FileInfo>)>>,
+    map: Mutex<HashMap<String, Last>>,
 }
 
 impl Remembered {
@@ -27,7 +30,7 @@ impl Remembered {
         self.update(path, |e| e.1 = Some(info));
     }
 
-    fn update(&self, path: &str, f: impl FnOnce(&mut (Option<Bytes>, Option<FileInfo>))) {
+    fn update(&self, path: &str, f: impl FnOnce(&mut Last)) {
         let mut map = self.map.lock().unwrap();
         if map.len() >= MAX_REMEMBERED && !map.contains_key(path) {
             map.clear();
@@ -49,7 +52,7 @@ impl Remembered {
         path: &str,
         answer: Result<T>,
         remember: impl FnOnce(&Self, &T),
-        pick: impl FnOnce(&(Option<Bytes>, Option<FileInfo>)) -> Option<T>,
+        pick: impl FnOnce(&Last) -> Option<T>,
     ) -> Result<T> {
         match answer {
             Ok(v) => {
