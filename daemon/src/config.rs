@@ -508,7 +508,19 @@ fn mirrors_config(
                 };
                 for k in map.keys() {
                     let k = k.as_str().unwrap_or_default();
-                    if !["name", "url", "username", "password", "tagttl", "allow"].contains(&k) {
+                    if ![
+                        "name",
+                        "url",
+                        "username",
+                        "password",
+                        "tagttl",
+                        "allow",
+                        "timeout",
+                        "tokenhosts",
+                        "plainhttpcredentials",
+                    ]
+                    .contains(&k)
+                    {
                         warnings.push(format!("config key `{key}.{k}` is not used by berthd and is ignored"));
                     }
                 }
@@ -552,7 +564,48 @@ fn mirrors_config(
                 if out.iter().any(|m| m.name == name) {
                     return Err(invalid(&format!("{key}.name"), format!("mirror {name} is configured twice")));
                 }
-                out.push(MirrorConfig { name, url, username, password, tag_ttl, allow });
+                let timeout = match map.get("timeout") {
+                    None => crate::upstream::DEFAULT_TIMEOUT,
+                    Some(v) => {
+                        let s = v.as_str().map(str::to_string).unwrap_or_else(|| show(v));
+                        crate::timefmt::parse_go_duration(&s).filter(|d| !d.is_zero()).ok_or_else(|| {
+                            invalid(&format!("{key}.timeout"), format!("{s:?} is not a positive duration such as 30s"))
+                        })?
+                    }
+                };
+                let token_hosts = match map.get("tokenhosts") {
+                    None => Vec::new(),
+                    Some(Value::Sequence(p)) => p
+                        .iter()
+                        .map(|x| {
+                            x.as_str()
+                                .map(|h| h.to_ascii_lowercase())
+                                .ok_or_else(|| invalid(&format!("{key}.tokenhosts"), "expected a list of host names"))
+                        })
+                        .collect::<Result<_, _>>()?,
+                    Some(_) => return Err(invalid(&format!("{key}.tokenhosts"), "expected a list of host names")),
+                };
+                let plain_http_credentials = match map.get("plainhttpcredentials") {
+                    None => false,
+                    Some(Value::Bool(b)) => *b,
+                    Some(other) => {
+                        return Err(invalid(
+                            &format!("{key}.plainhttpcredentials"),
+                            format!("expected true or false, got {}", show(other)),
+                        ))
+                    }
+                };
+                out.push(MirrorConfig {
+                    name,
+                    url,
+                    username,
+                    password,
+                    tag_ttl,
+                    allow,
+                    timeout,
+                    token_hosts,
+                    plain_http_credentials,
+                });
             }
         }
         Some(_) => return Err(invalid("mirrors", "expected a list of mirrors (name, url, …)")),
@@ -569,6 +622,9 @@ fn mirrors_config(
             password: get_str(tree, "proxy.password")?,
             tag_ttl,
             allow: Vec::new(),
+            timeout: crate::upstream::DEFAULT_TIMEOUT,
+            token_hosts: Vec::new(),
+            plain_http_credentials: false,
         };
         match out.iter().position(|m| m.name == name) {
             Some(i) => proxy = Some(i),

@@ -70,6 +70,8 @@ impl FillError {
 /// Where a download stands.
 #[derive(Clone, Debug, Default)]
 pub struct Progress {
+    /// The download began (its size may still be unknown).
+    pub begun: bool,
     /// Size of the object, once known.
     pub total: Option<u64>,
     /// Bytes in the file so far.
@@ -94,7 +96,9 @@ impl Progress {
     }
 }
 
-/// A download others can read while it runs.
+/// A download others can read while it runs. Its temporary file is
+/// removed when the last reader is done with it (a completed download was
+/// moved elsewhere by then, or is no longer needed).
 pub struct Fill {
     /// The file being written.
     pub tmp: PathBuf,
@@ -115,13 +119,13 @@ impl Fill {
         (Arc::new(Fill { tmp, final_path, progress: rx }), Producer { tx })
     }
 
-    /// Waits until the size is known, the download was bypassed or it
-    /// ended, and returns where it stands then.
+    /// Waits until the download began (with its size when the source gave
+    /// one), was bypassed or ended, and returns where it stands then.
     pub async fn started(&self) -> Progress {
         let mut rx = self.progress.clone();
         loop {
             let p = rx.borrow_and_update().clone();
-            if p.total.is_some() || p.bypass || p.done.is_some() {
+            if p.begun || p.total.is_some() || p.bypass || p.done.is_some() {
                 return p;
             }
             if rx.changed().await.is_err() {
@@ -213,6 +217,12 @@ impl Fill {
     }
 }
 
+impl Drop for Fill {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.tmp);
+    }
+}
+
 impl Producer {
     /// Tells readers to fetch from the source themselves.
     pub fn bypass(&self, total: u64) {
@@ -227,11 +237,18 @@ impl Producer {
         self.tx.send_modify(|p| p.done = Some(res));
     }
 
+    /// Lets readers have the last byte: the download verified (and whatever
+    /// the producer had to do before readers may finish is done).
+    pub fn release(&self) {
+        self.tx.send_modify(|p| p.verified = true);
+    }
+
     /// Writes `source` into `tmp` while hashing it, and checks it against
     /// `digest` (and `total`, when known). Returns the file, synced, once
-    /// verified; readers see every byte from then on. A blocking thread
-    /// writes batches while this task keeps reading and hashing, so
-    /// network, hash and disk overlap.
+    /// verified; readers get the last byte once the producer calls
+    /// [`release`](Self::release). A blocking thread writes batches while
+    /// this task keeps reading and hashing, so network, hash and disk
+    /// overlap.
     pub async fn download(
         &self,
         mut source: impl Stream<Item = std::io::Result<Bytes>> + Unpin,
@@ -240,7 +257,10 @@ impl Producer {
         tmp: &Path,
     ) -> Result<std::fs::File, FillError> {
         let file = std::fs::File::create(tmp).map_err(FillError::local)?;
-        self.tx.send_modify(|p| p.total = total.or(p.total));
+        self.tx.send_modify(|p| {
+            p.total = total.or(p.total);
+            p.begun = true;
+        });
         let (batches, mut rx) = tokio::sync::mpsc::channel::<Bytes>(4);
         let progress = self.tx.clone();
         let writer = tokio::task::spawn_blocking(move || -> std::io::Result<(std::fs::File, u64)> {
@@ -296,10 +316,7 @@ impl Producer {
             .await
             .map_err(|e| FillError::Other(e.to_string()))?
             .map_err(FillError::local)?;
-        self.tx.send_modify(|p| {
-            p.verified = true;
-            p.total = Some(written);
-        });
+        self.tx.send_modify(|p| p.total = Some(written));
         Ok(file)
     }
 }
@@ -330,6 +347,9 @@ mod tests {
         let reader = fill.reader(0);
         let task = tokio::spawn(async move {
             let res = producer.download(source(data, 1), &digest, total, &tmp).await.map(|_| ());
+            if res.is_ok() {
+                producer.release();
+            }
             producer.finish(res.clone());
             res
         });
@@ -371,6 +391,7 @@ mod tests {
         let body = data.clone();
         let download = tokio::spawn(async move {
             let res = producer.download(source(body, 0), &d, Some(2_000_000), &tmp).await.map(|_| ());
+            producer.release();
             producer.finish(res.clone());
             res
         });

@@ -74,6 +74,19 @@ pub async fn build_maintenance_registry(config: &Config) -> Result<Arc<Registry>
     Ok(Registry::new(driver, policy_of(config)))
 }
 
+/// Where pull-through mirrors spool first pulls on this node: beside the
+/// data (a hidden directory of the filesystem root, or of the local data
+/// directory with S3). Emptied at start: what a crash left there is junk.
+fn spool_dir(config: &Config) -> Result<std::path::PathBuf> {
+    let dir = config.storage.root.join(".berth-spool");
+    if config.mirrors.is_empty() {
+        return Ok(dir);
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    crate::durable::create_dirs(&dir).map_err(|source| Error::DataDir { path: dir.clone(), source })?;
+    Ok(dir)
+}
+
 fn policy_of(config: &Config) -> Policy {
     Policy {
         delete_enabled: config.storage.delete_enabled,
@@ -96,7 +109,7 @@ fn registry_on(config: &Config, driver: Arc<dyn StorageDriver>) -> Result<Arc<Re
     Ok(Registry::with_mirrors(
         driver,
         policy,
-        Mirrors::new(upstreams, config.proxy_mirror, config.cluster_registries.clone()),
+        Mirrors::new(upstreams, config.proxy_mirror, config.cluster_registries.clone(), spool_dir(config)?),
     ))
 }
 

@@ -4,5 +4,6 @@
 //! images. The tests themselves live in `tests/`.
 
 pub mod common;
+pub mod fake_upstream;
 pub mod support_e2e;
 pub mod support_s3;

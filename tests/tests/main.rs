@@ -19,3 +19,4 @@ mod s3;
 mod skopeo;
 mod snapshotter;
 mod tls;
+mod untrusted_upstream;

@@ -4,6 +4,7 @@ use super::range::{parse_range, RangeRequest};
 use super::{set, ApiResult};
 use crate::digest::Digest;
 use crate::names::RepoName;
+use crate::registry::mirror::Download;
 use crate::registry::{BlobSource, Error, Namespace, Registry};
 use axum::body::Body;
 use axum::http::request::Parts;
@@ -16,7 +17,7 @@ pub async fn get(reg: &Registry, ns: &Namespace, repo: &RepoName, digest: &Diges
     } else {
         match reg.blob(ns, repo, digest).await? {
             BlobSource::Stored(info) => info,
-            BlobSource::Streaming { size, stream } => return Ok(streaming(digest, size, stream)),
+            BlobSource::Downloading(d) => return downloading(digest, &d, req),
         }
     };
     let etag = format!("\"{digest}\"");
@@ -60,17 +61,34 @@ pub async fn get(reg: &Registry, ns: &Namespace, repo: &RepoName, digest: &Diges
     Ok(resp)
 }
 
-/// The first pull of a mirrored blob: bytes as they arrive from upstream.
-fn streaming(digest: &Digest, size: Option<u64>, stream: crate::registry::BodyStream) -> Response {
+/// The first pull of a mirrored blob: bytes as they arrive from upstream
+/// (a range too, once the size is known).
+fn downloading(digest: &Digest, d: &Download, req: &Parts) -> ApiResult {
+    let range_header = req.headers.get(header::RANGE).and_then(|v| v.to_str().ok());
+    let (status, start, len) = match d.size.map(|size| (size, parse_range(range_header, size))) {
+        None | Some((_, RangeRequest::Whole)) => (StatusCode::OK, 0, d.size),
+        Some((_, RangeRequest::Partial(r))) => (StatusCode::PARTIAL_CONTENT, r.start, Some(r.len)),
+        Some((size, RangeRequest::Unsatisfiable)) => return Err(Error::RangeNotSatisfiable { size }.into()),
+    };
+    let stream = d.stream_from(start);
+    let stream = match len {
+        Some(n) if status == StatusCode::PARTIAL_CONTENT => crate::storage::take(stream, n),
+        _ => stream,
+    };
     let mut r = Response::new(Body::from_stream(stream));
+    *r.status_mut() = status;
     let h = r.headers_mut();
-    if let Some(size) = size {
-        set(h, header::CONTENT_LENGTH, &size.to_string());
+    if let Some(n) = len {
+        set(h, header::CONTENT_LENGTH, &n.to_string());
+    }
+    if let (StatusCode::PARTIAL_CONTENT, Some(size), Some(n)) = (status, d.size, len) {
+        set(h, header::CONTENT_RANGE, &format!("bytes {start}-{}/{size}", start + n - 1));
     }
     set(h, "docker-content-digest", &digest.to_string());
     set(h, header::ETAG, &format!("\"{digest}\""));
     set(h, header::CONTENT_TYPE, "application/octet-stream");
-    r
+    set(h, header::ACCEPT_RANGES, "bytes");
+    Ok(r)
 }
 
 pub async fn delete(reg: &Registry, repo: &RepoName, digest: &Digest) -> ApiResult {

@@ -96,6 +96,7 @@ fn registry_status(e: &Error) -> StatusCode {
         Error::Denied(_) => StatusCode::FORBIDDEN,
         Error::UpstreamUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
         Error::Upstream(_) => StatusCode::BAD_GATEWAY,
+        Error::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
         Error::Storage(StorageError::Full { .. }) => StatusCode::INSUFFICIENT_STORAGE,
         Error::Storage(StorageError::Unavailable { .. }) => StatusCode::SERVICE_UNAVAILABLE,
         Error::Storage(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -144,6 +145,11 @@ impl IntoResponse for ApiError {
         });
         let mut resp = (status, body.to_string()).into_response();
         resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        if let ApiError::Registry(Error::TooManyRequests { retry_after, .. }) = &self {
+            if let Ok(v) = HeaderValue::from_str(&retry_after.to_string()) {
+                resp.headers_mut().insert(header::RETRY_AFTER, v);
+            }
+        }
         if let ApiError::Registry(Error::RangeNotSatisfiable { size }) = &self {
             if let Ok(v) = HeaderValue::from_str(&format!("bytes */{size}")) {
                 resp.headers_mut().insert(header::CONTENT_RANGE, v);

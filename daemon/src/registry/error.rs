@@ -51,6 +51,9 @@ pub enum Error {
     IndexUnavailable(String),
     #[error("{0}")]
     Upstream(String),
+    /// An upstream asked for a pause; clients should wait `retry_after` s.
+    #[error("{message}")]
+    TooManyRequests { message: String, retry_after: u64 },
     #[error(transparent)]
     Storage(#[from] StorageError),
 }
@@ -76,9 +79,18 @@ impl Error {
             Error::UpstreamUnavailable(_) => "UNAVAILABLE",
             Error::IndexUnavailable(_) => "INDEX_UNAVAILABLE",
             Error::Upstream(_) => "UNKNOWN",
+            Error::TooManyRequests { .. } => "TOOMANYREQUESTS",
             Error::Storage(StorageError::Unavailable { .. }) => "UNAVAILABLE",
             Error::Storage(_) => "UNKNOWN",
         }
+    }
+}
+
+impl Error {
+    /// Whether an upstream registry is at fault (unreachable, slow, broken,
+    /// asking for a pause): a mirror may then serve its last known answer.
+    pub fn is_upstream_fault(&self) -> bool {
+        matches!(self, Error::UpstreamUnavailable(_) | Error::Upstream(_) | Error::TooManyRequests { .. })
     }
 }
 

@@ -197,7 +197,7 @@ async fn a_damaged_manifest_is_quarantined_and_a_push_repairs_it() {
 #[tokio::test]
 async fn only_names_the_registry_serves_resolve() {
     let dir = tempfile::tempdir().unwrap();
-    let mirrors = mirror::Mirrors::new(Vec::new(), None, vec!["registry.example.com".into()]);
+    let mirrors = mirror::Mirrors::new(Vec::new(), None, vec!["registry.example.com".into()], dir.path().join("spool"));
     let reg = Registry::with_mirrors(Arc::new(FsDriver::new(dir.path())), Policy::default(), mirrors);
     assert!(matches!(reg.namespace(&[]), Ok(Namespace::Local)));
     assert!(matches!(reg.namespace(&[("ns", "")]), Ok(Namespace::Local)));

@@ -324,6 +324,8 @@ impl Shared {
             let stream = self.inner.reader(path, 0).await.map_err(to_fill_error)?;
             let file = producer.download(stream, d, Some(size), tmp).await?;
             drop(file);
+            // Verified: readers may finish before the file is in place.
+            producer.release();
             let (src, dest) = (tmp.to_path_buf(), cache_path(&self.dir, d));
             tokio::task::spawn_blocking(move || crate::durable::rename(&src, &dest))
                 .await
