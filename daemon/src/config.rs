@@ -190,6 +190,26 @@ pub struct Config {
     /// (e.g. `registry.example.com`); `berthd containerd configure` points
     /// them at this node.
     pub cluster_registries: Vec<String>,
+    /// `layerindex.key` / `layerindex.keyfile`: the secret that signs layer
+    /// indexes, shared by every node on the storage.
+    pub layer_index_key: Option<Secret>,
+}
+
+/// Where a secret comes from.
+#[derive(Clone)]
+pub enum Secret {
+    Inline(String),
+    File(PathBuf),
+}
+
+impl std::fmt::Debug for Secret {
+    // Never prints the secret.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Secret::Inline(_) => f.write_str("Inline(..)"),
+            Secret::File(p) => write!(f, "File({})", p.display()),
+        }
+    }
 }
 
 /// A configuration and what was noticed while reading it.
@@ -303,6 +323,9 @@ const KNOWN: &[&str] = &[
     "http.timeouts.body",
     "http.timeouts.send",
     "http.maxconnections",
+    "layerindex",
+    "layerindex.key",
+    "layerindex.keyfile",
 ];
 
 /// registry:2 features Berth does not implement yet. Starting without them
@@ -1026,6 +1049,18 @@ pub fn load(path: Option<&Path>, vars: &[(String, String)]) -> Result<Loaded, Co
         Some(Value::String(s)) => vec![s.clone()],
         Some(_) => return Err(invalid("containerd.registries", "expected a list of registry names")),
     };
+    let layer_index_key = match (get_str(&tree, "layerindex.key")?, get_str(&tree, "layerindex.keyfile")?) {
+        (Some(_), Some(_)) => return Err(invalid("layerindex", "give key or keyfile, not both")),
+        (Some(k), None) if k.len() < 32 => {
+            return Err(invalid("layerindex.key", "must be at least 32 characters (e.g. `openssl rand -hex 32`)"))
+        }
+        (Some(k), None) => Some(Secret::Inline(k)),
+        (None, Some(f)) if !Path::new(&f).is_absolute() => {
+            return Err(invalid("layerindex.keyfile", format!("{f:?} must be an absolute path")))
+        }
+        (None, Some(f)) => Some(Secret::File(PathBuf::from(f))),
+        (None, None) => None,
+    };
     let auth = auth_config(&tree)?;
     let listeners = listeners_config(&tree, addr, tls.clone(), &auth, &mut warnings)?;
     Ok(Loaded {
@@ -1040,6 +1075,7 @@ pub fn load(path: Option<&Path>, vars: &[(String, String)]) -> Result<Loaded, Co
             mirrors,
             proxy_mirror,
             cluster_registries,
+            layer_index_key,
         },
         warnings,
     })

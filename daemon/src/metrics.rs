@@ -29,6 +29,8 @@ pub struct Metrics {
     pub quarantined: AtomicU64,
     /// Password hash (bcrypt) verifications: logins not remembered.
     pub password_checks: AtomicU64,
+    /// Stored layer indexes refused because their signature did not check out.
+    pub index_auth_failures: AtomicU64,
 }
 
 /// The process-wide metrics.
@@ -53,7 +55,7 @@ impl Metrics {
                 "berth_http_requests_total{{route=\"{route}\",method=\"{method}\",status=\"{status}\"}} {n}"
             );
         }
-        let counters: [(&str, &str, &AtomicU64, &str); 13] = [
+        let counters: [(&str, &str, &AtomicU64, &str); 14] = [
             (
                 "berth_cache_hits_total",
                 "Blob and manifest reads served from the node cache.",
@@ -110,6 +112,12 @@ impl Metrics {
                 "berth_auth_password_checks_total",
                 "bcrypt verifications of htpasswd logins (successful logins are remembered for 5 minutes).",
                 &self.password_checks,
+                "counter",
+            ),
+            (
+                "berth_layer_index_auth_failures_total",
+                "Stored layer indexes refused: their HMAC did not check out under this cluster's key.",
+                &self.index_auth_failures,
                 "counter",
             ),
         ];

@@ -8,6 +8,7 @@ use crate::auth::token::TokenVerifier;
 use crate::auth::{Authenticator, Gate};
 use crate::config::Config;
 use crate::config::{AuthConfig, Backend};
+use crate::layerindex::auth::IndexKey;
 use crate::listen::{self, Limits};
 use crate::outbound_tls::{self, Trust};
 use crate::registry::mirror::Mirrors;
@@ -106,11 +107,74 @@ fn registry_on(config: &Config, driver: Arc<dyn StorageDriver>) -> Result<Arc<Re
             upstreams.push(Arc::new(Upstream::new(m.clone(), tls.clone()).map_err(Error::Tls)?));
         }
     }
-    Ok(Registry::with_mirrors(
+    let index_key = layer_index_key(config)?;
+    Ok(Registry::build(
         driver,
         policy,
         Mirrors::new(upstreams, config.proxy_mirror, config.cluster_registries.clone(), spool_dir(config)?),
+        index_key,
     ))
+}
+
+/// Reads the data directory's own layer index key, making it (0600) when
+/// there is none; two berthd starting on one root at once agree on one.
+fn local_key_file(p: &std::path::Path) -> std::io::Result<Vec<u8>> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    match std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(p) {
+        Ok(mut f) => {
+            let k = IndexKey::generate_secret();
+            f.write_all(k.as_bytes())?;
+            f.sync_all()?;
+            if let Some(dir) = p.parent() {
+                crate::durable::sync_dir(dir)?;
+            }
+            tracing::info!(keyfile = %p.display(), "made a layer index key for this data directory");
+            Ok(k.into_bytes())
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            // Another berthd may be writing it this instant.
+            for _ in 0..50 {
+                let k = std::fs::read_to_string(p)?;
+                if k.trim().len() >= 32 {
+                    return Ok(k.trim().as_bytes().to_vec());
+                }
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            Err(std::io::Error::other(format!("{} holds no key; delete it to have a new one made", p.display())))
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// The key that signs layer indexes: configured (`layerindex.key` or
+/// `layerindex.keyfile`), or on the filesystem backend one berthd makes
+/// beside the data (`.berth-layerindex.key`: local storage has no other
+/// writer to guard against). With S3 and no key, lazy pulls are off — every
+/// node on the bucket must hold the same key.
+fn layer_index_key(config: &Config) -> Result<Option<IndexKey>> {
+    use crate::config::Secret;
+    let bad =
+        |what: String| Error::Config(crate::config::ConfigError::Invalid { key: "layerindex".into(), message: what });
+    let secret = match &config.layer_index_key {
+        Some(Secret::Inline(k)) => k.clone().into_bytes(),
+        Some(Secret::File(p)) => std::fs::read_to_string(p)
+            .map_err(|e| bad(format!("cannot read keyfile {}: {e}", p.display())))?
+            .trim()
+            .as_bytes()
+            .to_vec(),
+        None => match &config.storage.backend {
+            Backend::Filesystem => {
+                let p = config.storage.root.join(".berth-layerindex.key");
+                local_key_file(&p).map_err(|source| Error::DataDir { path: p.clone(), source })?
+            }
+            Backend::S3(_) => {
+                tracing::warn!("no layerindex.keyfile: layer indexes are neither built nor served, so lazy pulls fall back to normal pulls; give every node on the bucket the same key (see docs/snapshotter.md)");
+                return Ok(None);
+            }
+        },
+    };
+    IndexKey::new(&secret).map(Some).map_err(bad)
 }
 
 /// Runs berthd until a shutdown signal arrives.

@@ -11,6 +11,9 @@ pub const DEFAULT_BERTHD: &str = "http://127.0.0.1:5000";
 /// a third of it for everything else, and every fill pauses while a
 /// container waits for a lazy read.
 pub const DEFAULT_FILL_RATE: u64 = 8 << 20;
+/// Seconds a container's read of a lazy layer may wait for berthd before it
+/// fails (once: the kernel's retries of it fail at once).
+pub const DEFAULT_READ_TIMEOUT: u64 = 10;
 
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -27,6 +30,11 @@ pub struct Config {
     /// Bytes per second lazy layers' remaining chunks are fetched at in the
     /// background, for the whole node: the layers take turns (0: unlimited).
     pub fill_rate: u64,
+    /// Seconds a container's read of a lazy layer may wait for berthd.
+    pub read_timeout: u64,
+    /// Bytes the background fill leaves free on the root's file system
+    /// (default: a tenth of it, at most 2 GiB).
+    pub min_free: Option<u64>,
 }
 
 impl Default for Config {
@@ -37,6 +45,8 @@ impl Default for Config {
             berthd: DEFAULT_BERTHD.into(),
             lazy: true,
             fill_rate: DEFAULT_FILL_RATE,
+            read_timeout: DEFAULT_READ_TIMEOUT,
+            min_free: None,
         }
     }
 }

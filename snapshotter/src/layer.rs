@@ -18,13 +18,54 @@ use crate::berthd::{Berthd, LayerRef};
 use crate::index::LayerIndex;
 use crate::node_fill::{reads_lock_path, NodeTurn, ReadGate};
 use sha2::{Digest as _, Sha256};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// Chunks kept in memory for reads that hit the same chunk in a row.
 const HOT_CHUNKS: usize = 8;
+
+/// How the finished layer is checked: its sha256 (the layer's diff_id,
+/// which containerd knows from the image config) must give the snapshot's
+/// chain id from its parent's. containerd names layer snapshots by chain
+/// id, so this ties the bytes served to the manifest by digest without
+/// trusting anything the storage holds.
+#[derive(serde::Serialize, serde::Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct ChainCheck {
+    /// The parent snapshot's chain id (`sha256:…`), empty for the first layer.
+    pub parent: String,
+    /// This layer's chain id.
+    pub target: String,
+}
+
+impl ChainCheck {
+    /// Whether a layer whose tar hashes to `diff_id` has chain id `target`.
+    pub fn holds(&self, diff_id: &str) -> bool {
+        if self.parent.is_empty() {
+            return self.target == diff_id;
+        }
+        let chained = format!("sha256:{}", hex::encode(Sha256::digest(format!("{} {diff_id}", self.parent))));
+        self.target == chained
+    }
+}
+
+/// What keeps a layer honest and the node healthy, from the mount spec.
+#[derive(Clone, Debug)]
+pub struct Guards {
+    /// The diff_id check of the finished layer, when the chain is known.
+    pub chain: Option<ChainCheck>,
+    /// Longest a container read waits for berthd before it fails (once).
+    pub read_timeout: Duration,
+    /// Free space the background fill leaves on the snapshotter's disk.
+    pub min_free: u64,
+}
+
+impl Default for Guards {
+    fn default() -> Self {
+        Guards { chain: None, read_timeout: Duration::from_secs(10), min_free: 0 }
+    }
+}
 
 /// Chunks the background fill asks berthd for at once, aligned to runs of
 /// this many: berthd decompresses a range from the checkpoint before it
@@ -45,7 +86,21 @@ pub struct Layer {
     fill_lock: Option<PathBuf>,
     /// Container reads waiting for berthd; the node's fills yield to them.
     reads: ReadGate,
+    guards: Guards,
+    /// Why the layer may not be served any more (its content or index did
+    /// not check out); every read then fails.
+    bad: Mutex<Option<String>>,
+    /// Chunks whose fetch failed lately: a read of one fails at once
+    /// instead of waiting again (the kernel retries a failed read).
+    failed: Mutex<HashMap<usize, Instant>>,
+    /// Data offsets of files whose tar header was checked.
+    headers_checked: Mutex<HashSet<u64>>,
+    /// Whether a chunk could not be kept for lack of space (logged once).
+    disk_short: std::sync::atomic::AtomicBool,
 }
+
+/// Beside the chunks: why the layer was refused.
+pub const BAD: &str = "bad";
 
 impl Layer {
     /// `dir` holds `chunks/`; it is created if missing. `fill_lock` is the
@@ -56,19 +111,43 @@ impl Layer {
         berthd: Berthd,
         layer: LayerRef,
         fill_lock: Option<PathBuf>,
+        guards: Guards,
     ) -> std::io::Result<Layer> {
         std::fs::create_dir_all(dir.join("chunks"))?;
         let reads = ReadGate::new(fill_lock.as_deref().map(reads_lock_path).as_deref());
+        let bad = std::fs::read_to_string(dir.join(BAD)).ok();
         Ok(Layer {
             index,
             dir: dir.to_owned(),
-            berthd,
+            berthd: berthd.with_timeout(guards.read_timeout),
             layer,
             fetching: Mutex::default(),
             hot: Mutex::default(),
             fill_lock,
             reads,
+            guards,
+            bad: Mutex::new(bad),
+            failed: Mutex::default(),
+            headers_checked: Mutex::default(),
+            disk_short: Default::default(),
         })
+    }
+
+    /// Refuses every read from now on, and records why beside the layer
+    /// (`lazy/bad`), so the snapshotter stops using it.
+    fn condemn(&self, why: String) {
+        tracing::error!(layer = %self.layer.digest, "{why}; the layer is not served any more, its chunks are dropped, new containers need the image pulled again");
+        let _ = std::fs::write(self.dir.join(BAD), &why);
+        let _ = std::fs::remove_dir_all(self.dir.join("chunks"));
+        self.hot.lock().unwrap().clear();
+        *self.bad.lock().unwrap() = Some(why);
+    }
+
+    fn check_not_bad(&self) -> Result<(), String> {
+        match &*self.bad.lock().unwrap() {
+            Some(why) => Err(format!("layer {} is refused: {why}", self.layer.digest)),
+            None => Ok(()),
+        }
     }
 
     fn chunk_path(&self, i: usize) -> PathBuf {
@@ -98,11 +177,15 @@ impl Layer {
 
     /// Chunk `i`, from memory, disk, or berthd.
     pub async fn chunk(&self, i: usize) -> Result<Arc<Vec<u8>>, String> {
+        self.check_not_bad()?;
         if i >= self.index.chunks.len() {
             return Err(format!("chunk {i} is past the end of the layer"));
         }
         if let Some(d) = self.hot_get(i) {
             return Ok(d);
+        }
+        if self.failed.lock().unwrap().get(&i).is_some_and(|t| t.elapsed() < self.guards.read_timeout) {
+            return Err(format!("chunk {i} could not be fetched a moment ago; failing at once"));
         }
         let lock = self.fetching.lock().unwrap().entry(i).or_default().clone();
         let _guard = lock.lock().await;
@@ -112,7 +195,14 @@ impl Layer {
         let path = self.chunk_path(i);
         let data = match tokio::fs::read(&path).await {
             Ok(d) if d.len() as u64 == self.chunk_len(i) => d,
-            _ => self.fetch(i).await?,
+            _ => match self.fetch(i).await {
+                Ok(d) => d,
+                Err(e) => {
+                    self.failed.lock().unwrap().insert(i, Instant::now());
+                    self.fetching.lock().unwrap().remove(&i);
+                    return Err(e);
+                }
+            },
         };
         let data = Arc::new(data);
         self.hot_put(i, data.clone());
@@ -128,8 +218,10 @@ impl Layer {
         Ok(body.to_vec())
     }
 
-    /// Checks chunk `i` against the index and stores it on disk.
-    async fn keep(&self, i: usize, body: &[u8]) -> Result<(), String> {
+    /// Checks chunk `i` against the index and stores it on disk when the
+    /// disk keeps its reserve. `Ok(false)`: verified but not stored (it is
+    /// served from memory this time; the disk is only a cache).
+    async fn keep(&self, i: usize, body: &[u8]) -> Result<bool, String> {
         let got = hex::encode(Sha256::digest(body));
         if got != self.index.chunks[i] {
             return Err(format!(
@@ -137,18 +229,39 @@ impl Layer {
                 self.layer.digest, self.index.chunks[i]
             ));
         }
+        if crate::disk::free_bytes(&self.dir).is_some_and(|free| free < self.guards.min_free + body.len() as u64) {
+            self.short_of_disk("the disk is at its reserve (min_free)");
+            return Ok(false);
+        }
         let path = self.chunk_path(i);
         let tmp = path.with_extension("tmp");
-        let write = async {
-            tokio::fs::write(&tmp, &body).await?;
-            tokio::fs::rename(&tmp, &path).await
-        };
-        if let Err(e) = write.await {
-            // Served from memory this time; the disk is only a cache.
-            tracing::warn!(chunk = i, error = %e, "cannot keep a fetched chunk on disk");
-            let _ = tokio::fs::remove_file(&tmp).await;
+        let body = body.to_vec();
+        let written = tokio::task::spawn_blocking(move || -> std::io::Result<()> {
+            use std::io::Write;
+            let mut f = std::fs::File::create(&tmp)?;
+            f.write_all(&body)?;
+            f.sync_all()?;
+            std::fs::rename(&tmp, &path).inspect_err(|_| {
+                let _ = std::fs::remove_file(&tmp);
+            })
+        })
+        .await
+        .unwrap_or_else(|e| Err(std::io::Error::other(e)));
+        match written {
+            Ok(()) => Ok(true),
+            Err(e) => {
+                let _ = std::fs::remove_file(self.chunk_path(i).with_extension("tmp"));
+                self.short_of_disk(&format!("writing a chunk failed: {e}"));
+                Ok(false)
+            }
         }
-        Ok(())
+    }
+
+    /// Logs, once, that chunks are not being kept.
+    fn short_of_disk(&self, why: &str) {
+        if !self.disk_short.swap(true, std::sync::atomic::Ordering::Relaxed) {
+            tracing::error!(layer = %self.layer.digest, dir = %self.dir.display(), "cannot keep chunks on disk ({why}); reads are served from berthd and the background fill waits for space");
+        }
     }
 
     /// Fetches the missing chunks among `first..first + n` with one request
@@ -171,9 +284,12 @@ impl Layer {
         let len: u64 = (first..first + n).map(|i| self.chunk_len(i)).sum();
         let body = self.berthd.range(&self.layer, start, len).await?;
         let mut at = 0;
+        let mut stored = 0;
         for i in first..first + n {
             let l = self.chunk_len(i) as usize;
-            self.keep(i, &body[at..at + l]).await?;
+            if self.keep(i, &body[at..at + l]).await? {
+                stored += 1;
+            }
             at += l;
         }
         drop(guards);
@@ -181,11 +297,42 @@ impl Layer {
         for i in first..first + n {
             fetching.remove(&i);
         }
+        if stored < n {
+            return Err("the disk cannot take more chunks".into());
+        }
         Ok((n, len))
+    }
+
+    /// Checks, once per file, that the tar header before a file's data
+    /// (at `start`, `len` bytes) says what the index says: a regular file
+    /// of that size with those permission bits. The header arrives in a
+    /// verified chunk like any data, so an index that lies about a file is
+    /// caught before the file's first byte is served, and the layer is
+    /// refused.
+    pub async fn check_header(&self, start: u64, len: u64, mode: u32) -> Result<(), String> {
+        if start < 512 || self.headers_checked.lock().unwrap().contains(&start) {
+            return Ok(());
+        }
+        let block = self.read_raw(start - 512, 512).await?;
+        match crate::tarheader::describes(&block, len, mode) {
+            Ok(()) => {
+                self.headers_checked.lock().unwrap().insert(start);
+                Ok(())
+            }
+            Err(why) => {
+                let why = format!("the index's entry at tar offset {start} does not match its tar header ({why})");
+                self.condemn(why.clone());
+                Err(why)
+            }
+        }
     }
 
     /// `len` bytes of the tar at `offset` (clamped to the end).
     pub async fn read(&self, offset: u64, len: u64) -> Result<Vec<u8>, String> {
+        self.read_raw(offset, len).await
+    }
+
+    async fn read_raw(&self, offset: u64, len: u64) -> Result<Vec<u8>, String> {
         let end = (offset + len).min(self.index.size);
         let mut out = Vec::with_capacity(end.saturating_sub(offset) as usize);
         let cs = self.index.chunk_size;
@@ -241,13 +388,65 @@ impl Layer {
                         break;
                     }
                     Err(e) => {
+                        if self.check_not_bad().is_err() {
+                            return;
+                        }
                         tracing::warn!(chunk = i, error = %e, "background fetch failed; retrying");
+                        drop(turn);
                         tokio::time::sleep(backoff).await;
                         backoff = (backoff * 2).min(Duration::from_secs(30));
                     }
                 }
             }
         }
-        tracing::info!(layer = %self.layer.digest, "layer complete on local disk");
+        self.verify_whole().await;
+    }
+
+    /// Hashes the complete layer from disk and checks it against the chain
+    /// id containerd named the snapshot by; a mismatch condemns the layer.
+    async fn verify_whole(&self) {
+        let Some(chain) = self.guards.chain.clone() else {
+            tracing::info!(layer = %self.layer.digest, "layer complete on local disk");
+            return;
+        };
+        let (dir, chunks) = (self.dir.join("chunks"), self.index.chunks.len());
+        let hashed = tokio::task::spawn_blocking(move || -> std::io::Result<String> {
+            let mut h = Sha256::new();
+            for i in 0..chunks {
+                h.update(std::fs::read(dir.join(i.to_string()))?);
+            }
+            Ok(format!("sha256:{}", hex::encode(h.finalize())))
+        })
+        .await
+        .unwrap_or_else(|e| Err(std::io::Error::other(e)));
+        match hashed {
+            Ok(diff_id) if chain.holds(&diff_id) => {
+                tracing::info!(layer = %self.layer.digest, %diff_id, "layer complete on local disk and verified against its chain id");
+            }
+            Ok(diff_id) => self.condemn(format!(
+                "the layer's content hashes to {diff_id}, which does not give chain id {} from {:?}",
+                chain.target, chain.parent
+            )),
+            Err(e) => tracing::warn!(layer = %self.layer.digest, "cannot hash the finished layer: {e}"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chain_ids_tie_a_layer_to_its_diff_id() {
+        let d1 = format!("sha256:{}", "1".repeat(64));
+        let d2 = format!("sha256:{}", "2".repeat(64));
+        let first = ChainCheck { parent: String::new(), target: d1.clone() };
+        assert!(first.holds(&d1));
+        assert!(!first.holds(&d2));
+        // containerd's chain id: sha256(parent + " " + diff_id).
+        let chain2 = format!("sha256:{}", hex::encode(Sha256::digest(format!("{d1} {d2}"))));
+        let second = ChainCheck { parent: d1.clone(), target: chain2 };
+        assert!(second.holds(&d2));
+        assert!(!second.holds(&d1));
     }
 }

@@ -43,6 +43,26 @@ pub struct MountSpec {
     /// those layers fill on their own).
     #[serde(default)]
     pub fill_lock: Option<PathBuf>,
+    /// The chain ids the finished layer is checked against (absent when
+    /// Prepare did not name them).
+    #[serde(default)]
+    pub chain: Option<crate::layer::ChainCheck>,
+    /// Longest a container read waits for berthd, seconds.
+    #[serde(default = "default_read_timeout")]
+    pub read_timeout: u64,
+    /// Free space (bytes) the fill leaves on the disk.
+    #[serde(default)]
+    pub min_free: u64,
+}
+
+fn default_read_timeout() -> u64 {
+    crate::config::DEFAULT_READ_TIMEOUT
+}
+
+/// Layers found bad on this node (`<root>/bad-layers`, one digest a line):
+/// never mounted lazily again here.
+fn bad_layers_path(root: &Path) -> PathBuf {
+    root.join("bad-layers")
 }
 
 pub struct Lazy {
@@ -55,22 +75,46 @@ pub struct Lazy {
     exe: PathBuf,
     fill_rate: u64,
     fill_lock: PathBuf,
+    root: PathBuf,
+    read_timeout: u64,
+    min_free: u64,
 }
 
 impl Lazy {
-    /// `root` is the snapshotter's root, where the node's fill lock lives.
-    pub fn new(berthd_url: &str, fill_rate: u64, root: &Path) -> Result<Lazy, String> {
-        let berthd = Berthd::parse(berthd_url)?.with_timeout(Duration::from_secs(10));
+    /// From the snapshotter's settings; its root holds the node's fill
+    /// lock and the list of layers found bad.
+    pub fn new(config: &crate::config::Config) -> Result<Lazy, String> {
+        let berthd = Berthd::parse(&config.berthd)?.with_timeout(Duration::from_secs(10));
         let exe = std::env::current_exe().map_err(|e| format!("cannot find my own binary: {e}"))?;
-        let fill_lock = root.join("fill.lock");
+        let root = config.root.clone();
+        let min_free = config.min_free.unwrap_or_else(|| crate::disk::default_reserve(&root));
         Ok(Lazy {
             remounting: Default::default(),
-            berthd_url: berthd_url.to_string(),
+            berthd_url: config.berthd.clone(),
             berthd,
             exe,
-            fill_rate,
-            fill_lock,
+            fill_rate: config.fill_rate,
+            fill_lock: root.join("fill.lock"),
+            root,
+            read_timeout: config.read_timeout,
+            min_free,
         })
+    }
+
+    fn is_bad(&self, digest: &str) -> bool {
+        std::fs::read_to_string(bad_layers_path(&self.root)).is_ok_and(|t| t.lines().any(|l| l.trim() == digest))
+    }
+
+    /// Remembers a layer found bad, so it is pulled normally from now on.
+    fn remember_bad(&self, digest: &str) {
+        use std::io::Write;
+        if self.is_bad(digest) {
+            return;
+        }
+        let f = std::fs::OpenOptions::new().create(true).append(true).open(bad_layers_path(&self.root));
+        if let Ok(mut f) = f {
+            let _ = writeln!(f, "{digest}");
+        }
     }
 
     /// The target snapshot name and layer a Prepare asks for, when its
@@ -97,6 +141,10 @@ impl Lazy {
         if sn.stat(&target).is_ok() {
             return Some(Error::AlreadyExists(target));
         }
+        if self.is_bad(&layer.digest) {
+            tracing::info!(layer = %layer.digest, "this layer was found bad on this node before; pulling normally");
+            return None;
+        }
         let index = match rt.block_on(self.berthd.index(&layer)) {
             Ok((_, raw)) => raw,
             Err(e) => {
@@ -104,11 +152,19 @@ impl Lazy {
                 return None;
             }
         };
+        // containerd names layer snapshots by chain id: the finished layer
+        // can be checked against its diff_id through them.
+        let is_chain_id = |s: &str| s.strip_prefix("sha256:").is_some_and(|h| h.len() == 64);
+        let chain = (is_chain_id(&target) && (parent.is_empty() || is_chain_id(parent)))
+            .then(|| crate::layer::ChainCheck { parent: parent.to_string(), target: target.clone() });
         let spec = MountSpec {
             berthd: self.berthd_url.clone(),
             layer: layer.clone(),
             fill_rate: self.fill_rate,
             fill_lock: Some(self.fill_lock.clone()),
+            chain,
+            read_timeout: self.read_timeout,
+            min_free: self.min_free,
         };
         let mut labels = labels.clone();
         labels.insert(LABEL_LAZY.into(), layer.digest.clone());
@@ -185,6 +241,14 @@ impl Lazy {
     /// never starts on an empty or broken layer.
     pub fn ensure_served(&self, dirs: &[PathBuf]) -> Result<()> {
         for dir in dirs.iter().filter(|d| d.join("lazy").join("layer.json").exists()) {
+            if let Ok(why) = std::fs::read_to_string(dir.join("lazy").join(crate::layer::BAD)) {
+                if let Some(digest) = read_spec(dir).map(|s| s.layer.digest) {
+                    self.remember_bad(&digest);
+                }
+                return Err(Error::FailedPrecondition(format!(
+                    "a lazily mounted layer of this image failed its check ({why}); remove the image and pull it again (it will be pulled normally)"
+                )));
+            }
             let fs = dir.join("fs");
             if is_served(&fs) {
                 continue;
@@ -225,6 +289,10 @@ impl Lazy {
             }
         }
     }
+}
+
+fn read_spec(dir: &Path) -> Option<MountSpec> {
+    serde_json::from_slice(&std::fs::read(dir.join("lazy").join("layer.json")).ok()?).ok()
 }
 
 /// Whether a FUSE mount at `fs` is up and answering (a mount whose process
@@ -270,8 +338,13 @@ pub fn serve_mount(lazy: &Path, mountpoint: &Path) -> Result<(), String> {
         .build()
         .map_err(|e| e.to_string())?;
     let berthd = Berthd::parse(&spec.berthd)?;
+    let guards = crate::layer::Guards {
+        chain: spec.chain.clone(),
+        read_timeout: Duration::from_secs(spec.read_timeout.max(1)),
+        min_free: spec.min_free,
+    };
     let layer = std::sync::Arc::new(
-        crate::layer::Layer::new(index, lazy, berthd, spec.layer.clone(), spec.fill_lock.clone())
+        crate::layer::Layer::new(index, lazy, berthd, spec.layer.clone(), spec.fill_lock.clone(), guards)
             .map_err(|e| e.to_string())?,
     );
     rt.spawn(layer.clone().fill(spec.fill_rate));

@@ -294,7 +294,7 @@ impl fuser::Filesystem for LazyFs {
         _lock: Option<LockOwner>,
         reply: ReplyData,
     ) {
-        let Some((start, len)) = self.node(ino.0).and_then(|n| n.data) else {
+        let Some((start, len, perm)) = self.node(ino.0).and_then(|n| n.data.map(|(s, l)| (s, l, n.attr.perm))) else {
             reply.error(Errno::EISDIR);
             return;
         };
@@ -305,7 +305,12 @@ impl fuser::Filesystem for LazyFs {
         let want = (size as u64).min(len - offset);
         let layer = self.layer.clone();
         self.rt.spawn(async move {
-            match layer.read(start + offset, want).await {
+            let checked = layer.check_header(start, len, u32::from(perm)).await;
+            let read = match checked {
+                Ok(()) => layer.read(start + offset, want).await,
+                Err(e) => Err(e),
+            };
+            match read {
                 Ok(d) => reply.data(&d),
                 Err(e) => {
                     tracing::error!(error = %e, "read failed; the reader gets EIO");

@@ -16,6 +16,7 @@
 
 pub mod berthd;
 pub mod config;
+pub mod disk;
 pub mod error;
 pub mod filter;
 pub mod grpc;
@@ -28,6 +29,7 @@ pub mod pull;
 pub mod server;
 pub mod snapshots;
 pub mod store;
+pub mod tarheader;
 
 pub use error::{Error, Result};
 

@@ -31,6 +31,12 @@ enum Command {
         /// Background fetch rate of lazy layers, bytes/s of stored (compressed) layer for the whole node (0: unlimited) [default: 8 MiB/s].
         #[arg(long)]
         fill_rate: Option<u64>,
+        /// Seconds a container's read of a lazy layer may wait for berthd before it fails [default: 10].
+        #[arg(long)]
+        read_timeout: Option<u64>,
+        /// Bytes the background fill leaves free on the root's disk [default: a tenth of it, at most 2 GiB].
+        #[arg(long)]
+        min_free: Option<u64>,
     },
     /// Pull an image into containerd with lazily mounted layers (for nodes
     /// without Kubernetes), so `ctr run --snapshotter berth` starts at once.
@@ -66,7 +72,7 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .init();
     match cli.command {
-        Command::Serve { config, address, root, berthd, fill_rate } => {
+        Command::Serve { config, address, root, berthd, fill_rate, read_timeout, min_free } => {
             let mut cfg = match config {
                 Some(p) => match Config::load(&p) {
                     Ok(c) => c,
@@ -78,6 +84,8 @@ fn main() -> ExitCode {
             cfg.root = root.unwrap_or(cfg.root);
             cfg.berthd = berthd.unwrap_or(cfg.berthd);
             cfg.fill_rate = fill_rate.unwrap_or(cfg.fill_rate);
+            cfg.read_timeout = read_timeout.unwrap_or(cfg.read_timeout);
+            cfg.min_free = min_free.or(cfg.min_free);
             let rt = tokio::runtime::Runtime::new().expect("tokio runtime");
             match rt.block_on(berth_snapshotter::server::serve(&cfg, shutdown_signal())) {
                 Ok(()) => ExitCode::SUCCESS,

@@ -18,7 +18,7 @@ pub async fn serve(config: &Config, shutdown: impl Future<Output = ()> + Send) -
         .map_err(|e| e.to_string())?;
     let snapshotter = Arc::new(snapshotter);
     let lazy = if config.lazy {
-        let lazy = Arc::new(Lazy::new(&config.berthd, config.fill_rate, &config.root)?);
+        let lazy = Arc::new(Lazy::new(config)?);
         let (l, s) = (lazy.clone(), snapshotter.clone());
         tokio::task::spawn_blocking(move || l.restore(&s)).await.map_err(|e| e.to_string())?;
         Some(lazy)

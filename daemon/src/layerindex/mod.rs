@@ -20,6 +20,7 @@
 //! resumable points and is not indexed (the snapshotter falls back to a
 //! normal pull).
 
+pub mod auth;
 pub mod toc;
 pub mod zran;
 pub mod zstd;
@@ -79,6 +80,10 @@ pub struct StoredCheckpoint {
     pub window_at: u64,
     #[serde(default)]
     pub window_len: u32,
+    /// sha256 (hex) of the window, checked when it is read from storage
+    /// (absent in indexes built before).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub window_sha256: Option<String>,
     /// base64 of the window, in indexes built before windows moved to
     /// their own object; still read, never written.
     #[serde(default, skip_serializing_if = "String::is_empty")]
@@ -207,12 +212,14 @@ pub fn build(blob: impl Read, digest: &Digest, compression: Compression) -> io::
             let at = windows.len() as u64;
             windows.extend_from_slice(&c.window);
             let window_len = c.window.len() as u32;
+            let window_sha256 = (!c.window.is_empty()).then(|| hex::encode(Sha256::digest(&c.window)));
             StoredCheckpoint {
                 out: c.out,
                 input: c.input,
                 bits: c.bits,
                 window_at: at,
                 window_len,
+                window_sha256,
                 window: String::new(),
             }
         })
@@ -250,6 +257,8 @@ pub struct RangePlan {
     /// The window the checkpoint needs from the windows object, until
     /// [`RangePlan::set_window`] supplies it.
     window_needed: Option<(u64, u32)>,
+    /// What the needed window must hash to, when the index says.
+    window_sha256: Option<String>,
     compression: Compression,
     offset: u64,
     len: usize,
@@ -272,6 +281,7 @@ impl LayerIndex {
                 blob_len: len as u64,
                 checkpoint: None,
                 window_needed: None,
+                window_sha256: None,
                 compression,
                 offset,
                 len,
@@ -300,6 +310,7 @@ impl LayerIndex {
                     blob_len: blob_end - blob_offset,
                     checkpoint: Some(cp),
                     window_needed,
+                    window_sha256: c.window_sha256.clone(),
                     compression,
                     offset,
                     len,
@@ -365,6 +376,15 @@ impl RangePlan {
                 io::ErrorKind::InvalidData,
                 format!("window of {} bytes where the index says {len}", window.len()),
             ));
+        }
+        if let Some(want) = &self.window_sha256 {
+            let got = hex::encode(Sha256::digest(&window));
+            if &got != want {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!("window hashes to {got} where the index says {want}"),
+                ));
+            }
         }
         if let Some(cp) = &mut self.checkpoint {
             cp.window = window;

@@ -151,16 +151,37 @@ impl Registry {
     /// yet (a build is then started).
     pub async fn layer_index(&self, ns: &Namespace, repo: &RepoName, digest: &Digest) -> Result<Arc<LayerIndex>> {
         let repo = self.stored_repo(ns, repo)?;
+        let Some(key) = &self.index_key else {
+            return Err(Error::IndexUnavailable(
+                "lazy pulls are off on this node: no layer index key (layerindex.keyfile) is configured; pull normally"
+                    .into(),
+            ));
+        };
         self.stat_blob(&repo, digest).await?;
         if let Some(idx) = self.indexer.cached(digest) {
             return Ok(idx);
         }
-        let mut stored = self.driver.get_content(&paths::layer_index(digest)).await;
-        if matches!(&stored, Err(e) if e.is_not_found()) {
-            stored = self.driver.get_content(&paths::layer_index_json(digest)).await;
-        }
+        let stored = self.driver.get_content(&paths::layer_index(digest)).await;
         match stored {
             Ok(bytes) => {
+                let tag = match self.driver.get_content(&paths::layer_index_auth(digest)).await {
+                    Ok(t) => t,
+                    Err(e) if e.is_not_found() => {
+                        // Built before indexes were signed: build it again.
+                        self.index_soon(digest.clone(), None);
+                        return Err(Error::IndexUnavailable(format!(
+                            "the index of {digest} is not signed yet; it is being rebuilt, pull normally meanwhile"
+                        )));
+                    }
+                    Err(e) => return Err(e.into()),
+                };
+                if !key.verify(digest, &bytes, &tag) {
+                    crate::metrics::get().index_auth_failures.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    tracing::error!(%digest, "the stored seek index does not carry this cluster's signature: it was changed in storage, or built by a node with another layerindex key; refusing it (delete it to rebuild)");
+                    return Err(Error::IndexUnavailable(format!(
+                        "the index of {digest} is not authenticated by this cluster's layer index key; pull normally"
+                    )));
+                }
                 let idx = LayerIndex::decode(&bytes).map_err(|e| {
                     Error::IndexUnavailable(format!(
                         "stored index of {digest} is unreadable ({e}); delete it to rebuild"
@@ -276,6 +297,9 @@ impl Registry {
     /// Builds the index of `digest` in the background unless it exists or
     /// is being built. `compression: None` sniffs it from the blob.
     pub(super) fn index_soon(&self, digest: Digest, compression: Option<Compression>) {
+        if self.index_key.is_none() {
+            return;
+        }
         let Some(me) = self.me.upgrade() else { return };
         if !self.indexer.building.lock().unwrap().insert(digest.clone()) {
             return;
@@ -283,8 +307,8 @@ impl Registry {
         tokio::spawn(async move {
             let result = async {
                 let _permit = me.indexer.one_at_a_time.acquire().await.expect("semaphore never closed");
-                if me.exists(&paths::layer_index(&digest)).await?
-                    || me.exists(&paths::layer_index_json(&digest)).await?
+                if me.exists(&paths::layer_index_auth(&digest)).await?
+                    && me.exists(&paths::layer_index(&digest)).await?
                 {
                     return Ok(Built::AlreadyStored);
                 }
@@ -344,7 +368,14 @@ impl Registry {
         if !idx.windows.is_empty() {
             self.driver.put_content(&paths::layer_index_windows(digest), Bytes::from(idx.windows)).await?;
         }
-        self.driver.put_content(&paths::layer_index(digest), Bytes::from(idx.index.encode())).await?;
+        let encoded = idx.index.encode();
+        let tag = match &self.index_key {
+            Some(key) => key.tag(digest, &encoded),
+            None => return Err(Error::Unsupported("no layer index key".into())),
+        };
+        self.driver.put_content(&paths::layer_index(digest), Bytes::from(encoded)).await?;
+        // The tag last: an index with a tag is complete.
+        self.driver.put_content(&paths::layer_index_auth(digest), Bytes::from(tag)).await?;
         self.indexer.remember(digest, Arc::new(idx.index));
         Ok(Built::Stored)
     }

@@ -51,6 +51,9 @@ pub struct Registry {
     verified: integrity::Verified,
     mirrors: mirror::Mirrors,
     indexer: layer_index::Indexer,
+    /// The cluster's key for layer indexes (`layerindex.keyfile`): without
+    /// one, no index is built or served and lazy pulls fall back.
+    index_key: Option<crate::layerindex::auth::IndexKey>,
     /// This registry, for background work that outlives a request.
     me: std::sync::Weak<Registry>,
 }
@@ -61,6 +64,17 @@ impl Registry {
     }
 
     pub fn with_mirrors(driver: Arc<dyn StorageDriver>, policy: Policy, mirrors: mirror::Mirrors) -> Arc<Registry> {
+        Self::build(driver, policy, mirrors, None)
+    }
+
+    /// Everything configurable: mirrors, and the key that authenticates
+    /// layer indexes.
+    pub fn build(
+        driver: Arc<dyn StorageDriver>,
+        policy: Policy,
+        mirrors: mirror::Mirrors,
+        index_key: Option<crate::layerindex::auth::IndexKey>,
+    ) -> Arc<Registry> {
         Arc::new_cyclic(|me| Registry {
             driver,
             policy,
@@ -68,6 +82,7 @@ impl Registry {
             verified: integrity::Verified::default(),
             mirrors,
             indexer: layer_index::Indexer::new(),
+            index_key,
             me: me.clone(),
         })
     }

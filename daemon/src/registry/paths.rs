@@ -16,7 +16,9 @@
 //! Beside it, Berth's own derived data, which registry:2 never reads:
 //!
 //! ```text
-//! /berth/layer-index/v1/<alg>/<hex[0..2]>/<hex>/index.json  seek index of a layer blob
+//! /berth/layer-index/v1/<alg>/<hex[0..2]>/<hex>/index.json.zst  seek index of a layer blob
+//!                                                   …/windows  its inflate windows
+//!                                                   …/auth     its HMAC tag
 //! /berth/quarantine/<alg>/<hex>/<time>-<id>                 stored content that did not
 //!                                                           match its digest
 //! ```
@@ -49,9 +51,10 @@ pub fn layer_index(d: &Digest) -> String {
     format!("{}/index.json.zst", layer_index_dir(d))
 }
 
-/// Where berthd stored the index as plain JSON before: still read.
-pub fn layer_index_json(d: &Digest) -> String {
-    format!("{}/index.json", layer_index_dir(d))
+/// The HMAC tag authenticating layer blob `d`'s seek index (see
+/// `layerindex::auth`); written last, so an index with a tag is complete.
+pub fn layer_index_auth(d: &Digest) -> String {
+    format!("{}/auth", layer_index_dir(d))
 }
 
 /// The checkpoint windows of layer blob `d`'s seek index, end to end;

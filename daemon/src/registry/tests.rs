@@ -16,8 +16,12 @@ fn body(parts: &[&'static [u8]]) -> BodyStream {
     Box::pin(futures_util::stream::iter(items))
 }
 
+/// The layer index key every test registry shares, as a cluster's nodes do.
+const TEST_KEY: &[u8] = b"0123456789abcdef0123456789abcdef-test";
+
 fn registry(driver: &MemoryDriver, policy: Policy) -> Arc<Registry> {
-    Registry::new(Arc::new(driver.clone()), policy)
+    let key = crate::layerindex::auth::IndexKey::new(TEST_KEY).unwrap();
+    Registry::build(Arc::new(driver.clone()), policy, mirror::Mirrors::default(), Some(key))
 }
 
 async fn read(reg: &Registry, d: &Digest) -> Vec<u8> {
@@ -248,14 +252,32 @@ async fn index_requests_build_once_and_remember_blobs_that_cannot_have_one() {
     let idx = settled_index(&reg, &r, &layer).await.unwrap();
     assert_eq!(idx.size, tar.len() as u64);
 
-    // Stored compressed; an index stored as plain JSON by an older berthd
-    // is read too (a fresh registry: nothing cached in memory).
-    let stored = driver.get_content(&paths::layer_index(&layer)).await.unwrap();
-    let json = serde_json::to_vec(&crate::layerindex::LayerIndex::decode(&stored).unwrap()).unwrap();
-    driver.put_content(&paths::layer_index_json(&layer), Bytes::from(json)).await.unwrap();
-    driver.delete(&paths::layer_index(&layer)).await.unwrap();
+    // Another node with the cluster's key reads the stored, signed index
+    // (a fresh registry: nothing cached in memory).
     let fresh = registry(&driver, Policy::default());
     assert_eq!(fresh.layer_index(&Namespace::Local, &r, &layer).await.unwrap().size, tar.len() as u64);
+
+    // An index edited in storage, or signed with another key, is refused.
+    let stored = driver.get_content(&paths::layer_index(&layer)).await.unwrap();
+    let mut idx = crate::layerindex::LayerIndex::decode(&stored).unwrap();
+    idx.entries[0].mode = 0o4755;
+    driver.put_content(&paths::layer_index(&layer), Bytes::from(idx.encode())).await.unwrap();
+    let err = registry(&driver, Policy::default()).layer_index(&Namespace::Local, &r, &layer).await.unwrap_err();
+    assert!(matches!(&err, Error::IndexUnavailable(m) if m.contains("not authenticated")), "{err:?}");
+    let other = crate::layerindex::auth::IndexKey::new(b"another cluster's key, 32 bytes or more").unwrap();
+    let foreign = Registry::build(Arc::new(driver.clone()), Policy::default(), mirror::Mirrors::default(), Some(other));
+    driver.put_content(&paths::layer_index(&layer), stored.clone()).await.unwrap();
+    assert!(foreign.layer_index(&Namespace::Local, &r, &layer).await.is_err(), "another cluster's key");
+    // Without a key nothing is served; without a tag the index is rebuilt.
+    let keyless = Registry::new(Arc::new(driver.clone()), Policy::default());
+    assert!(
+        matches!(keyless.layer_index(&Namespace::Local, &r, &layer).await, Err(Error::IndexUnavailable(m)) if m.contains("no layer index key"))
+    );
+    driver.delete(&paths::layer_index_auth(&layer)).await.unwrap();
+    let again = registry(&driver, Policy::default());
+    let err = again.layer_index(&Namespace::Local, &r, &layer).await.unwrap_err();
+    assert!(matches!(&err, Error::IndexUnavailable(m) if m.contains("not signed yet")), "{err:?}");
+    assert_eq!(settled_index(&again, &r, &layer).await.unwrap().size, tar.len() as u64);
 
     // Not a layer: the verdict is remembered, so asking again starts no build.
     let config = push_blob(&reg, &r, b"{\"architecture\":\"amd64\"}").await;
