@@ -5,7 +5,7 @@
 //! processes; after each ordeal what berthd serves still hashes to its name
 //! (`berthd fsck` agrees).
 
-use crate::common::{random_bytes, require_tool, run, sha256, Berthd};
+use crate::common::{random_bytes, require_tool, run, sha256, Berthd, SmallDisk};
 use reqwest::{Client, StatusCode};
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -60,56 +60,6 @@ fn start_with_env(env: &[(&str, &str)]) -> Berthd {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path().join("data");
     Berthd::start_with_root(dir, root, "", env)
-}
-
-fn is_root() -> bool {
-    run(Command::new("id").arg("-u")).trim() == "0"
-}
-
-/// A small tmpfs the test mounts as berthd's data directory; unmounted on
-/// drop, also when the test fails.
-struct SmallDisk {
-    dir: tempfile::TempDir,
-}
-
-impl SmallDisk {
-    fn mount(size: &str) -> SmallDisk {
-        assert!(is_root(), "this test mounts a tmpfs and must run as root (CI runs as root)");
-        let dir = tempfile::tempdir().unwrap();
-        let root = dir.path().join("data");
-        std::fs::create_dir_all(&root).unwrap();
-        run(Command::new(require_tool("mount"))
-            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
-            .arg(&root));
-        SmallDisk { dir }
-    }
-
-    fn root(&self) -> std::path::PathBuf {
-        self.dir.path().join("data")
-    }
-
-    /// Fills what is left of the file system with one file.
-    fn fill(&self) {
-        let mut f = std::fs::File::create(self.root().join("filler")).unwrap();
-        let block = vec![0xa5u8; 64 * 1024];
-        loop {
-            if f.write_all(&block).is_err() {
-                break;
-            }
-        }
-        // Whatever is left is smaller than a block: take it byte by byte.
-        while f.write_all(&[1]).is_ok() && f.flush().is_ok() {}
-    }
-
-    fn free(&self) {
-        std::fs::remove_file(self.root().join("filler")).unwrap();
-    }
-}
-
-impl Drop for SmallDisk {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg("-l").arg(self.root()).status();
-    }
 }
 
 /// The race the integrity issue found: PUT finishing an upload while a

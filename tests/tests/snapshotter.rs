@@ -869,3 +869,193 @@ fn snapshotter_pull_unpacks_normally_what_cannot_be_lazy() {
     umount(&mnt);
     assert_eq!(tree, unpacked_tree(&img.layout, work.path()));
 }
+
+/// The snapshot directories of lazy layers under `root` that were refused.
+fn condemned(root: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(root.join("snapshots")).into_iter().flatten().flatten() {
+        if e.path().join("lazy/bad").exists() {
+            out.push(e.path());
+        }
+    }
+    out
+}
+
+/// A finished lazy layer whose bytes do not hash to the chain id
+/// containerd named its snapshot by is refused: every read fails, a
+/// container stacked on it is refused with a clear error, and the node
+/// pulls that layer normally from then on.
+#[test]
+fn a_layer_that_fails_its_chain_id_is_refused_and_pulled_normally_after() {
+    let work = tempfile::tempdir().unwrap();
+    let img = layered_image();
+    let berthd = Berthd::start("");
+    Skopeo::new().push(&img.layout, &berthd.addr, "app:v1", &[]);
+    wait_index(&berthd, "app", &img.layers[0]);
+    let snap = SnapshotterProc::start_with(work.path(), &berthd.url(), &["--fill-rate", "0"]);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let wrong_chain = format!("sha256:{}", "0".repeat(64));
+    rt.block_on(async {
+        let mut api = Api::connect(&snap.sock, "", "").await;
+        let labels = [
+            ("containerd.io/snapshot.ref", wrong_chain.as_str()),
+            ("containerd.io/snapshot/cri.image-ref", "registry.example.test/app:v1"),
+            ("containerd.io/snapshot/cri.layer-digest", img.layers[0].as_str()),
+        ];
+        assert_eq!(code(api.prepare_labeled("extract-0", "", &labels).await), Code::AlreadyExists);
+    });
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    while condemned(&snap.root).is_empty() {
+        assert!(std::time::Instant::now() < deadline, "the filled layer was not checked:\n{}", snap.log_text());
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    rt.block_on(async {
+        let mut api = Api::connect(&snap.sock, "", "").await;
+        let refused = api.view("on-top", &wrong_chain).await.unwrap_err();
+        assert_eq!(refused.code(), Code::FailedPrecondition);
+        assert!(refused.message().contains("failed its check"), "{}", refused.message());
+        // The same layer under another name is now prepared normally.
+        let labels = [
+            ("containerd.io/snapshot.ref", "chain-again"),
+            ("containerd.io/snapshot/cri.image-ref", "registry.example.test/app:v1"),
+            ("containerd.io/snapshot/cri.layer-digest", img.layers[0].as_str()),
+        ];
+        let mounts = api.prepare_labeled("extract-again", "", &labels).await.expect("a normal snapshot");
+        assert!(!mounts.is_empty());
+    });
+    let bad = std::fs::read_to_string(snap.root.join("bad-layers")).unwrap();
+    assert!(bad.contains(&img.layers[0]), "{bad}");
+    let dir = &condemned(&snap.root)[0];
+    assert!(!dir.join("lazy/chunks").exists(), "its chunks were dropped");
+}
+
+/// An index edited in storage by someone without the cluster's key is
+/// refused by berthd: the layer is pulled normally, the container runs the
+/// real files.
+#[test]
+fn a_tampered_index_in_storage_means_a_normal_pull() {
+    let work = tempfile::tempdir().unwrap();
+    let img = layered_image();
+    let berthd = Berthd::start("");
+    Skopeo::new().push(&img.layout, &berthd.addr, "app:v1", &[]);
+    for l in &img.layers {
+        wait_index(&berthd, "app", l);
+    }
+    // Layer three: give /etc/motd the set-uid bit and swap the data offsets
+    // of two files, as an attacker with write access to the bucket would.
+    let hex = img.layers[2].trim_start_matches("sha256:");
+    let stored = berthd.root.join(format!("berth/layer-index/v1/sha256/{}/{hex}/index.json.zst", &hex[..2]));
+    let mut idx = berthd::layerindex::LayerIndex::decode(&std::fs::read(&stored).unwrap()).unwrap();
+    let motd = idx.entries.iter().position(|e| e.path == "etc/motd").unwrap();
+    let new = idx.entries.iter().position(|e| e.path == "etc/new").unwrap();
+    idx.entries[motd].mode |= 0o4000;
+    let (a, b) = (idx.entries[motd].offset, idx.entries[new].offset);
+    idx.entries[motd].offset = b;
+    idx.entries[new].offset = a;
+    std::fs::write(&stored, idx.encode()).unwrap();
+    // A restart forgets the index berthd held in memory.
+    let berthd = berthd.kill9_and_restart();
+
+    let snap = SnapshotterProc::start_with(work.path(), &berthd.url(), &["--fill-rate", "65536"]);
+    let ctd = Containerd::start_with(&snap.proxy_plugin_toml());
+    let image = format!("{MIRROR_HOST}/app:v1");
+    let out = snapshotter_pull(&ctd, &berthd, &image);
+    assert!(out.contains("2 layer(s) mounted lazily, 1 unpacked"), "{out}");
+    let id = format!("tampered-{}", std::process::id());
+    let out = ctd.ctr_ok(&["run", "--rm", "--snapshotter", "berth", &image, &id, "cat", "/etc/motd", "/etc/new"]);
+    assert_eq!(out, "layer three motd\nnew in layer three\n", "the real files");
+    assert!(berthd.metric("berth_layer_index_auth_failures_total") >= 1.0);
+}
+
+/// The snapshotter's disk is small: the background fill stops at the
+/// reserve, reads are served from berthd, and new containers keep starting
+/// (the metadata store has room).
+#[test]
+fn the_fill_leaves_the_snapshotter_disk_its_reserve() {
+    let img = layered_image();
+    let berthd = Berthd::start("");
+    Skopeo::new().push(&img.layout, &berthd.addr, "app:v1", &[]);
+    for l in &img.layers {
+        wait_index(&berthd, "app", l);
+    }
+    let disk = crate::common::SmallDisk::mount("96m");
+    let root = disk.root();
+    let snap_dir = root.join("snap");
+    std::fs::create_dir_all(&snap_dir).unwrap();
+    let snap = SnapshotterProc::start_with(&snap_dir, &berthd.url(), &["--fill-rate", "0", "--min-free", "33554432"]);
+    let ctd = Containerd::start_with(&snap.proxy_plugin_toml());
+    let image = format!("{MIRROR_HOST}/app:v1");
+    let out = snapshotter_pull(&ctd, &berthd, &image);
+    assert!(out.contains("3 layer(s) mounted lazily"), "{out}");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while !std::fs::read_dir(snap.root.join("snapshots")).unwrap().flatten().any(|e| {
+        std::fs::read_to_string(e.path().join("lazy/mount.log")).is_ok_and(|l| l.contains("cannot keep chunks"))
+    }) {
+        assert!(std::time::Instant::now() < deadline, "the fill never hit the reserve");
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    let df = run(Command::new("df").args(["-B1", "--output=avail"]).arg(&snap.root));
+    let free: u64 = df.lines().last().unwrap().trim().parse().unwrap();
+    assert!(free >= 24 << 20, "the reserve stays free ({free} bytes free)");
+    // The big file reads whole and right although most of it is not on disk.
+    let id = format!("reserve-{}", std::process::id());
+    let out = ctd.ctr_ok(&[
+        "run",
+        "--rm",
+        "--snapshotter",
+        "berth",
+        &image,
+        &id,
+        "/bin/busybox",
+        "sha256sum",
+        "/data/big.bin",
+    ]);
+    assert!(out.contains(img.big_sha256.trim_start_matches("sha256:")), "{out}");
+    let id = format!("reserve2-{}", std::process::id());
+    assert_eq!(ctd.ctr_ok(&["run", "--rm", "--snapshotter", "berth", &image, &id, "cat", "/etc/keep"]), "kept\n");
+    drop(ctd);
+    drop(snap);
+    for m in crate::support_e2e::containerd::mounts_under(&root).iter().rev() {
+        let _ = Command::new("umount").arg("-l").arg(m).status();
+    }
+}
+
+/// berthd stops answering: a container's read of a chunk not on disk
+/// fails after the read timeout — once, not once per kernel retry — and
+/// works again when berthd does.
+#[test]
+fn a_stalled_berthd_fails_a_read_within_the_timeout() {
+    let work = tempfile::tempdir().unwrap();
+    let img = layered_image();
+    let berthd = Berthd::start("");
+    Skopeo::new().push(&img.layout, &berthd.addr, "app:v1", &[]);
+    for l in &img.layers {
+        wait_index(&berthd, "app", l);
+    }
+    let snap =
+        SnapshotterProc::start_with(work.path(), &berthd.url(), &["--fill-rate", "65536", "--read-timeout", "3"]);
+    let ctd = Containerd::start_with(&snap.proxy_plugin_toml());
+    let image = format!("{MIRROR_HOST}/app:v1");
+    snapshotter_pull(&ctd, &berthd, &image);
+    let pid = berthd.child.id().to_string();
+    run(Command::new("kill").args(["-STOP", &pid]));
+    struct Cont(String);
+    impl Drop for Cont {
+        fn drop(&mut self) {
+            let _ = Command::new("kill").args(["-CONT", &self.0]).status();
+        }
+    }
+    let cont = Cont(pid);
+    let started = std::time::Instant::now();
+    let id = format!("stalled-{}", std::process::id());
+    let out =
+        ctd.ctr_output(&["run", "--rm", "--snapshotter", "berth", &image, &id, "tail", "-c", "16", "/data/big.bin"]);
+    let took = started.elapsed();
+    assert!(!out.status.success(), "the read cannot succeed while berthd is stopped");
+    assert!(took < std::time::Duration::from_secs(25), "failed within the timeout, not per retry ({took:?})");
+    drop(cont);
+    let id = format!("resumed-{}", std::process::id());
+    let out = ctd.ctr_ok(&["run", "--rm", "--snapshotter", "berth", &image, &id, "cat", "/etc/keep"]);
+    assert_eq!(out, "kept\n");
+}

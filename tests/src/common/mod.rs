@@ -4,7 +4,7 @@
 //!
 //! The test modules and benchmarks use it as `berth_tests::common`.
 
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
@@ -273,4 +273,53 @@ pub fn random_bytes(len: usize, seed: u64) -> Vec<u8> {
             x as u8
         })
         .collect()
+}
+
+/// A small tmpfs a test mounts (as root) for a daemon's data; unmounted on
+/// drop, also when the test fails.
+pub struct SmallDisk {
+    dir: tempfile::TempDir,
+}
+
+impl SmallDisk {
+    pub fn mount(size: &str) -> SmallDisk {
+        assert!(
+            run(Command::new("id").arg("-u")).trim() == "0",
+            "this test mounts a tmpfs and must run as root (CI runs as root)"
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("data");
+        std::fs::create_dir_all(&root).unwrap();
+        run(Command::new(require_tool("mount"))
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(&root));
+        SmallDisk { dir }
+    }
+
+    pub fn root(&self) -> std::path::PathBuf {
+        self.dir.path().join("data")
+    }
+
+    /// Fills what is left of the file system with one file.
+    pub fn fill(&self) {
+        let mut f = std::fs::File::create(self.root().join("filler")).unwrap();
+        let block = vec![0xa5u8; 64 * 1024];
+        loop {
+            if f.write_all(&block).is_err() {
+                break;
+            }
+        }
+        // Whatever is left is smaller than a block: take it byte by byte.
+        while f.write_all(&[1]).is_ok() && f.flush().is_ok() {}
+    }
+
+    pub fn free(&self) {
+        std::fs::remove_file(self.root().join("filler")).unwrap();
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(self.root()).status();
+    }
 }
