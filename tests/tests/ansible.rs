@@ -738,6 +738,7 @@ fn write_inventory(path: &Path, node: &Node, hosts: &[&str], berthd: &Path, snap
                 "berth_s3_bucket": S3_BUCKET,
                 "berth_s3_access_key": "{{ lookup('ansible.builtin.env', 'BERTH_TEST_S3_ACCESS_KEY') }}",
                 "berth_s3_secret_key": "{{ lookup('ansible.builtin.env', 'BERTH_TEST_S3_SECRET_KEY') }}",
+                "berth_layerindex_key": "ansible-test-layer-index-key-0123456789abcdef",
                 "berth_cache_maxsize": "1GiB",
                 "berth_cache_path": CACHE_PATH,
                 "berth_registries": [REGISTRY],

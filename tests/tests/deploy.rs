@@ -214,7 +214,11 @@ fn check_rendered_base(docs: &[Value]) -> (Value, String) {
     assert_eq!(mount(main, "config"), "/etc/berth");
     assert_eq!(mount(main, "cache"), "/var/lib/berth");
     assert_eq!(mount(main, "cluster-ca"), "/var/run/secrets/kubernetes.io/serviceaccount");
-    for (var, key) in [("REGISTRY_STORAGE_S3_ACCESSKEY", "accesskey"), ("REGISTRY_STORAGE_S3_SECRETKEY", "secretkey")] {
+    for (var, key) in [
+        ("REGISTRY_STORAGE_S3_ACCESSKEY", "accesskey"),
+        ("REGISTRY_STORAGE_S3_SECRETKEY", "secretkey"),
+        ("REGISTRY_LAYERINDEX_KEY", "layerindexkey"),
+    ] {
         let r = &named(&main["env"], var)["valueFrom"]["secretKeyRef"];
         assert_eq!(r["name"], "berth-s3", "{var}");
         assert_eq!(r["key"], key, "{var}");
@@ -425,7 +429,7 @@ images:
 "#;
 
 /// docs/deploy.md's `my-berth/s3.env`.
-const OVERLAY_S3_ENV: &str = "accesskey=GKexampleaccesskey\nsecretkey=example-secret-key\n";
+const OVERLAY_S3_ENV: &str = "accesskey=GKexampleaccesskey\nsecretkey=example-secret-key\nlayerindexkey=5f0c8e2a9d41b7c36e1f04a8b2d9c7e1a3f6b0d4c8e2f1a7\n";
 
 /// docs/deploy.md's `my-berth/config.yml`.
 const OVERLAY_CONFIG: &str = r#"version: 0.1
