@@ -12,6 +12,7 @@ pub mod config;
 pub mod digest;
 pub mod durable;
 pub mod error;
+pub mod error_chain;
 pub mod fill;
 pub mod layerindex;
 pub mod listen;

@@ -132,9 +132,44 @@ impl fmt::Display for Reference {
     }
 }
 
+/// `*` matches any run of characters (including `/`).
+/// (Repository patterns: mirrors' `allow`, token grants.)
+pub fn glob_match(pattern: &str, text: &str) -> bool {
+    let (p, t) = (pattern.as_bytes(), text.as_bytes());
+    let (mut pi, mut ti, mut star, mut mark) = (0, 0, None, 0);
+    while ti < t.len() {
+        if pi < p.len() && p[pi] == b'*' {
+            star = Some(pi);
+            pi += 1;
+            mark = ti;
+        } else if pi < p.len() && p[pi] == t[ti] {
+            pi += 1;
+            ti += 1;
+        } else if let Some(s) = star {
+            pi = s + 1;
+            mark += 1;
+            ti = mark;
+        } else {
+            return false;
+        }
+    }
+    p[pi..].iter().all(|&c| c == b'*')
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn allow_patterns() {
+        assert!(glob_match("mjpitz/*", "mjpitz/app"));
+        assert!(glob_match("mjpitz/*", "mjpitz/a/b"));
+        assert!(!glob_match("mjpitz/*", "other/app"));
+        assert!(glob_match("library/busybox", "library/busybox"));
+        assert!(!glob_match("library/busybox", "library/busybox2"));
+        assert!(glob_match("*", "anything/at/all"));
+        assert!(glob_match("a*c", "abbbc"));
+    }
 
     #[test]
     fn repo_names_follow_the_spec_grammar() {

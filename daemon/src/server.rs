@@ -234,7 +234,7 @@ pub async fn run(config: Config) -> Result<()> {
             access_log: config.log.access_log,
             base_url: config.http.host.as_deref().unwrap_or("").trim_end_matches('/').to_string(),
             gate: gate.clone(),
-            policy: l.access,
+            access: l.access,
             body_timeout: config.http.timeouts.body,
         });
         let app = api::router(state);

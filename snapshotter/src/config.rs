@@ -58,7 +58,7 @@ impl Config {
         if text.trim().is_empty() {
             return Ok(Config::default());
         }
-        serde_yaml::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))
+        yaml_serde::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))
     }
 }
 

@@ -250,8 +250,15 @@ impl Drop for NsWeed {
 fn node(endpoint: &str) -> Berthd {
     let dir = tempfile::tempdir().unwrap();
     let cache = dir.path().join("cache");
-    let yaml = support_s3::berthd_yaml(endpoint, &cache, "8GiB", "", "")
-        .replace("level: info", "level: info\n  accesslog:\n    disabled: true");
+    // Every node of the bucket holds the same layer index key.
+    let yaml = support_s3::berthd_yaml(
+        endpoint,
+        &cache,
+        "8GiB",
+        "",
+        "layerindex:\n  key: berth-bench-layer-index-key-0123456789abcdef\n",
+    )
+    .replace("level: info", "level: info\n  accesslog:\n    disabled: true");
     Berthd::start_config(dir, cache, &yaml, &Seaweed::env())
 }
 

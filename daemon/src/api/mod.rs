@@ -12,7 +12,7 @@ pub mod range;
 pub mod route;
 mod uploads;
 
-use crate::auth::{Action, Gate, Policy, Refusal, Scope};
+use crate::auth::{Access, Action, Gate, Refusal, Scope};
 use crate::listen::PeerInfo;
 use crate::names::RepoName;
 use crate::registry::{Error, Registry};
@@ -40,7 +40,7 @@ pub struct AppState {
     /// Credential checks, shared by all listeners.
     pub gate: Arc<Gate>,
     /// What this listener allows.
-    pub policy: Policy,
+    pub access: Access,
     /// Longest pause while a request body is read (`http.timeouts.body`).
     pub body_timeout: std::time::Duration,
 }
@@ -144,11 +144,11 @@ async fn authorize(
     if state.gate.is_cheap(authz) {
         return state
             .gate
-            .check(&state.policy, authz, peer.client_cert.as_deref(), peer.addr.ip(), &scopes)
+            .check(&state.access, authz, peer.client_cert.as_deref(), peer.addr.ip(), &scopes)
             .map(|_| ());
     }
     let (gate, policy, authz, cert, ip) =
-        (state.gate.clone(), state.policy, authz.map(str::to_string), peer.client_cert.clone(), peer.addr.ip());
+        (state.gate.clone(), state.access, authz.map(str::to_string), peer.client_cert.clone(), peer.addr.ip());
     tokio::task::spawn_blocking(move || gate.check(&policy, authz.as_deref(), cert.as_deref(), ip, &scopes).map(|_| ()))
         .await
         .unwrap_or_else(|e| Err(Refusal::Denied(format!("the credential check failed: {e}"))))

@@ -1,6 +1,6 @@
 //! Who may do what, per listener: credentials (htpasswd users, bearer
 //! tokens, client certificates) are checked here, and each listener's
-//! policy says what anonymous and authenticated clients may do. The HTTP
+//! access rules say what anonymous and authenticated clients may do. The HTTP
 //! layer asks [`Gate::check`] before it calls the registry.
 
 pub mod htpasswd;
@@ -89,9 +89,9 @@ impl Scope {
     }
 }
 
-/// A listener's policy: `listeners[].access`.
+/// A listener's access rules: `listeners[].access`.
 #[derive(Debug, Clone, Copy)]
-pub struct Policy {
+pub struct Access {
     pub anonymous: Actions,
     pub authenticated: Actions,
 }
@@ -111,7 +111,7 @@ pub enum Identity {
     /// An htpasswd user or a client certificate's subject: the listener's
     /// `authenticated` actions apply.
     User(String),
-    /// A bearer token: its grants apply, within the listener's policy.
+    /// A bearer token: its grants apply, within the listener's access rules.
     Token(token::VerifiedToken),
 }
 
@@ -230,7 +230,7 @@ impl Gate {
     }
 
     /// Decides a request: identifies the client, then checks every scope
-    /// against the listener's policy (and the token's grants).
+    /// against the listener's access rules (and the token's grants).
     /// Whether [`check`](Self::check) can answer without a password hash
     /// (bcrypt): otherwise the caller runs it on the blocking pool, so
     /// logins never stall the async workers that serve everyone else.
@@ -244,7 +244,7 @@ impl Gate {
 
     pub fn check(
         &self,
-        policy: &Policy,
+        access: &Access,
         authorization: Option<&str>,
         client_cert: Option<&str>,
         peer: IpAddr,
@@ -258,11 +258,11 @@ impl Gate {
                 Scope::Repository { action, .. } => Some(*action),
             };
             let allowed = match (&identity, action) {
-                (Identity::Anonymous, None) => policy.anonymous.pull || policy.anonymous.push,
-                (Identity::Anonymous, Some(a)) => policy.anonymous.allows(a),
+                (Identity::Anonymous, None) => access.anonymous.pull || access.anonymous.push,
+                (Identity::Anonymous, Some(a)) => access.anonymous.allows(a),
                 (Identity::User(_), None) | (Identity::Token(_), None) => true,
-                (Identity::User(_), Some(a)) => policy.authenticated.allows(a),
-                (Identity::Token(t), Some(a)) => policy.authenticated.allows(a) && token_grants(t, scope),
+                (Identity::User(_), Some(a)) => access.authenticated.allows(a),
+                (Identity::Token(t), Some(a)) => access.authenticated.allows(a) && token_grants(t, scope),
             };
             if allowed {
                 continue;
@@ -315,7 +315,7 @@ fn token_grants(t: &token::VerifiedToken, scope: &Scope) -> bool {
         }
         Scope::Repository { name, action } => t.grants.iter().any(|g| {
             g.kind == "repository"
-                && (g.name == *name || crate::upstream::glob_match(&g.name, name))
+                && (g.name == *name || crate::names::glob_match(&g.name, name))
                 && g.actions.iter().any(|a| a == "*" || a == action.as_str())
         }),
     }
@@ -336,10 +336,10 @@ mod tests {
         std::fs::write(&p, format!("alice:{}\n", bcrypt::hash("pw", 4).unwrap())).unwrap();
         let gate =
             Gate::new(Authenticator::Htpasswd { realm: "berth".into(), file: htpasswd::Htpasswd::load(&p).unwrap() });
-        let policy = Policy { anonymous: Actions::PULL, authenticated: Actions::ALL };
+        let access = Access { anonymous: Actions::PULL, authenticated: Actions::ALL };
         let ip: IpAddr = "10.1.2.3".parse().unwrap();
-        assert!(gate.check(&policy, None, None, ip, &repo(Action::Pull)).is_ok());
-        let e = gate.check(&policy, None, None, ip, &repo(Action::Push)).unwrap_err();
+        assert!(gate.check(&access, None, None, ip, &repo(Action::Pull)).is_ok());
+        let e = gate.check(&access, None, None, ip, &repo(Action::Push)).unwrap_err();
         assert!(
             matches!(&e, Refusal::Unauthorized { message, challenge: Some(c) } if message.contains("repository:team/app:push") && c.starts_with("Basic")),
             "{e:?}"
@@ -347,25 +347,25 @@ mod tests {
         use base64::Engine;
         let good = format!("Basic {}", base64::engine::general_purpose::STANDARD.encode("alice:pw"));
         let bad = format!("Basic {}", base64::engine::general_purpose::STANDARD.encode("alice:nope"));
-        assert!(gate.check(&policy, Some(&good), None, ip, &repo(Action::Push)).is_ok());
+        assert!(gate.check(&access, Some(&good), None, ip, &repo(Action::Push)).is_ok());
         assert!(matches!(
-            gate.check(&policy, Some(&bad), None, ip, &repo(Action::Pull)),
+            gate.check(&access, Some(&bad), None, ip, &repo(Action::Pull)),
             Err(Refusal::Unauthorized { .. })
         ));
-        let pull_only = Policy { anonymous: Actions::NONE, authenticated: Actions::PULL };
+        let pull_only = Access { anonymous: Actions::NONE, authenticated: Actions::PULL };
         assert!(
             matches!(gate.check(&pull_only, Some(&good), None, ip, &repo(Action::Delete)), Err(Refusal::Denied(m)) if m.contains("delete"))
         );
         // Failed logins are limited per address.
         for _ in 0..MAX_FAILS {
-            let _ = gate.check(&policy, Some(&bad), None, ip, &repo(Action::Pull));
+            let _ = gate.check(&access, Some(&bad), None, ip, &repo(Action::Pull));
         }
         assert!(matches!(
-            gate.check(&policy, Some(&good), None, ip, &repo(Action::Pull)),
+            gate.check(&access, Some(&good), None, ip, &repo(Action::Pull)),
             Err(Refusal::TooManyAttempts(_))
         ));
         let other: IpAddr = "10.9.9.9".parse().unwrap();
-        assert!(gate.check(&policy, Some(&good), None, other, &repo(Action::Pull)).is_ok());
+        assert!(gate.check(&access, Some(&good), None, other, &repo(Action::Pull)).is_ok());
     }
 
     #[test]

@@ -5,7 +5,7 @@
 //! The YAML is re-serialised, so comments in that file are not kept; the
 //! original bytes are saved and `--remove` puts them back exactly.
 
-use serde_yaml::{Mapping, Value};
+use yaml_serde::{Mapping, Value};
 
 pub const DEFAULT_PATH: &str = "/etc/rancher/k3s/registries.yaml";
 
@@ -15,7 +15,7 @@ pub fn add_mirrors(text: &str, names: &[String], endpoint: &str) -> Result<Strin
     let mut doc: Value = if text.trim().is_empty() {
         Value::Mapping(Mapping::new())
     } else {
-        serde_yaml::from_str(text).map_err(|e| format!("registries.yaml is not valid YAML: {e}"))?
+        yaml_serde::from_str(text).map_err(|e| format!("registries.yaml is not valid YAML: {e}"))?
     };
     let root = doc.as_mapping_mut().ok_or("registries.yaml must be a YAML mapping")?;
     let mirrors = root
@@ -37,9 +37,9 @@ pub fn add_mirrors(text: &str, names: &[String], endpoint: &str) -> Result<Strin
         endpoints.retain(|e| e.as_str() != Some(endpoint));
         endpoints.insert(0, Value::from(endpoint));
     }
-    let out = serde_yaml::to_string(&doc).map_err(|e| e.to_string())?;
+    let out = yaml_serde::to_string(&doc).map_err(|e| e.to_string())?;
     // Idempotence: keep the input as it was when nothing changed.
-    let unchanged = serde_yaml::from_str::<Value>(text).map(|v| v == doc).unwrap_or(false);
+    let unchanged = yaml_serde::from_str::<Value>(text).map(|v| v == doc).unwrap_or(false);
     Ok(if unchanged { text.to_string() } else { out })
 }
 
@@ -67,7 +67,7 @@ mod tests {
         let input = "mirrors:\n  docker.io:\n    endpoint:\n      - https://mirror.example\nconfigs:\n  registry.example:\n    auth:\n      username: u\n";
         let names = vec!["docker.io".to_string(), "ghcr.io".to_string()];
         let out = add_mirrors(input, &names, "http://127.0.0.1:5000").unwrap();
-        let v: Value = serde_yaml::from_str(&out).unwrap();
+        let v: Value = yaml_serde::from_str(&out).unwrap();
         assert_eq!(v["mirrors"]["docker.io"]["endpoint"][0].as_str(), Some("http://127.0.0.1:5000"));
         assert_eq!(v["mirrors"]["docker.io"]["endpoint"][1].as_str(), Some("https://mirror.example"));
         assert_eq!(v["mirrors"]["ghcr.io"]["endpoint"][0].as_str(), Some("http://127.0.0.1:5000"));

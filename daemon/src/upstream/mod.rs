@@ -128,29 +128,6 @@ pub struct Upstream {
     paused_until: Mutex<Option<Instant>>,
 }
 
-/// `*` matches any run of characters (including `/`).
-pub fn glob_match(pattern: &str, text: &str) -> bool {
-    let (p, t) = (pattern.as_bytes(), text.as_bytes());
-    let (mut pi, mut ti, mut star, mut mark) = (0, 0, None, 0);
-    while ti < t.len() {
-        if pi < p.len() && p[pi] == b'*' {
-            star = Some(pi);
-            pi += 1;
-            mark = ti;
-        } else if pi < p.len() && p[pi] == t[ti] {
-            pi += 1;
-            ti += 1;
-        } else if let Some(s) = star {
-            pi = s + 1;
-            mark += 1;
-            ti = mark;
-        } else {
-            return false;
-        }
-    }
-    p[pi..].iter().all(|&c| c == b'*')
-}
-
 /// Reads a response body, refusing more than `limit` bytes (announced or
 /// sent), within `deadline`.
 async fn read_limited(
@@ -208,7 +185,7 @@ impl Upstream {
 
     /// Whether the allow-list admits `repo` (as the client named it).
     pub fn allows(&self, repo: &str) -> bool {
-        self.cfg.allow.is_empty() || self.cfg.allow.iter().any(|p| glob_match(p, repo))
+        self.cfg.allow.is_empty() || self.cfg.allow.iter().any(|p| crate::names::glob_match(p, repo))
     }
 
     fn is_docker_hub(&self) -> bool {
@@ -317,7 +294,7 @@ impl Upstream {
             async move {
                 match tokio::time::timeout_at(deadline.into(), r.send()).await {
                     Err(_) => Err(self.timeout(path)),
-                    Ok(Err(e)) => Err(self.unreachable(crate::error::chain(&e))),
+                    Ok(Err(e)) => Err(self.unreachable(crate::error_chain::chain(&e))),
                     Ok(Ok(resp)) if resp.status() == StatusCode::TOO_MANY_REQUESTS => Err(self.paused(&resp)),
                     Ok(Ok(resp)) => Ok(resp),
                 }
@@ -399,7 +376,9 @@ impl Upstream {
         }
         let resp = match tokio::time::timeout_at(deadline.into(), req.send()).await {
             Err(_) => return Err(self.timeout("the token request")),
-            Ok(Err(e)) => return Err(self.unreachable(format!("token service {realm}: {}", crate::error::chain(&e)))),
+            Ok(Err(e)) => {
+                return Err(self.unreachable(format!("token service {realm}: {}", crate::error_chain::chain(&e))))
+            }
             Ok(Ok(r)) if r.status() == StatusCode::TOO_MANY_REQUESTS => return Err(self.paused(&r)),
             Ok(Ok(r)) => r,
         };
@@ -511,20 +490,4 @@ impl Upstream {
 
 fn header_str(h: &HeaderMap, name: &str) -> Option<String> {
     h.get(name).and_then(|v| v.to_str().ok()).map(str::to_string)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn allow_patterns() {
-        assert!(glob_match("mjpitz/*", "mjpitz/app"));
-        assert!(glob_match("mjpitz/*", "mjpitz/a/b"));
-        assert!(!glob_match("mjpitz/*", "other/app"));
-        assert!(glob_match("library/busybox", "library/busybox"));
-        assert!(!glob_match("library/busybox", "library/busybox2"));
-        assert!(glob_match("*", "anything/at/all"));
-        assert!(glob_match("a*c", "abbbc"));
-    }
 }

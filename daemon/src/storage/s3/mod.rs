@@ -13,9 +13,11 @@
 //!   delete, so a blob appears under its digest whole or not at all.
 
 mod http;
+mod settings;
+
+pub use settings::{S3Config, MIN_CHUNK_SIZE};
 
 use super::{check_path, ByteStream, FileInfo, FileWriter, Result, StorageDriver, StorageError};
-use crate::config::S3Config;
 use async_trait::async_trait;
 use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::primitives::ByteStream as S3Body;
@@ -28,8 +30,6 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
-/// S3's smallest part (except the last) and largest single copy.
-pub const MIN_CHUNK_SIZE: usize = 5 * 1024 * 1024;
 const MAX_SINGLE_COPY: u64 = 5 * 1024 * 1024 * 1024;
 const COPY_PART_SIZE: u64 = 1024 * 1024 * 1024;
 /// How long a presigned blob URL stays valid (registry:2 uses 20 minutes).
@@ -159,9 +159,12 @@ impl S3Driver {
         }
         match &e {
             SdkError::DispatchFailure(_) | SdkError::TimeoutError(_) | SdkError::ResponseError(_) => {
-                StorageError::Unavailable { backend: self.describe(), message: crate::error::chain(&e) }
+                StorageError::Unavailable { backend: self.describe(), message: crate::error_chain::chain(&e) }
             }
-            _ => StorageError::Io { path: path.to_string(), source: std::io::Error::other(crate::error::chain(&e)) },
+            _ => StorageError::Io {
+                path: path.to_string(),
+                source: std::io::Error::other(crate::error_chain::chain(&e)),
+            },
         }
     }
 
