@@ -25,7 +25,6 @@ pub mod pem;
 pub mod registry;
 pub mod server;
 pub mod storage;
-pub mod timefmt;
 pub mod tls;
 pub mod upstream;
 

@@ -3,7 +3,7 @@
 //! connection per request: on loopback that costs microseconds, and no
 //! pool can go stale when berthd restarts.
 
-use crate::index::LayerIndex;
+use berth_wire::layer_index::LayerIndex;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Empty};
 use hyper::body::Incoming;

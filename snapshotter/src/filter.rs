@@ -9,8 +9,7 @@
 //! containerd client sends them to a snapshotter.
 
 use crate::error::{Error, Result};
-use crate::snapshots::Info;
-use crate::store::Kind;
+use crate::store::{Info, Kind};
 
 #[derive(Debug, PartialEq, Eq)]
 enum Op {

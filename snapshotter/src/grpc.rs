@@ -11,7 +11,8 @@
 
 use crate::error::Error;
 use crate::lazy::Lazy;
-use crate::snapshots::{Info, Mount, Snapshotter};
+use crate::snapshots::{Mount, Snapshotter};
+use crate::store::Info;
 use crate::store::{Kind, Time};
 use containerd_client::services::v1::snapshots as pb;
 use std::collections::{BTreeMap, HashMap};

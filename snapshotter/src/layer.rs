@@ -15,8 +15,8 @@
 //! processes of every lazy layer.
 
 use crate::berthd::{Berthd, LayerRef};
-use crate::index::LayerIndex;
 use crate::node_fill::{reads_lock_path, NodeTurn, ReadGate};
+use berth_wire::layer_index::LayerIndex;
 use sha2::{Digest as _, Sha256};
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};

@@ -16,6 +16,7 @@
 
 use crate::berthd::{Berthd, LayerRef};
 use crate::error::{Error, Result};
+use crate::mounts::{is_mounted, is_served, unmount, LABEL_LAZY};
 use crate::snapshots::Snapshotter;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -27,8 +28,6 @@ use std::time::{Duration, Instant};
 pub const LABEL_TARGET: &str = "containerd.io/snapshot.ref";
 pub const LABEL_IMAGE_REF: &str = "containerd.io/snapshot/cri.image-ref";
 pub const LABEL_LAYER_DIGEST: &str = "containerd.io/snapshot/cri.layer-digest";
-/// Set on snapshots berth mounted lazily; the value is the layer digest.
-pub const LABEL_LAZY: &str = "berth.io/lazy-layer";
 
 /// What a mount-layer process needs, written beside the index.
 #[derive(Serialize, Deserialize, Clone, Debug)]
@@ -295,31 +294,6 @@ fn read_spec(dir: &Path) -> Option<MountSpec> {
     serde_json::from_slice(&std::fs::read(dir.join("lazy").join("layer.json")).ok()?).ok()
 }
 
-/// Whether a FUSE mount at `fs` is up and answering (a mount whose process
-/// died still shows in mountinfo but fails every call with `ENOTCONN`).
-pub fn is_served(fs: &Path) -> bool {
-    is_mounted(fs) && std::fs::read_dir(fs).is_ok()
-}
-
-/// Whether `path` is a mount point (in this mount namespace).
-pub fn is_mounted(path: &Path) -> bool {
-    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-    let want = path.to_string_lossy();
-    info.lines().any(|l| l.split(' ').nth(4).is_some_and(|m| unescape(m) == want))
-}
-
-/// mountinfo escapes space, tab, newline and backslash as octal.
-fn unescape(s: &str) -> String {
-    s.replace("\\040", " ").replace("\\011", "\t").replace("\\012", "\n").replace("\\134", "\\")
-}
-
-/// Detaches the mount at `path`; its serving process then exits.
-pub fn unmount(path: &Path) -> bool {
-    let Ok(c) = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()) else { return false };
-    // SAFETY: c is a valid NUL-terminated path.
-    unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) == 0 }
-}
-
 /// `berth-snapshotter mount-layer LAZY_DIR MOUNTPOINT`: serves one layer
 /// until it is unmounted.
 pub fn serve_mount(lazy: &Path, mountpoint: &Path) -> Result<(), String> {
@@ -327,7 +301,7 @@ pub fn serve_mount(lazy: &Path, mountpoint: &Path) -> Result<(), String> {
         &std::fs::read(lazy.join("layer.json")).map_err(|e| format!("cannot read layer.json: {e}"))?,
     )
     .map_err(|e| format!("layer.json: {e}"))?;
-    let index: crate::index::LayerIndex = serde_json::from_slice(
+    let index: berth_wire::layer_index::LayerIndex = serde_json::from_slice(
         &std::fs::read(lazy.join("index.json")).map_err(|e| format!("cannot read index.json: {e}"))?,
     )
     .map_err(|e| format!("index.json: {e}"))?;

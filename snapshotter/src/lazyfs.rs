@@ -13,9 +13,9 @@
 //! File data comes from [`Layer`] on the tokio runtime; FUSE replies are
 //! sent from there, so a slow fetch never blocks other lookups.
 
-use crate::index::{Entry, Kind};
 use crate::layer::Layer;
 use base64::Engine;
+use berth_wire::layer_index::{Entry, Kind};
 use fuser::{
     Errno, FileAttr, FileHandle, FileType, FopenFlags, Generation, INodeNo, LockOwner, OpenFlags, ReplyAttr, ReplyData,
     ReplyDirectory, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyXattr, Request,

@@ -12,8 +12,8 @@
 
 use crate::error::{Error, Result};
 use crate::filter::Filter;
-use crate::lazy::LABEL_LAZY;
-use crate::store::{Kind, LabelUpdate, Record, Resolved, Store};
+use crate::mounts::LABEL_LAZY;
+use crate::store::{Info, Kind, LabelUpdate, Resolved, Store};
 use std::collections::{BTreeMap, HashSet};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
@@ -24,13 +24,6 @@ pub struct Mount {
     pub kind: String,
     pub source: String,
     pub options: Vec<String>,
-}
-
-/// What Stat, Update and Walk return about a snapshot.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Info {
-    pub name: String,
-    pub record: Record,
 }
 
 pub struct Snapshotter {
@@ -251,7 +244,7 @@ impl Snapshotter {
 /// Unmounts a lazy snapshot's file system before its directory goes.
 fn release_mount(dir: &Path) {
     let fs = dir.join("fs");
-    if crate::lazy::is_mounted(&fs) && !crate::lazy::unmount(&fs) {
+    if crate::mounts::is_mounted(&fs) && !crate::mounts::unmount(&fs) {
         tracing::warn!(mount = %fs.display(), "cannot unmount a removed lazy layer");
     }
 }

@@ -57,6 +57,13 @@ pub struct Record {
     pub inodes: i64,
 }
 
+/// What Stat, Update and Walk return about a snapshot.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Info {
+    pub name: String,
+    pub record: Record,
+}
+
 /// A snapshot with its ancestry: the ids of its parent chain, nearest first.
 #[derive(Clone, Debug)]
 pub struct Resolved {

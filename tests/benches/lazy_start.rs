@@ -373,7 +373,7 @@ fn wait_index(berthd: &Berthd, repo: &str, layer: &str) -> (serde_json::Value, u
         let r = http_get(&url);
         if r.status == 200 {
             let stored: berthd::layerindex::LayerIndex = serde_json::from_slice(&r.body).unwrap();
-            return (r.json(), stored.encode().len() as u64);
+            return (r.json(), berthd::layerindex::encode(&stored).len() as u64);
         }
         assert_eq!(r.status, 404, "{}", String::from_utf8_lossy(&r.body));
         assert!(Instant::now() < deadline, "index of {layer} not built in 600s:\n{}", berthd.log_text());

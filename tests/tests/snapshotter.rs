@@ -945,14 +945,14 @@ fn a_tampered_index_in_storage_means_a_normal_pull() {
     // of two files, as an attacker with write access to the bucket would.
     let hex = img.layers[2].trim_start_matches("sha256:");
     let stored = berthd.root.join(format!("berth/layer-index/v1/sha256/{}/{hex}/index.json.zst", &hex[..2]));
-    let mut idx = berthd::layerindex::LayerIndex::decode(&std::fs::read(&stored).unwrap()).unwrap();
+    let mut idx = berthd::layerindex::decode(&std::fs::read(&stored).unwrap()).unwrap();
     let motd = idx.entries.iter().position(|e| e.path == "etc/motd").unwrap();
     let new = idx.entries.iter().position(|e| e.path == "etc/new").unwrap();
     idx.entries[motd].mode |= 0o4000;
     let (a, b) = (idx.entries[motd].offset, idx.entries[new].offset);
     idx.entries[motd].offset = b;
     idx.entries[new].offset = a;
-    std::fs::write(&stored, idx.encode()).unwrap();
+    std::fs::write(&stored, berthd::layerindex::encode(&idx)).unwrap();
     // A restart forgets the index berthd held in memory.
     let berthd = berthd.kill9_and_restart();
 

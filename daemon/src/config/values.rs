@@ -93,10 +93,36 @@ pub struct GoDuration(pub Duration);
 impl<'de> Deserialize<'de> for GoDuration {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let Text(s) = Text::deserialize(d)?;
-        crate::timefmt::parse_go_duration(&s)
+        parse_go_duration(&s)
             .map(GoDuration)
             .ok_or_else(|| de::Error::custom(format!("{s:?} is not a duration such as 168h, 30m or 90s")))
     }
+}
+
+/// Parses a Go duration such as `168h`, `1h30m`, `90s` or `500ms`.
+pub fn parse_go_duration(s: &str) -> Option<Duration> {
+    let s = s.trim();
+    if s.is_empty() {
+        return None;
+    }
+    let mut total = Duration::ZERO;
+    let mut rest = s;
+    while !rest.is_empty() {
+        let digits = rest.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(rest.len());
+        let value: f64 = rest[..digits].parse().ok()?;
+        rest = &rest[digits..];
+        let unit_len = rest.find(|c: char| c.is_ascii_digit()).unwrap_or(rest.len());
+        let unit = match &rest[..unit_len] {
+            "h" => 3600.0,
+            "m" => 60.0,
+            "s" => 1.0,
+            "ms" => 0.001,
+            _ => return None,
+        };
+        rest = &rest[unit_len..];
+        total += Duration::from_secs_f64(value * unit);
+    }
+    Some(total)
 }
 
 /// A size: `20GiB`, `512MiB`, `10G`, `1048576`.
@@ -176,5 +202,15 @@ mod tests {
         assert_eq!(parse_size("20GiB"), Some(20 << 30));
         assert_eq!(parse_size("10G"), Some(10_000_000_000));
         assert_eq!(parse_size("lots"), None);
+    }
+
+    #[test]
+    fn parses_go_durations() {
+        assert_eq!(parse_go_duration("168h"), Some(Duration::from_secs(168 * 3600)));
+        assert_eq!(parse_go_duration("1h30m"), Some(Duration::from_secs(5400)));
+        assert_eq!(parse_go_duration("500ms"), Some(Duration::from_millis(500)));
+        assert_eq!(parse_go_duration("10"), None);
+        assert_eq!(parse_go_duration("5d"), None);
+        assert_eq!(parse_go_duration(""), None);
     }
 }

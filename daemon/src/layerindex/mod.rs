@@ -27,12 +27,10 @@ pub mod zstd;
 
 use crate::digest::Digest;
 use base64::Engine;
-use serde::{Deserialize, Serialize};
+pub use berth_wire::layer_index::{Compression, LayerIndex, StoredCheckpoint, FORMAT};
 use sha2::{Digest as _, Sha256};
 use std::io::{self, Read};
 
-/// The index format; bumped on incompatible changes (old indexes are rebuilt).
-pub const FORMAT: u32 = 1;
 /// Uncompressed bytes per verified chunk: the unit the snapshotter fetches.
 pub const CHUNK_SIZE: u64 = 512 * 1024;
 /// Uncompressed bytes between zran checkpoints. A read fetches from
@@ -44,75 +42,12 @@ pub const CHECKPOINT_SPACING: u64 = 1024 * 1024;
 /// The most uncompressed bytes one range read returns.
 pub const MAX_RANGE: u64 = 16 * 1024 * 1024;
 
-#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
-#[serde(rename_all = "lowercase")]
-pub enum Compression {
-    Gzip,
-    Zstd,
-    None,
-}
-
-impl Compression {
-    /// From a layer media type; `None` for ones that cannot be indexed.
-    pub fn of_media_type(mt: &str) -> Option<Compression> {
-        match mt {
-            "application/vnd.oci.image.layer.v1.tar+gzip"
-            | "application/vnd.docker.image.rootfs.diff.tar.gzip"
-            | "application/vnd.oci.image.layer.nondistributable.v1.tar+gzip"
-            | "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip" => Some(Compression::Gzip),
-            "application/vnd.oci.image.layer.v1.tar+zstd"
-            | "application/vnd.oci.image.layer.nondistributable.v1.tar+zstd" => Some(Compression::Zstd),
-            "application/vnd.oci.image.layer.v1.tar" | "application/vnd.oci.image.layer.nondistributable.v1.tar" => {
-                Some(Compression::None)
-            }
-            _ => None,
-        }
-    }
-}
-
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
-pub struct StoredCheckpoint {
-    pub out: u64,
-    pub input: u64,
-    pub bits: u8,
-    /// Where this checkpoint's window sits in the windows object.
-    #[serde(default)]
-    pub window_at: u64,
-    #[serde(default)]
-    pub window_len: u32,
-    /// sha256 (hex) of the window, checked when it is read from storage
-    /// (absent in indexes built before).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub window_sha256: Option<String>,
-    /// base64 of the window, in indexes built before windows moved to
-    /// their own object; still read, never written.
-    #[serde(default, skip_serializing_if = "String::is_empty")]
-    pub window: String,
-}
-
 /// What a build makes: the index, and its checkpoints' windows end to end
 /// (empty when there are none: plain tar, zstd), stored beside it.
 #[derive(Debug)]
 pub struct Built {
     pub index: LayerIndex,
     pub windows: Vec<u8>,
-}
-
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
-pub struct LayerIndex {
-    pub format: u32,
-    /// The blob this indexes.
-    pub digest: String,
-    pub compression: Compression,
-    /// Size of the blob as stored.
-    pub compressed_size: u64,
-    /// Size of the uncompressed tar.
-    pub size: u64,
-    pub chunk_size: u64,
-    /// sha256 (hex) of each CHUNK_SIZE piece of the uncompressed tar.
-    pub chunks: Vec<String>,
-    pub checkpoints: Vec<StoredCheckpoint>,
-    pub entries: Vec<toc::Entry>,
 }
 
 /// Counts and hashes bytes as they pass: the compressed side (to check the
@@ -264,101 +199,94 @@ pub struct RangePlan {
     len: usize,
 }
 
-impl LayerIndex {
-    /// Plans reading `len` uncompressed bytes at `offset` (clamped to the
-    /// end of the tar and to [`MAX_RANGE`]).
-    pub fn plan(&self, offset: u64, len: u64) -> io::Result<RangePlan> {
-        if offset >= self.size {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                format!("offset {offset} is past the end of the {}-byte tar", self.size),
-            ));
-        }
-        let len = len.min(self.size - offset).min(MAX_RANGE) as usize;
-        match self.compression {
-            compression @ Compression::None => Ok(RangePlan {
-                blob_offset: offset,
-                blob_len: len as u64,
-                checkpoint: None,
-                window_needed: None,
-                window_sha256: None,
+/// Plans reading `len` uncompressed bytes at `offset` of the layer `idx`
+/// indexes (clamped to the end of the tar and to [`MAX_RANGE`]).
+pub fn plan(idx: &LayerIndex, offset: u64, len: u64) -> io::Result<RangePlan> {
+    if offset >= idx.size {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("offset {offset} is past the end of the {}-byte tar", idx.size),
+        ));
+    }
+    let len = len.min(idx.size - offset).min(MAX_RANGE) as usize;
+    match idx.compression {
+        compression @ Compression::None => Ok(RangePlan {
+            blob_offset: offset,
+            blob_len: len as u64,
+            checkpoint: None,
+            window_needed: None,
+            window_sha256: None,
+            compression,
+            offset,
+            len,
+        }),
+        compression @ (Compression::Gzip | Compression::Zstd) => {
+            let i = idx.checkpoints.partition_point(|c| c.out <= offset);
+            let c = i.checked_sub(1).map(|i| &idx.checkpoints[i]).ok_or_else(|| {
+                io::Error::new(io::ErrorKind::InvalidData, "index has no checkpoint at the start of the stream")
+            })?;
+            let window = base64::engine::general_purpose::STANDARD
+                .decode(&c.window)
+                .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, format!("index window: {e}")))?;
+            let window_needed = (window.is_empty() && c.window_len > 0).then_some((c.window_at, c.window_len));
+            let cp = zran::Checkpoint { out: c.out, input: c.input, bits: c.bits, window };
+            let blob_offset = c.input - u64::from(c.bits > 0);
+            // Every byte before the next checkpoint's `out` is encoded
+            // before its `input` (plus the byte holding its bits); a
+            // little slack covers inflate's look-ahead.
+            let end = offset + len as u64;
+            let blob_end = idx.checkpoints[i..]
+                .iter()
+                .find(|c| c.out >= end)
+                .map_or(idx.compressed_size, |c| (c.input + 64).min(idx.compressed_size));
+            Ok(RangePlan {
+                blob_offset,
+                blob_len: blob_end - blob_offset,
+                checkpoint: Some(cp),
+                window_needed,
+                window_sha256: c.window_sha256.clone(),
                 compression,
                 offset,
                 len,
-            }),
-            compression @ (Compression::Gzip | Compression::Zstd) => {
-                let i = self.checkpoints.partition_point(|c| c.out <= offset);
-                let c = i.checked_sub(1).map(|i| &self.checkpoints[i]).ok_or_else(|| {
-                    io::Error::new(io::ErrorKind::InvalidData, "index has no checkpoint at the start of the stream")
-                })?;
-                let window = base64::engine::general_purpose::STANDARD
-                    .decode(&c.window)
-                    .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, format!("index window: {e}")))?;
-                let window_needed = (window.is_empty() && c.window_len > 0).then_some((c.window_at, c.window_len));
-                let cp = zran::Checkpoint { out: c.out, input: c.input, bits: c.bits, window };
-                let blob_offset = c.input - u64::from(c.bits > 0);
-                // Every byte before the next checkpoint's `out` is encoded
-                // before its `input` (plus the byte holding its bits); a
-                // little slack covers inflate's look-ahead.
-                let end = offset + len as u64;
-                let blob_end = self.checkpoints[i..]
-                    .iter()
-                    .find(|c| c.out >= end)
-                    .map_or(self.compressed_size, |c| (c.input + 64).min(self.compressed_size));
-                Ok(RangePlan {
-                    blob_offset,
-                    blob_len: blob_end - blob_offset,
-                    checkpoint: Some(cp),
-                    window_needed,
-                    window_sha256: c.window_sha256.clone(),
-                    compression,
-                    offset,
-                    len,
-                })
-            }
+            })
         }
     }
 }
 
-impl LayerIndex {
-    /// The stored form: JSON, zstd-compressed. A large image's table of
-    /// contents is megabytes of repetitive JSON, and a node reads it from
-    /// storage before a layer's first read.
-    pub fn encode(&self) -> Vec<u8> {
-        let json = serde_json::to_vec(self).expect("index serializes");
-        ruzstd::encoding::compress_to_vec(&json[..], ruzstd::encoding::CompressionLevel::Fastest)
-    }
+/// The stored form of an index: JSON, zstd-compressed. A large image's
+/// table of contents is megabytes of repetitive JSON, and a node reads it
+/// from storage before a layer's first read.
+pub fn encode(idx: &LayerIndex) -> Vec<u8> {
+    let json = serde_json::to_vec(idx).expect("index serializes");
+    ruzstd::encoding::compress_to_vec(&json[..], ruzstd::encoding::CompressionLevel::Fastest)
+}
 
-    /// Reads the stored form; plain JSON too, as berthd stored it before.
-    pub fn decode(stored: &[u8]) -> io::Result<LayerIndex> {
-        let bad = |e: &dyn std::fmt::Display| io::Error::new(io::ErrorKind::InvalidData, e.to_string());
-        if stored.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
-            let mut json = Vec::new();
-            // An index is far smaller than its layer; bound what a damaged
-            // object could make this read.
-            ruzstd::decoding::StreamingDecoder::new(stored)
-                .map_err(|e| bad(&e))?
-                .take(1 << 30)
-                .read_to_end(&mut json)?;
-            serde_json::from_slice(&json).map_err(|e| bad(&e))
-        } else {
-            serde_json::from_slice(stored).map_err(|e| bad(&e))
-        }
+/// Reads the stored form; plain JSON too, as berthd stored it before.
+pub fn decode(stored: &[u8]) -> io::Result<LayerIndex> {
+    let bad = |e: &dyn std::fmt::Display| io::Error::new(io::ErrorKind::InvalidData, e.to_string());
+    if stored.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
+        let mut json = Vec::new();
+        // An index is far smaller than its layer; bound what a damaged
+        // object could make this read.
+        ruzstd::decoding::StreamingDecoder::new(stored).map_err(|e| bad(&e))?.take(1 << 30).read_to_end(&mut json)?;
+        serde_json::from_slice(&json).map_err(|e| bad(&e))
+    } else {
+        serde_json::from_slice(stored).map_err(|e| bad(&e))
     }
+}
 
-    /// The span between two checkpoints (`start`, `end` in the tar) that
-    /// holds all of `[offset, offset + len)`, for a compressed layer: a read
-    /// inflates from `start` anyway, so the whole span can be kept for the
-    /// next read of it. `None` for plain tar or a range across spans.
-    pub fn span_of(&self, offset: u64, len: u64) -> Option<(u64, u64)> {
-        if self.compression == Compression::None || offset >= self.size {
-            return None;
-        }
-        let i = self.checkpoints.partition_point(|c| c.out <= offset);
-        let start = self.checkpoints.get(i.checked_sub(1)?)?.out;
-        let end = self.checkpoints.get(i).map_or(self.size, |c| c.out);
-        (offset + len.min(self.size - offset) <= end).then_some((start, end))
+/// The span between two checkpoints (`start`, `end` in the tar) that
+/// holds all of `[offset, offset + len)`, for a compressed layer: a read
+/// inflates from `start` anyway, so the whole span can be kept for the
+/// next read of it. `None` for plain tar or a range across spans.
+pub fn span_of(idx: &LayerIndex, offset: u64, len: u64) -> Option<(u64, u64)> {
+    if idx.compression == Compression::None || offset >= idx.size {
+        return None;
     }
+    let i = idx.checkpoints.partition_point(|c| c.out <= offset);
+    let start = idx.checkpoints.get(i.checked_sub(1)?)?.out;
+    let end = idx.checkpoints.get(i).map_or(idx.size, |c| c.out);
+    (offset + len.min(idx.size - offset) <= end).then_some((start, end))
 }
 
 impl RangePlan {
@@ -453,8 +381,8 @@ mod tests {
     }
 
     /// Plans a read and hands it its window, as the registry does.
-    fn plan(b: &Built, offset: u64, len: u64) -> RangePlan {
-        let mut p = b.index.plan(offset, len).unwrap();
+    fn planned(b: &Built, offset: u64, len: u64) -> RangePlan {
+        let mut p = super::plan(&b.index, offset, len).unwrap();
         if let Some((at, n)) = p.window_needed() {
             p.set_window(b.windows[at as usize..at as usize + n as usize].to_vec()).unwrap();
         }
@@ -476,14 +404,14 @@ mod tests {
         assert_eq!(built.windows.len(), idx.checkpoints.iter().map(|c| c.window_len as usize).sum::<usize>());
         assert!(idx.checkpoints[1..].iter().all(|c| c.window_len == 32 << 10));
         for e in &idx.entries {
-            let p = plan(&built, e.offset, e.size.max(1));
-            let got = p.read(&gz[idx.plan(e.offset, 1).unwrap().blob_offset as usize..]).unwrap();
+            let p = planned(&built, e.offset, e.size.max(1));
+            let got = p.read(&gz[plan(idx, e.offset, 1).unwrap().blob_offset as usize..]).unwrap();
             assert_eq!(&got[..e.size as usize], &tar[e.offset as usize..(e.offset + e.size) as usize], "{}", e.path);
         }
         // Every chunk digest matches the uncompressed bytes.
         for (i, want) in idx.chunks.iter().enumerate() {
             let start = i as u64 * CHUNK_SIZE;
-            let p = plan(&built, start, CHUNK_SIZE);
+            let p = planned(&built, start, CHUNK_SIZE);
             let (off, n) = (p.blob_offset as usize, p.blob_len as usize);
             assert!(n as u64 <= 3 * CHECKPOINT_SPACING, "chunk {i} reads {n} of {} blob bytes", gz.len());
             let got = p.read(&gz[off..off + n]).unwrap();
@@ -491,17 +419,17 @@ mod tests {
         }
         // The index round-trips through its stored form, and through plain
         // JSON (how older berthd stored it); the stored form is smaller.
-        let stored = idx.encode();
-        assert_eq!(&LayerIndex::decode(&stored).unwrap(), idx);
+        let stored = encode(idx);
+        assert_eq!(&decode(&stored).unwrap(), idx);
         let json = serde_json::to_vec(idx).unwrap();
-        assert_eq!(&LayerIndex::decode(&json).unwrap(), idx);
+        assert_eq!(&decode(&json).unwrap(), idx);
         assert!(stored.len() < json.len(), "{} bytes stored for {} of JSON", stored.len(), json.len());
-        assert!(LayerIndex::decode(&stored[..stored.len() / 2]).is_err(), "a cut index is refused");
+        assert!(decode(&stored[..stored.len() / 2]).is_err(), "a cut index is refused");
         // A read planned without its window refuses rather than guess.
-        let bare = idx.plan(idx.checkpoints[1].out, 10).unwrap();
+        let bare = plan(idx, idx.checkpoints[1].out, 10).unwrap();
         assert!(bare.window_needed().is_some());
         assert!(bare.read(&gz[..]).is_err());
-        let mut short = idx.plan(idx.checkpoints[1].out, 10).unwrap();
+        let mut short = plan(idx, idx.checkpoints[1].out, 10).unwrap();
         assert!(short.set_window(vec![0; 10]).is_err(), "a window of the wrong size is refused");
     }
 
@@ -511,14 +439,14 @@ mod tests {
         let gz = zran::tests::gzip(&tar, "-6");
         let idx = build(&gz[..], &digest(&gz), Compression::Gzip).unwrap().index;
         let (c1, c2) = (idx.checkpoints[1].out, idx.checkpoints[2].out);
-        assert_eq!(idx.span_of(c1, 10), Some((c1, c2)));
-        assert_eq!(idx.span_of(c2 - 10, 10), Some((c1, c2)));
-        assert_eq!(idx.span_of(c2 - 10, 11), None, "across two spans");
+        assert_eq!(span_of(&idx, c1, 10), Some((c1, c2)));
+        assert_eq!(span_of(&idx, c2 - 10, 10), Some((c1, c2)));
+        assert_eq!(span_of(&idx, c2 - 10, 11), None, "across two spans");
         let last = idx.checkpoints.last().unwrap().out;
-        assert_eq!(idx.span_of(idx.size - 1, 100), Some((last, idx.size)), "clamped to the end");
-        assert_eq!(idx.span_of(idx.size, 1), None);
+        assert_eq!(span_of(&idx, idx.size - 1, 100), Some((last, idx.size)), "clamped to the end");
+        assert_eq!(span_of(&idx, idx.size, 1), None);
         let plain = build(&tar[..], &digest(&tar), Compression::None).unwrap().index;
-        assert_eq!(plain.span_of(0, 10), None);
+        assert_eq!(span_of(&plain, 0, 10), None);
     }
 
     #[test]
@@ -537,7 +465,7 @@ mod tests {
         let json = serde_json::to_string(&old).unwrap();
         let old: LayerIndex = serde_json::from_str(&json).unwrap();
         let e = old.entries.iter().find(|e| e.path == "z.txt").unwrap();
-        let p = old.plan(e.offset, e.size).unwrap();
+        let p = plan(&old, e.offset, e.size).unwrap();
         assert!(p.window_needed().is_none());
         let off = p.blob_offset as usize;
         assert_eq!(p.read(&gz[off..]).unwrap(), b"last");
@@ -555,7 +483,7 @@ mod tests {
         assert!(idx.checkpoints.len() >= 2);
         assert!(built.windows.is_empty(), "frame starts need no window");
         for (i, want) in idx.chunks.iter().enumerate() {
-            let p = plan(&built, i as u64 * CHUNK_SIZE, CHUNK_SIZE);
+            let p = planned(&built, i as u64 * CHUNK_SIZE, CHUNK_SIZE);
             let (off, n) = (p.blob_offset as usize, p.blob_len as usize);
             let got = p.read(&z[off..off + n]).unwrap();
             assert_eq!(&hex::encode(Sha256::digest(&got)), want, "chunk {i}");
@@ -572,10 +500,10 @@ mod tests {
         let idx = &built.index;
         assert!(idx.checkpoints.is_empty() && built.windows.is_empty());
         let e = &idx.entries[0];
-        let plan = idx.plan(e.offset, e.size).unwrap();
-        let off = plan.blob_offset as usize;
-        assert_eq!(plan.read(&tar[off..]).unwrap(), &tar[e.offset as usize..(e.offset + e.size) as usize]);
-        assert!(idx.plan(idx.size, 1).is_err());
+        let p = plan(idx, e.offset, e.size).unwrap();
+        let off = p.blob_offset as usize;
+        assert_eq!(p.read(&tar[off..]).unwrap(), &tar[e.offset as usize..(e.offset + e.size) as usize]);
+        assert!(plan(idx, idx.size, 1).is_err());
 
         let wrong = digest(b"something else");
         let e = build(&tar[..], &wrong, Compression::None).unwrap_err();

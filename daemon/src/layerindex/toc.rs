@@ -1,62 +1,11 @@
-//! The table of contents of a layer tar: every entry with what unpacking
-//! it would produce (type, mode, owner, time, link target, device numbers,
-//! xattrs) and where its data sits in the uncompressed stream. Whiteouts
-//! (`.wh.*`) are listed as the tar has them; turning them into overlayfs's
-//! form is the snapshotter's job.
+//! Reads the table of contents of a layer tar into the index's entries
+//! ([`Entry`], declared in `berth_wire`): what unpacking each would produce
+//! and where its data sits in the uncompressed stream.
 
 use base64::Engine;
-use serde::{Deserialize, Serialize};
+pub use berth_wire::layer_index::{Entry, Kind};
 use std::collections::BTreeMap;
 use std::io::{self, Read};
-
-#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
-#[serde(rename_all = "lowercase")]
-pub enum Kind {
-    File,
-    Dir,
-    Symlink,
-    Hardlink,
-    Char,
-    Block,
-    Fifo,
-}
-
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
-pub struct Entry {
-    /// Relative path, no leading `./` or `/`, no trailing `/`.
-    pub path: String,
-    pub kind: Kind,
-    /// Permission and special bits (`0o7777`).
-    pub mode: u32,
-    pub uid: u64,
-    pub gid: u64,
-    /// Seconds since the epoch.
-    pub mtime: u64,
-    /// Data size (files only).
-    #[serde(default, skip_serializing_if = "is_zero")]
-    pub size: u64,
-    /// Offset of the data in the uncompressed tar (files only).
-    #[serde(default, skip_serializing_if = "is_zero")]
-    pub offset: u64,
-    /// Symlink target, or the path a hard link points to.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub link: Option<String>,
-    #[serde(default, skip_serializing_if = "is_zero32")]
-    pub devmajor: u32,
-    #[serde(default, skip_serializing_if = "is_zero32")]
-    pub devminor: u32,
-    /// Extended attributes, values base64 (they are bytes).
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub xattrs: BTreeMap<String, String>,
-}
-
-fn is_zero(v: &u64) -> bool {
-    *v == 0
-}
-
-fn is_zero32(v: &u32) -> bool {
-    *v == 0
-}
 
 /// Cleans a tar path: `./a/b/` → `a/b`; refuses `..` (a layer that
 /// writes outside its root is refused, not indexed).

@@ -182,7 +182,7 @@ impl Registry {
                         "the index of {digest} is not authenticated by this cluster's layer index key; pull normally"
                     )));
                 }
-                let idx = LayerIndex::decode(&bytes).map_err(|e| {
+                let idx = layerindex::decode(&bytes).map_err(|e| {
                     Error::IndexUnavailable(format!(
                         "stored index of {digest} is unreadable ({e}); delete it to rebuild"
                     ))
@@ -220,7 +220,7 @@ impl Registry {
         if offset >= idx.size {
             return Err(Error::RangeNotSatisfiable { size: idx.size });
         }
-        match idx.span_of(offset, len) {
+        match layerindex::span_of(&idx, offset, len) {
             Some((start, end)) if end - start <= MAX_CACHED_SPAN => {
                 let span = match lru_get(&self.indexer.spans, digest, start) {
                     Some(s) => s,
@@ -241,7 +241,7 @@ impl Registry {
     /// Inflates `len` bytes of layer `digest`'s tar at `offset` from the
     /// checkpoint before it, reading only that part of the blob.
     async fn inflate(&self, idx: &LayerIndex, digest: &Digest, offset: u64, len: u64) -> Result<Vec<u8>> {
-        let mut plan = idx.plan(offset, len).map_err(|_| Error::RangeNotSatisfiable { size: idx.size })?;
+        let mut plan = layerindex::plan(idx, offset, len).map_err(|_| Error::RangeNotSatisfiable { size: idx.size })?;
         if let Some((at, window_len)) = plan.window_needed() {
             let window = self.index_window(digest, at, window_len).await?;
             plan.set_window(window.to_vec())
@@ -368,7 +368,7 @@ impl Registry {
         if !idx.windows.is_empty() {
             self.driver.put_content(&paths::layer_index_windows(digest), Bytes::from(idx.windows)).await?;
         }
-        let encoded = idx.index.encode();
+        let encoded = layerindex::encode(&idx.index);
         let tag = match &self.index_key {
             Some(key) => key.tag(digest, &encoded),
             None => return Err(Error::Unsupported("no layer index key".into())),

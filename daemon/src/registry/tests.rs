@@ -259,9 +259,9 @@ async fn index_requests_build_once_and_remember_blobs_that_cannot_have_one() {
 
     // An index edited in storage, or signed with another key, is refused.
     let stored = driver.get_content(&paths::layer_index(&layer)).await.unwrap();
-    let mut idx = crate::layerindex::LayerIndex::decode(&stored).unwrap();
+    let mut idx = crate::layerindex::decode(&stored).unwrap();
     idx.entries[0].mode = 0o4755;
-    driver.put_content(&paths::layer_index(&layer), Bytes::from(idx.encode())).await.unwrap();
+    driver.put_content(&paths::layer_index(&layer), Bytes::from(crate::layerindex::encode(&idx))).await.unwrap();
     let err = registry(&driver, Policy::default()).layer_index(&Namespace::Local, &r, &layer).await.unwrap_err();
     assert!(matches!(&err, Error::IndexUnavailable(m) if m.contains("not authenticated")), "{err:?}");
     let other = crate::layerindex::auth::IndexKey::new(b"another cluster's key, 32 bytes or more").unwrap();

@@ -136,7 +136,7 @@ impl Registry {
     pub async fn start_upload(&self, repo: &RepoName) -> Result<UploadStatus> {
         self.ensure_writable()?;
         let id = uuid::Uuid::new_v4().to_string();
-        let now = crate::timefmt::rfc3339(std::time::SystemTime::now());
+        let now = berth_wire::time::rfc3339(std::time::SystemTime::now());
         self.driver.put_content(&paths::upload_started_at(repo, &id), Bytes::from(now)).await?;
         self.driver.writer(&paths::upload_data(repo, &id), false).await?.close().await?;
         self.uploads.insert_new(&id);

@@ -1,12 +1,17 @@
-//! berthd's layer seek index as the snapshotter reads it (the JSON that
-//! `GET /v2/<name>/_berth/layer/<digest>/index` returns; docs/api.md). Only
-//! what mounting needs is read here: the table of contents and the chunk
-//! digests. Decompression checkpoints stay berthd's business.
+//! The layer seek index: the table of contents of a layer's tar (every
+//! entry with what unpacking it would produce and where its data sits in
+//! the uncompressed stream), a sha256 per chunk of that stream, and the
+//! points a compressed stream can be resumed from. berthd builds and
+//! serves it; the snapshotter mounts layers from it.
+//!
+//! Whiteouts (`.wh.*`) are listed as the tar has them; turning them into
+//! overlayfs's form is the snapshotter's job.
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
-/// The index format this snapshotter understands; others fall back.
+/// The index format; bumped on incompatible changes (berthd rebuilds old
+/// indexes, the snapshotter falls back to a normal pull on others).
 pub const FORMAT: u32 = 1;
 
 /// Bounds an index must keep (berthd's chunks are 512 KiB).
@@ -16,7 +21,34 @@ const MAX_LAYER_SIZE: u64 = 1 << 40;
 /// Year 9999: beyond it a time is garbage (and would overflow `SystemTime`).
 const MAX_MTIME: u64 = 253_402_300_799;
 
-#[derive(Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Compression {
+    Gzip,
+    Zstd,
+    None,
+}
+
+impl Compression {
+    /// From a layer media type; `None` for ones that cannot be indexed.
+    pub fn of_media_type(mt: &str) -> Option<Compression> {
+        match mt {
+            "application/vnd.oci.image.layer.v1.tar+gzip"
+            | "application/vnd.docker.image.rootfs.diff.tar.gzip"
+            | "application/vnd.oci.image.layer.nondistributable.v1.tar+gzip"
+            | "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip" => Some(Compression::Gzip),
+            "application/vnd.oci.image.layer.v1.tar+zstd"
+            | "application/vnd.oci.image.layer.nondistributable.v1.tar+zstd" => Some(Compression::Zstd),
+            "application/vnd.oci.image.layer.v1.tar" | "application/vnd.oci.image.layer.nondistributable.v1.tar" => {
+                Some(Compression::None)
+            }
+            _ => None,
+        }
+    }
+}
+
+/// What a tar entry is.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 pub enum Kind {
     File,
@@ -28,33 +60,74 @@ pub enum Kind {
     Fifo,
 }
 
-#[derive(Deserialize, Clone, Debug)]
+/// One tar entry: type, mode, owner, time, link target, device numbers,
+/// xattrs, and where its data sits in the uncompressed tar.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
 pub struct Entry {
+    /// Relative path, no leading `./` or `/`, no trailing `/`.
     pub path: String,
     pub kind: Kind,
+    /// Permission and special bits (`0o7777`).
     pub mode: u32,
     pub uid: u64,
     pub gid: u64,
+    /// Seconds since the epoch.
     pub mtime: u64,
-    #[serde(default)]
+    /// Data size (files only).
+    #[serde(default, skip_serializing_if = "is_zero")]
     pub size: u64,
-    #[serde(default)]
+    /// Offset of the data in the uncompressed tar (files only).
+    #[serde(default, skip_serializing_if = "is_zero")]
     pub offset: u64,
-    #[serde(default)]
+    /// Symlink target, or the path a hard link points to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub link: Option<String>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "is_zero32")]
     pub devmajor: u32,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "is_zero32")]
     pub devminor: u32,
-    /// name → base64 value.
-    #[serde(default)]
+    /// Extended attributes, values base64 (they are bytes).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub xattrs: BTreeMap<String, String>,
 }
 
-#[derive(Deserialize, Clone, Debug)]
+fn is_zero(v: &u64) -> bool {
+    *v == 0
+}
+
+fn is_zero32(v: &u32) -> bool {
+    *v == 0
+}
+
+/// A point the compressed stream can be resumed from: uncompressed offset
+/// `out` starts at compressed byte `input` (gzip: after `bits` bits of the
+/// byte before, with the 32 KiB window of output before it).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct StoredCheckpoint {
+    pub out: u64,
+    pub input: u64,
+    pub bits: u8,
+    /// Where this checkpoint's window sits in the windows object.
+    #[serde(default)]
+    pub window_at: u64,
+    #[serde(default)]
+    pub window_len: u32,
+    /// sha256 (hex) of the window, checked when it is read from storage
+    /// (absent in indexes built before).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub window_sha256: Option<String>,
+    /// base64 of the window, in indexes built before windows moved to
+    /// their own object; still read, never written.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub window: String,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
 pub struct LayerIndex {
     pub format: u32,
+    /// The blob this indexes.
     pub digest: String,
+    pub compression: Compression,
     /// Size of the blob as stored: what crossing the link costs (0 in
     /// indexes that do not say).
     #[serde(default)]
@@ -62,8 +135,11 @@ pub struct LayerIndex {
     /// Size of the uncompressed tar.
     pub size: u64,
     pub chunk_size: u64,
-    /// sha256 (hex) of each chunk of the uncompressed tar.
+    /// sha256 (hex) of each `chunk_size` piece of the uncompressed tar.
     pub chunks: Vec<String>,
+    /// Resume points of a compressed stream (none for a plain tar).
+    #[serde(default)]
+    pub checkpoints: Vec<StoredCheckpoint>,
     pub entries: Vec<Entry>,
 }
 
@@ -217,10 +293,12 @@ mod tests {
         LayerIndex {
             format: FORMAT,
             digest: "sha256:00".into(),
+            compression: Compression::Gzip,
             compressed_size,
             size,
             chunk_size: 512 << 10,
             chunks: vec![],
+            checkpoints: vec![],
             entries: vec![],
         }
     }
@@ -230,5 +308,22 @@ mod tests {
         assert_eq!(index(60 << 20, 160 << 20).link_bytes(8 << 20), 3 << 20);
         assert_eq!(index(201 << 20, 200 << 20).link_bytes(2 << 20), (2 << 20) * 201 / 200);
         assert_eq!(index(0, 160 << 20).link_bytes(4096), 4096, "an index without the blob size counts tar bytes");
+    }
+
+    /// What berthd writes the snapshotter reads back as it was; fields a
+    /// kind does not use are left out of the JSON and read as zero.
+    #[test]
+    fn json_round_trip_leaves_out_what_is_unused() {
+        let mut i = index(100, 1 << 20);
+        i.chunks = vec!["a".repeat(64); 2];
+        let mut f = entry("bin/sh", Kind::File);
+        f.size = 10;
+        f.offset = 512;
+        i.entries = vec![entry("bin", Kind::Dir), f];
+        let json = serde_json::to_string(&i).unwrap();
+        assert!(!json.contains("devmajor") && !json.contains("xattrs") && !json.contains("link"), "{json}");
+        let back: LayerIndex = serde_json::from_str(&json).unwrap();
+        assert_eq!(back, i);
+        assert!(back.validate().is_ok());
     }
 }
