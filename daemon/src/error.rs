@@ -22,9 +22,11 @@ pub enum Error {
     #[error("storage check failed: {0}")]
     Storage(#[from] crate::registry::Error),
     #[error("TLS: {0}")]
-    Tls(String),
+    Tls(#[from] crate::tls::TlsError),
     #[error("auth: {0}")]
-    Auth(String),
+    Auth(#[from] crate::auth::AuthError),
+    #[error(transparent)]
+    Mirror(#[from] crate::upstream::SetupError),
     #[error("server error: {0}")]
     Serve(#[source] std::io::Error),
 }

@@ -5,6 +5,8 @@
 //! object-store trait) → a backend ([`storage::fs`] is the embedded
 //! default). See `docs/architecture.md`.
 
+#![deny(unsafe_code)]
+
 pub mod api;
 pub mod auth;
 pub mod commands;
@@ -20,8 +22,6 @@ pub mod logging;
 pub mod metrics;
 pub mod names;
 pub mod nodeconfig;
-pub mod outbound_tls;
-pub mod pem;
 pub mod registry;
 pub mod server;
 pub mod storage;

@@ -1,5 +1,7 @@
 //! `berthd`: the command line. All logic lives in the library crate.
 
+#![deny(unsafe_code)]
+
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 use std::process::ExitCode;

@@ -8,9 +8,8 @@ use crate::auth::token::TokenVerifier;
 use crate::auth::{Authenticator, Gate};
 use crate::config::Config;
 use crate::config::{AuthConfig, Backend};
-use crate::layerindex::auth::IndexKey;
+use crate::layerindex::signing::IndexKey;
 use crate::listen::{self, Limits};
-use crate::outbound_tls::{self, Trust};
 use crate::registry::mirror::Mirrors;
 use crate::registry::paths;
 use crate::registry::{Policy, Registry};
@@ -19,6 +18,7 @@ use crate::storage::fs::FsDriver;
 use crate::storage::instrumented::Instrumented;
 use crate::storage::s3::S3Driver;
 use crate::storage::StorageDriver;
+use crate::tls::client::{self as client_tls, Trust};
 use crate::upstream::Upstream;
 use crate::{Error, Result};
 use axum::http::{HeaderName, HeaderValue};
@@ -38,7 +38,7 @@ pub async fn build_backend(config: &Config) -> Result<Arc<dyn StorageDriver>> {
                 tracing::warn!("storage.s3.skipverify is set: the S3 endpoint's certificate is not checked");
             }
             let trust = Trust { ca_files: config.tls_cacerts.clone(), discover_cluster_ca: true };
-            let tls = outbound_tls::client_config(&trust, s3.skip_verify).map_err(Error::Tls)?;
+            let tls = client_tls::client_config(&trust, s3.skip_verify).map_err(Error::Tls)?;
             let driver = S3Driver::new(s3, tls).await;
             tracing::info!("storage: {}", driver.describe());
             Arc::new(driver)
@@ -101,10 +101,10 @@ fn registry_on(config: &Config, driver: Arc<dyn StorageDriver>) -> Result<Arc<Re
     let mut upstreams = Vec::new();
     if !config.mirrors.is_empty() {
         let trust = Trust { ca_files: config.tls_cacerts.clone(), discover_cluster_ca: true };
-        let tls = outbound_tls::client_config(&trust, false).map_err(Error::Tls)?;
+        let tls = client_tls::client_config(&trust, false).map_err(Error::Tls)?;
         for m in &config.mirrors {
             tracing::info!(mirror = %m.name, url = %m.url, "pull-through mirror");
-            upstreams.push(Arc::new(Upstream::new(m.clone(), tls.clone()).map_err(Error::Tls)?));
+            upstreams.push(Arc::new(Upstream::new(m.clone(), tls.clone())?));
         }
     }
     let index_key = layer_index_key(config)?;
@@ -174,7 +174,7 @@ fn layer_index_key(config: &Config) -> Result<Option<IndexKey>> {
             }
         },
     };
-    IndexKey::new(&secret).map(Some).map_err(bad)
+    IndexKey::new(&secret).map(Some).map_err(|e| bad(e.to_string()))
 }
 
 /// Runs berthd until a shutdown signal arrives.
@@ -221,7 +221,7 @@ pub async fn run(config: Config) -> Result<()> {
     let mut servers = tokio::task::JoinSet::new();
     for l in &config.listeners {
         let tls = match &l.tls {
-            Some(files) => Some(crate::tls::server_config(files).map_err(Error::Tls)?),
+            Some(files) => Some(crate::tls::server::server_config(files).map_err(Error::Tls)?),
             None => None,
         };
         let tcp = TcpListener::bind(l.addr).await.map_err(|source| Error::Bind { addr: l.addr, source })?;

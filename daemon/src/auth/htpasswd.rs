@@ -3,6 +3,7 @@
 //! at load with a message naming the line, because they are weak and
 //! registry:2 never accepted them either.
 
+use super::AuthError;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, RwLock};
@@ -36,7 +37,7 @@ fn cost_of(hash: &str) -> Option<u32> {
 }
 
 /// Parses htpasswd text; errors name the line and the user.
-pub fn parse(text: &str, path: &Path) -> Result<HashMap<String, String>, String> {
+pub fn parse(text: &str, path: &Path) -> Result<HashMap<String, String>, AuthError> {
     let mut users = HashMap::new();
     for (i, line) in text.lines().enumerate() {
         let line = line.trim();
@@ -45,14 +46,10 @@ pub fn parse(text: &str, path: &Path) -> Result<HashMap<String, String>, String>
         }
         let n = i + 1;
         let Some((user, hash)) = line.split_once(':') else {
-            return Err(format!("{}:{n}: not a `user:hash` line", path.display()));
+            return Err(AuthError::NotUserHash { path: path.to_path_buf(), line: n });
         };
         if !(hash.starts_with("$2y$") || hash.starts_with("$2a$") || hash.starts_with("$2b$")) {
-            return Err(format!(
-                "{}:{n}: user {user:?} has a non-bcrypt hash; only bcrypt entries are accepted, recreate it with `htpasswd -B {} {user}`",
-                path.display(),
-                path.display()
-            ));
+            return Err(AuthError::NotBcrypt { path: path.to_path_buf(), line: n, user: user.to_string() });
         }
         users.insert(user.to_string(), hash.to_string());
     }
@@ -64,12 +61,12 @@ fn mtime(path: &Path) -> Option<SystemTime> {
 }
 
 impl Htpasswd {
-    pub fn load(path: &Path) -> Result<Htpasswd, String> {
-        let text =
-            std::fs::read_to_string(path).map_err(|e| format!("cannot read htpasswd file {}: {e}", path.display()))?;
+    pub fn load(path: &Path) -> Result<Htpasswd, AuthError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|source| AuthError::ReadHtpasswd { path: path.to_path_buf(), source })?;
         let users = parse(&text, path)?;
         let cost = users.values().find_map(|h| cost_of(h)).unwrap_or(bcrypt::DEFAULT_COST);
-        let dummy = bcrypt::hash(uuid::Uuid::new_v4().to_string(), cost).map_err(|e| e.to_string())?;
+        let dummy = bcrypt::hash(uuid::Uuid::new_v4().to_string(), cost)?;
         Ok(Htpasswd {
             path: path.to_path_buf(),
             users: RwLock::new((users, mtime(path))),
@@ -110,7 +107,10 @@ impl Htpasswd {
         if self.users.read().unwrap().1 == stamp {
             return;
         }
-        match std::fs::read_to_string(&self.path).map_err(|e| e.to_string()).and_then(|t| parse(&t, &self.path)) {
+        match std::fs::read_to_string(&self.path)
+            .map_err(|source| AuthError::ReadHtpasswd { path: self.path.clone(), source })
+            .and_then(|t| parse(&t, &self.path))
+        {
             Ok(users) => {
                 let n = users.len();
                 *self.users.write().unwrap() = (users, stamp);
@@ -166,10 +166,10 @@ mod tests {
         assert!(!h.verify("bob", "s3cret"));
 
         std::fs::write(&p, "carol:$apr1$abc$def\n").unwrap();
-        let e = Htpasswd::load(&p).unwrap_err();
+        let e = Htpasswd::load(&p).unwrap_err().to_string();
         assert!(e.contains(":1:") && e.contains("carol") && e.contains("htpasswd -B"), "{e}");
         std::fs::write(&p, "no-colon-here\n").unwrap();
-        assert!(Htpasswd::load(&p).unwrap_err().contains(":1:"));
+        assert!(Htpasswd::load(&p).unwrap_err().to_string().contains(":1:"));
     }
 
     #[test]

@@ -3,8 +3,11 @@
 //! access rules say what anonymous and authenticated clients may do. The HTTP
 //! layer asks [`Gate::check`] before it calls the registry.
 
+mod error;
 pub mod htpasswd;
 pub mod token;
+
+pub use error::{AuthError, TokenRejected, UnknownAction};
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -42,7 +45,7 @@ impl Actions {
     pub const PULL: Actions = Actions { pull: true, push: false, delete: false };
     pub const NONE: Actions = Actions { pull: false, push: false, delete: false };
 
-    pub fn parse(list: &[String]) -> Result<Actions, String> {
+    pub fn parse(list: &[String]) -> Result<Actions, UnknownAction> {
         let mut a = Actions::NONE;
         for item in list {
             match item.as_str() {
@@ -50,7 +53,7 @@ impl Actions {
                 "push" => a.push = true,
                 "delete" => a.delete = true,
                 "*" => a = Actions::ALL,
-                other => return Err(format!("{other:?} is not an action (pull, push, delete, *)")),
+                other => return Err(UnknownAction(other.to_string())),
             }
         }
         Ok(a)
@@ -214,7 +217,7 @@ impl Gate {
                 Ok(v) => Ok(Identity::Token(v)),
                 Err(why) => {
                     tracing::warn!(%peer, "token refused: {why}");
-                    Err(unauthorized(why))
+                    Err(unauthorized(why.to_string()))
                 }
             },
             (Authenticator::None, _) => Err(unauthorized(

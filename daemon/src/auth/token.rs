@@ -4,6 +4,7 @@
 //! ES256/384), the `issuer`, the audience (= `service`) and their expiry.
 //! Their `access` claims grant actions per repository.
 
+use super::{AuthError, TokenRejected};
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde::Deserialize;
 use std::path::Path;
@@ -62,30 +63,30 @@ fn spki_pem(spki: &[u8]) -> String {
 }
 
 impl TokenVerifier {
-    pub fn load(realm: &str, service: &str, issuer: &str, bundle: &Path) -> Result<TokenVerifier, String> {
-        let certs = crate::pem::certificates(bundle, "auth.token.rootcertbundle")?;
+    pub fn load(realm: &str, service: &str, issuer: &str, bundle: &Path) -> Result<TokenVerifier, AuthError> {
+        let certs = crate::tls::pem::certificates(bundle, "auth.token.rootcertbundle")?;
         let mut keys = Vec::new();
         for (i, der) in certs.iter().enumerate() {
-            let cert = webpki::EndEntityCert::try_from(der)
-                .map_err(|e| format!("certificate {} in {} cannot be parsed: {e:?}", i + 1, bundle.display()))?;
+            let cert = webpki::EndEntityCert::try_from(der).map_err(|e| AuthError::BadCertificate {
+                number: i + 1,
+                path: bundle.to_path_buf(),
+                detail: format!("{e:?}"),
+            })?;
             let pem = spki_pem(cert.subject_public_key_info().as_ref());
             if let Ok(k) = DecodingKey::from_rsa_pem(pem.as_bytes()) {
                 keys.push((KeyKind::Rsa, k));
             } else if let Ok(k) = DecodingKey::from_ec_pem(pem.as_bytes()) {
                 keys.push((KeyKind::Ec, k));
             } else {
-                return Err(format!("certificate {} in {} has neither an RSA nor an EC key", i + 1, bundle.display()));
+                return Err(AuthError::UnsupportedKey { number: i + 1, path: bundle.to_path_buf() });
             }
-        }
-        if keys.is_empty() {
-            return Err(format!("auth.token.rootcertbundle {} holds no certificate", bundle.display()));
         }
         Ok(TokenVerifier { realm: realm.into(), service: service.into(), issuer: issuer.into(), keys })
     }
 
     /// Verifies a token; the error says why it was refused.
-    pub fn verify(&self, token: &str) -> Result<VerifiedToken, String> {
-        let header = jsonwebtoken::decode_header(token).map_err(|e| format!("malformed token: {e}"))?;
+    pub fn verify(&self, token: &str) -> Result<VerifiedToken, TokenRejected> {
+        let header = jsonwebtoken::decode_header(token).map_err(TokenRejected::Malformed)?;
         let kind_ok = |k: &KeyKind| match header.alg {
             Algorithm::RS256 | Algorithm::RS384 | Algorithm::RS512 => matches!(k, KeyKind::Rsa),
             Algorithm::ES256 | Algorithm::ES384 => matches!(k, KeyKind::Ec),
@@ -98,23 +99,19 @@ impl TokenVerifier {
         // A token is valid from `nbf` on, with the same leeway as `exp`.
         validation.validate_nbf = true;
         validation.leeway = 30;
-        let mut last = format!("token algorithm {:?} is not accepted (RS256/384/512, ES256/384)", header.alg);
+        let mut last = TokenRejected::Algorithm(header.alg);
         for (kind, key) in self.keys.iter().filter(|(k, _)| kind_ok(k)) {
             match jsonwebtoken::decode::<Claims>(token, key, &validation) {
                 Ok(data) => return Ok(VerifiedToken { subject: data.claims.sub, grants: data.claims.access }),
                 Err(e) => {
                     use jsonwebtoken::errors::ErrorKind::*;
                     last = match e.kind() {
-                        ExpiredSignature => "the token has expired; get a new one from the token service".into(),
-                        ImmatureSignature => {
-                            "the token is not valid yet (nbf is in the future); check the clocks of the token service and this node".into()
-                        }
-                        InvalidIssuer => format!("the token was not issued by {}", self.issuer),
-                        InvalidAudience => format!("the token is not for service {}", self.service),
-                        InvalidSignature => {
-                            "the token's signature does not match any certificate in auth.token.rootcertbundle".into()
-                        }
-                        _ => format!("invalid token: {e}"),
+                        ExpiredSignature => TokenRejected::Expired,
+                        ImmatureSignature => TokenRejected::NotYetValid,
+                        InvalidIssuer => TokenRejected::WrongIssuer(self.issuer.clone()),
+                        InvalidAudience => TokenRejected::WrongService(self.service.clone()),
+                        InvalidSignature => TokenRejected::BadSignature,
+                        _ => TokenRejected::Invalid(e),
                     };
                     let _ = kind;
                 }

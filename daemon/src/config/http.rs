@@ -146,7 +146,7 @@ pub(super) fn auth(raw: Option<&Mapping>, warnings: &mut Vec<String>) -> Result<
 fn actions(list: Option<&List>, key: &str, default: Actions) -> Result<Actions, ConfigError> {
     match list {
         None => Ok(default),
-        Some(List(items)) => Actions::parse(items).map_err(|e| invalid(key, e)),
+        Some(List(items)) => Actions::parse(items).map_err(|e| invalid(key, e.to_string())),
     }
 }
 

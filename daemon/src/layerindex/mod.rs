@@ -20,7 +20,7 @@
 //! resumable points and is not indexed (the snapshotter falls back to a
 //! normal pull).
 
-pub mod auth;
+pub mod signing;
 pub mod toc;
 pub mod zran;
 pub mod zstd;

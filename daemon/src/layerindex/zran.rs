@@ -8,6 +8,7 @@
 //! dictionary needs `inflateSetDictionary`; neither is offered by the
 //! pure-Rust inflaters, so this is the one place berthd calls zlib
 //! directly (libz-sys). Everything unsafe is inside [`Inflater`].
+#![allow(unsafe_code)] // zlib through libz-sys, kept inside `Inflater` and its allocator
 
 use libz_sys as z;
 use std::io::{self, Read};
@@ -28,12 +29,21 @@ pub struct Checkpoint {
     pub window: Vec<u8>,
 }
 
+/// zlib's allocator: libz-sys leaves `zalloc`/`zfree` to the caller.
+///
+/// # Safety
+/// Called by zlib only, with the counts it needs; calloc accepts any
+/// values (it returns null on overflow, which zlib reports as Z_MEM_ERROR).
 unsafe extern "C" fn zalloc(_: z::voidpf, items: z::uInt, size: z::uInt) -> z::voidpf {
-    libc::calloc(items as usize, size as usize)
+    // SAFETY: see above; calloc has no other precondition.
+    unsafe { libc::calloc(items as usize, size as usize) }
 }
 
+/// # Safety
+/// Called by zlib only, with a pointer [`zalloc`] returned (or null), once.
 unsafe extern "C" fn zfree(_: z::voidpf, p: z::voidpf) {
-    libc::free(p)
+    // SAFETY: `p` came from calloc above and is freed exactly once.
+    unsafe { libc::free(p) }
 }
 
 /// An owned zlib inflate stream. Boxed: zlib keeps a pointer to it.
@@ -64,7 +74,8 @@ impl Inflater {
             adler: 0,
             reserved: 0,
         });
-        // SAFETY: strm is a valid, boxed z_stream; the version and size are zlib's own.
+        // SAFETY: strm is a valid, boxed z_stream (its address stays put
+        // while zlib keeps a pointer to it); the version and size are zlib's own.
         let rc = unsafe {
             z::inflateInit2_(
                 &mut *strm,
@@ -80,7 +91,8 @@ impl Inflater {
     }
 
     fn reset(&mut self, window_bits: i32) -> io::Result<()> {
-        // SAFETY: the stream was initialised by inflateInit2.
+        // SAFETY: the stream was initialised by inflateInit2 (in new) and
+        // not ended (only Drop ends it).
         let rc = unsafe { z::inflateReset2(&mut *self.strm, window_bits) };
         if rc != z::Z_OK {
             return Err(zerr(rc, "inflateReset2"));
@@ -89,7 +101,8 @@ impl Inflater {
     }
 
     fn prime(&mut self, bits: u8, value: u8) -> io::Result<()> {
-        // SAFETY: initialised stream; bits is 1..=7.
+        // SAFETY: initialised stream, not ended; bits is 1..=7, as
+        // inflatePrime requires.
         let rc = unsafe { z::inflatePrime(&mut *self.strm, bits as i32, (value >> (8 - bits)) as i32) };
         if rc != z::Z_OK {
             return Err(zerr(rc, "inflatePrime"));
@@ -101,7 +114,8 @@ impl Inflater {
         if dict.is_empty() {
             return Ok(());
         }
-        // SAFETY: initialised raw stream; dict outlives the call (zlib copies it).
+        // SAFETY: initialised raw stream; dict is a live slice of the stated
+        // length for the whole call, and zlib copies it.
         let rc = unsafe { z::inflateSetDictionary(&mut *self.strm, dict.as_ptr(), dict.len() as z::uInt) };
         if rc != z::Z_OK {
             return Err(zerr(rc, "inflateSetDictionary"));
@@ -118,7 +132,9 @@ impl Inflater {
         s.next_out = output.as_mut_ptr();
         s.avail_out = output.len().min(u32::MAX as usize) as z::uInt;
         let (in0, out0) = (s.avail_in, s.avail_out);
-        // SAFETY: next_in/next_out point into live slices of the stated lengths.
+        // SAFETY: initialised stream; next_in/next_out point into slices that
+        // live for the whole call, with the lengths given in avail_in/avail_out.
+        // Both pointers are cleared right after, so zlib keeps none.
         let rc = unsafe { z::inflate(s, if block { z::Z_BLOCK } else { z::Z_NO_FLUSH }) };
         let consumed = (in0 - s.avail_in) as usize;
         let produced = (out0 - s.avail_out) as usize;
@@ -140,7 +156,8 @@ impl Inflater {
 
 impl Drop for Inflater {
     fn drop(&mut self) {
-        // SAFETY: initialised in new(); ended exactly once.
+        // SAFETY: initialised in new(); Drop runs once, so it is ended
+        // exactly once.
         unsafe {
             z::inflateEnd(&mut *self.strm);
         }

@@ -11,6 +11,7 @@
 //! `[plugins."io.containerd.grpc.v1.cri".registry]`; containerd 2.x files
 //! (`version = 3`) under `[plugins."io.containerd.cri.v1.images".registry]`.
 
+use super::EditError;
 use toml_edit::{DocumentMut, Item, Table, TableLike};
 
 const V2_PLUGIN: &str = "io.containerd.grpc.v1.cri";
@@ -25,30 +26,23 @@ pub struct Edited {
     pub legacy_mirrors: bool,
 }
 
-fn table<'a>(parent: &'a mut Table, key: &str) -> Result<&'a mut Table, String> {
+fn table<'a>(parent: &'a mut Table, key: &str) -> Result<&'a mut Table, EditError> {
     let item = parent.entry(key).or_insert_with(|| {
         let mut t = Table::new();
         t.set_implicit(true);
         Item::Table(t)
     });
-    item.as_table_mut().ok_or_else(|| format!("`{key}` in containerd's config is not a table"))
+    item.as_table_mut().ok_or_else(|| EditError::NotATable(key.to_string()))
 }
 
-fn parse(text: &str) -> Result<(DocumentMut, &'static str), String> {
-    let doc: DocumentMut = if text.trim().is_empty() {
-        "version = 2\n".parse().expect("valid TOML")
-    } else {
-        text.parse().map_err(|e| format!("containerd's config.toml is not valid TOML: {e}"))?
-    };
+fn parse(text: &str) -> Result<(DocumentMut, &'static str), EditError> {
+    let doc: DocumentMut =
+        if text.trim().is_empty() { "version = 2\n".parse().expect("valid TOML") } else { text.parse()? };
     let version = doc.get("version").and_then(|v| v.as_integer()).unwrap_or(1);
     let plugin = match version {
         2 => V2_PLUGIN,
         3 => V3_PLUGIN,
-        v => {
-            return Err(format!(
-                "containerd config version {v} is not supported; migrate it with `containerd config migrate` (containerd ≥ 1.6 uses version 2)"
-            ))
-        }
+        v => return Err(EditError::TomlVersion(v)),
     };
     Ok((doc, plugin))
 }
@@ -60,7 +54,7 @@ pub const SNAPSHOTTER: &str = "berth";
 /// CRI plugin using it: `snapshotter = "berth"` and
 /// `disable_snapshot_annotations = false` (under `.containerd` in version 2
 /// files, on the images plugin in version 3).
-pub fn set_snapshotter(text: &str, address: &str) -> Result<String, String> {
+pub fn set_snapshotter(text: &str, address: &str) -> Result<String, EditError> {
     let (mut doc, plugin) = parse(text)?;
     let root = doc.as_table_mut();
     let proxy = table(table(root, "proxy_plugins")?, SNAPSHOTTER)?;
@@ -86,7 +80,7 @@ pub fn set_snapshotter(text: &str, address: &str) -> Result<String, String> {
 /// changed it), or removed when it had none, and the tables only it created go
 /// away. A file whose proxy plugin and CRI snapshotter are not berth's comes
 /// back unchanged.
-pub fn unset_snapshotter(text: &str, original: &str) -> Result<String, String> {
+pub fn unset_snapshotter(text: &str, original: &str) -> Result<String, EditError> {
     let (mut doc, plugin) = parse(text)?;
     let orig = parse(original).map(|(d, _)| d).unwrap_or_default();
     let cri: &[&str] = if plugin == V2_PLUGIN { &["plugins", plugin, "containerd"] } else { &["plugins", plugin] };
@@ -152,7 +146,7 @@ fn restore(doc: &mut Table, orig: &Table, path: &[&str], key: &str) {
 /// Returns `text` with `config_path` including `certs_d`. An existing
 /// different `config_path` is kept after ours (containerd accepts a
 /// `:`-separated list).
-pub fn set_config_path(text: &str, certs_d: &str) -> Result<Edited, String> {
+pub fn set_config_path(text: &str, certs_d: &str) -> Result<Edited, EditError> {
     let (mut doc, plugin) = parse(text)?;
     let root = doc.as_table_mut();
     let plugins = table(root, "plugins")?;

@@ -5,39 +5,37 @@
 //! The YAML is re-serialised, so comments in that file are not kept; the
 //! original bytes are saved and `--remove` puts them back exactly.
 
+use super::EditError;
 use yaml_serde::{Mapping, Value};
 
 pub const DEFAULT_PATH: &str = "/etc/rancher/k3s/registries.yaml";
 
 /// Returns `text` with `endpoint` first in `mirrors.<name>.endpoint` for
 /// every name.
-pub fn add_mirrors(text: &str, names: &[String], endpoint: &str) -> Result<String, String> {
-    let mut doc: Value = if text.trim().is_empty() {
-        Value::Mapping(Mapping::new())
-    } else {
-        yaml_serde::from_str(text).map_err(|e| format!("registries.yaml is not valid YAML: {e}"))?
-    };
-    let root = doc.as_mapping_mut().ok_or("registries.yaml must be a YAML mapping")?;
+pub fn add_mirrors(text: &str, names: &[String], endpoint: &str) -> Result<String, EditError> {
+    let mut doc: Value =
+        if text.trim().is_empty() { Value::Mapping(Mapping::new()) } else { yaml_serde::from_str(text)? };
+    let root = doc.as_mapping_mut().ok_or_else(|| EditError::NotAMapping("the document".into()))?;
     let mirrors = root
         .entry(Value::from("mirrors"))
         .or_insert_with(|| Value::Mapping(Mapping::new()))
         .as_mapping_mut()
-        .ok_or("`mirrors` in registries.yaml must be a mapping")?;
+        .ok_or_else(|| EditError::NotAMapping("`mirrors`".into()))?;
     for name in names {
         let entry = mirrors
             .entry(Value::from(name.as_str()))
             .or_insert_with(|| Value::Mapping(Mapping::new()))
             .as_mapping_mut()
-            .ok_or_else(|| format!("`mirrors.{name}` in registries.yaml must be a mapping"))?;
+            .ok_or_else(|| EditError::NotAMapping(format!("`mirrors.{name}`")))?;
         let endpoints = entry
             .entry(Value::from("endpoint"))
             .or_insert_with(|| Value::Sequence(Vec::new()))
             .as_sequence_mut()
-            .ok_or_else(|| format!("`mirrors.{name}.endpoint` must be a list"))?;
+            .ok_or_else(|| EditError::NotAList(name.clone()))?;
         endpoints.retain(|e| e.as_str() != Some(endpoint));
         endpoints.insert(0, Value::from(endpoint));
     }
-    let out = yaml_serde::to_string(&doc).map_err(|e| e.to_string())?;
+    let out = yaml_serde::to_string(&doc)?;
     // Idempotence: keep the input as it was when nothing changed.
     let unchanged = yaml_serde::from_str::<Value>(text).map(|v| v == doc).unwrap_or(false);
     Ok(if unchanged { text.to_string() } else { out })

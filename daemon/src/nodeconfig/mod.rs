@@ -11,8 +11,11 @@
 //! only with `--restart`.
 
 pub mod containerd_toml;
+mod error;
 pub mod hosts;
 pub mod k3s;
+
+pub use error::{ConfigureError, EditError};
 
 use crate::config::Config;
 use serde::{Deserialize, Serialize};
@@ -62,17 +65,18 @@ struct Change {
     needs_restart: bool,
 }
 
-fn read(path: &Path) -> Result<Option<String>, String> {
+fn read(path: &Path) -> Result<Option<String>, ConfigureError> {
     match std::fs::read_to_string(path) {
         Ok(s) => Ok(Some(s)),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(format!("cannot read {}: {e}", path.display())),
+        Err(source) => Err(ConfigureError::Read { path: path.to_path_buf(), source }),
     }
 }
 
 /// Writes atomically and durably ([`crate::durable`]), creating directories.
-fn write(path: &Path, content: &str) -> Result<(), String> {
-    crate::durable::write_file(path, content.as_bytes()).map_err(|e| format!("cannot write {}: {e}", path.display()))
+fn write(path: &Path, content: &str) -> Result<(), ConfigureError> {
+    crate::durable::write_file(path, content.as_bytes())
+        .map_err(|source| ConfigureError::Write { path: path.to_path_buf(), source })
 }
 
 /// The URL containerd should use for this node's berthd.
@@ -117,14 +121,15 @@ fn diff(out: &mut dyn Write, c: &Change) -> std::io::Result<()> {
 
 /// Runs configure (or `--remove`), reporting to `out`. Returns whether
 /// anything changed.
-pub fn run(opts: &Options, config: &Config, out: &mut dyn Write) -> Result<bool, String> {
+pub fn run(opts: &Options, config: &Config, out: &mut dyn Write) -> Result<bool, ConfigureError> {
     let state_path = opts.certs_d.join(STATE_FILE);
     let state: State = match read(&state_path)? {
-        Some(s) => serde_json::from_str(&s).map_err(|e| format!("{} is corrupt: {e}", state_path.display()))?,
+        Some(s) => serde_json::from_str(&s)
+            .map_err(|source| ConfigureError::CorruptState { path: state_path.clone(), source })?,
         None => State::default(),
     };
     let changes = if opts.remove { removal(&state, out)? } else { plan(opts, config, &state)? };
-    let w = |out: &mut dyn Write, s: String| writeln!(out, "{s}").map_err(|e| e.to_string());
+    let w = |out: &mut dyn Write, s: String| writeln!(out, "{s}");
     if changes.is_empty() {
         w(
             out,
@@ -139,7 +144,7 @@ pub fn run(opts: &Options, config: &Config, out: &mut dyn Write) -> Result<bool,
     let restart = changes.iter().any(|c| c.needs_restart);
     if opts.dry_run {
         for c in &changes {
-            diff(out, c).map_err(|e| e.to_string())?;
+            diff(out, c)?;
         }
         w(out, format!("dry run: {} file(s) would change; nothing was written", changes.len()))?;
         return Ok(true);
@@ -160,7 +165,8 @@ pub fn run(opts: &Options, config: &Config, out: &mut dyn Write) -> Result<bool,
                 w(out, format!("wrote {}", c.path.display()))?;
             }
             None => {
-                std::fs::remove_file(&c.path).map_err(|e| format!("cannot remove {}: {e}", c.path.display()))?;
+                std::fs::remove_file(&c.path)
+                    .map_err(|source| ConfigureError::Remove { path: c.path.clone(), source })?;
                 if let Some(dir) = c.path.parent() {
                     let _ = std::fs::remove_dir(dir); // only if empty
                 }
@@ -174,7 +180,7 @@ pub fn run(opts: &Options, config: &Config, out: &mut dyn Write) -> Result<bool,
     if state.files.is_empty() {
         let _ = std::fs::remove_file(&state_path);
     } else {
-        write(&state_path, &serde_json::to_string_pretty(&state).map_err(|e| e.to_string())?)?;
+        write(&state_path, &serde_json::to_string_pretty(&state).expect("state serializes"))?;
     }
     let unit = if opts.k3s_registries.is_some() { k3s::unit() } else { "containerd" };
     if restart {
@@ -182,9 +188,9 @@ pub fn run(opts: &Options, config: &Config, out: &mut dyn Write) -> Result<bool,
             let status = std::process::Command::new("systemctl")
                 .args(["restart", unit])
                 .status()
-                .map_err(|e| format!("cannot run systemctl restart {unit}: {e}"))?;
+                .map_err(|source| ConfigureError::Systemctl { unit: unit.to_string(), source })?;
             if !status.success() {
-                return Err(format!("systemctl restart {unit} failed ({status})"));
+                return Err(ConfigureError::RestartFailed { unit: unit.to_string(), status });
             }
             w(out, format!("restarted {unit}"))?;
         } else {
@@ -196,14 +202,14 @@ pub fn run(opts: &Options, config: &Config, out: &mut dyn Write) -> Result<bool,
     Ok(true)
 }
 
-fn plan(opts: &Options, config: &Config, state: &State) -> Result<Vec<Change>, String> {
+fn plan(opts: &Options, config: &Config, state: &State) -> Result<Vec<Change>, ConfigureError> {
     let regs = registries(config);
     if regs.is_empty() {
-        return Err("nothing to configure: berthd's config names no `mirrors` and no `containerd.registries`".into());
+        return Err(ConfigureError::NothingToConfigure);
     }
     let url = berthd_url(config);
     let mut changes = Vec::new();
-    let mut push = |path: PathBuf, after: String, needs_restart: bool| -> Result<(), String> {
+    let mut push = |path: PathBuf, after: String, needs_restart: bool| -> Result<(), ConfigureError> {
         let before = read(&path)?;
         if before.as_deref() != Some(after.as_str()) {
             changes.push(Change { path, before, after: Some(after), needs_restart });
@@ -211,11 +217,7 @@ fn plan(opts: &Options, config: &Config, state: &State) -> Result<Vec<Change>, S
         Ok(())
     };
     match &opts.k3s_registries {
-        Some(_) if opts.snapshotter.is_some() => {
-            return Err("--snapshotter is not supported with k3s: k3s generates containerd's config itself; \
-                 configure the proxy plugin in /var/lib/rancher/k3s/agent/etc/containerd/config.toml.tmpl"
-                .into())
-        }
+        Some(_) if opts.snapshotter.is_some() => return Err(ConfigureError::SnapshotterWithK3s),
         Some(path) => {
             let names: Vec<String> = regs.iter().map(|(n, _)| n.clone()).collect();
             let current = read(path)?.unwrap_or_default();
@@ -249,13 +251,12 @@ fn plan(opts: &Options, config: &Config, state: &State) -> Result<Vec<Change>, S
     Ok(changes)
 }
 
-fn removal(state: &State, out: &mut dyn Write) -> Result<Vec<Change>, String> {
+fn removal(state: &State, out: &mut dyn Write) -> Result<Vec<Change>, ConfigureError> {
     let mut changes = Vec::new();
     for m in &state.files {
         let current = read(&m.path)?;
         if current.as_deref() != Some(m.written.as_str()) {
-            writeln!(out, "left alone: {} was changed since berthd wrote it", m.path.display())
-                .map_err(|e| e.to_string())?;
+            writeln!(out, "left alone: {} was changed since berthd wrote it", m.path.display())?;
             continue;
         }
         let needs_restart = m.path.extension().is_some_and(|e| e != "toml") || m.path.ends_with("config.toml");

@@ -10,7 +10,7 @@ mod blobs;
 mod discovery;
 pub mod fsck;
 mod integrity;
-mod layer_index;
+mod lazy_layers;
 mod maintenance;
 mod manifests;
 pub mod mirror;
@@ -50,10 +50,10 @@ pub struct Registry {
     /// Blobs that hashed to their digest, by storage identity.
     verified: integrity::Verified,
     mirrors: mirror::Mirrors,
-    indexer: layer_index::Indexer,
+    indexer: lazy_layers::Indexer,
     /// The cluster's key for layer indexes (`layerindex.keyfile`): without
     /// one, no index is built or served and lazy pulls fall back.
-    index_key: Option<crate::layerindex::auth::IndexKey>,
+    index_key: Option<crate::layerindex::signing::IndexKey>,
     /// This registry, for background work that outlives a request.
     me: std::sync::Weak<Registry>,
 }
@@ -73,7 +73,7 @@ impl Registry {
         driver: Arc<dyn StorageDriver>,
         policy: Policy,
         mirrors: mirror::Mirrors,
-        index_key: Option<crate::layerindex::auth::IndexKey>,
+        index_key: Option<crate::layerindex::signing::IndexKey>,
     ) -> Arc<Registry> {
         Arc::new_cyclic(|me| Registry {
             driver,
@@ -81,7 +81,7 @@ impl Registry {
             uploads: uploads::Sessions::default(),
             verified: integrity::Verified::default(),
             mirrors,
-            indexer: layer_index::Indexer::new(),
+            indexer: lazy_layers::Indexer::new(),
             index_key,
             me: me.clone(),
         })

@@ -52,7 +52,7 @@ pub fn layer_index(d: &Digest) -> String {
 }
 
 /// The HMAC tag authenticating layer blob `d`'s seek index (see
-/// `layerindex::auth`); written last, so an index with a tag is complete.
+/// `layerindex::signing`); written last, so an index with a tag is complete.
 pub fn layer_index_auth(d: &Digest) -> String {
     format!("{}/auth", layer_index_dir(d))
 }

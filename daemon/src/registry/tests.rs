@@ -20,7 +20,7 @@ fn body(parts: &[&'static [u8]]) -> BodyStream {
 const TEST_KEY: &[u8] = b"0123456789abcdef0123456789abcdef-test";
 
 fn registry(driver: &MemoryDriver, policy: Policy) -> Arc<Registry> {
-    let key = crate::layerindex::auth::IndexKey::new(TEST_KEY).unwrap();
+    let key = crate::layerindex::signing::IndexKey::new(TEST_KEY).unwrap();
     Registry::build(Arc::new(driver.clone()), policy, mirror::Mirrors::default(), Some(key))
 }
 
@@ -264,7 +264,7 @@ async fn index_requests_build_once_and_remember_blobs_that_cannot_have_one() {
     driver.put_content(&paths::layer_index(&layer), Bytes::from(crate::layerindex::encode(&idx))).await.unwrap();
     let err = registry(&driver, Policy::default()).layer_index(&Namespace::Local, &r, &layer).await.unwrap_err();
     assert!(matches!(&err, Error::IndexUnavailable(m) if m.contains("not authenticated")), "{err:?}");
-    let other = crate::layerindex::auth::IndexKey::new(b"another cluster's key, 32 bytes or more").unwrap();
+    let other = crate::layerindex::signing::IndexKey::new(b"another cluster's key, 32 bytes or more").unwrap();
     let foreign = Registry::build(Arc::new(driver.clone()), Policy::default(), mirror::Mirrors::default(), Some(other));
     driver.put_content(&paths::layer_index(&layer), stored.clone()).await.unwrap();
     assert!(foreign.layer_index(&Namespace::Local, &r, &layer).await.is_err(), "another cluster's key");

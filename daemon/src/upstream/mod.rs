@@ -20,12 +20,12 @@
 //! Outbound TLS uses berthd's own trust (system roots plus the cluster CA),
 //! shared with the S3 backend.
 
-pub mod auth;
+pub mod challenge;
 
 use crate::digest::Digest;
 use crate::registry::manifest::{MAX_MANIFEST_SIZE, SUPPORTED};
-use auth::Challenge;
 use bytes::{Bytes, BytesMut};
+use challenge::Challenge;
 use futures_util::StreamExt;
 use reqwest::header::{HeaderMap, ACCEPT, AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE, RETRY_AFTER, WWW_AUTHENTICATE};
 use reqwest::{Method, StatusCode};
@@ -155,8 +155,17 @@ async fn read_limited(
     }
 }
 
+/// A mirror whose client could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum SetupError {
+    #[error("mirror {name}: cannot build HTTP client: {source}")]
+    Client { name: String, source: reqwest::Error },
+    #[error("mirror {name}: url {url:?} is not a URL: {detail}")]
+    Url { name: String, url: String, detail: String },
+}
+
 impl Upstream {
-    pub fn new(cfg: MirrorConfig, tls: Arc<rustls::ClientConfig>) -> Result<Upstream, String> {
+    pub fn new(cfg: MirrorConfig, tls: Arc<rustls::ClientConfig>) -> Result<Upstream, SetupError> {
         let client = reqwest::Client::builder()
             .use_preconfigured_tls((*tls).clone())
             .connect_timeout(Duration::from_secs(5))
@@ -166,9 +175,12 @@ impl Upstream {
             // changes, so credentials never follow them.
             .user_agent(concat!("berthd/", env!("CARGO_PKG_VERSION")))
             .build()
-            .map_err(|e| format!("mirror {}: cannot build HTTP client: {e}", cfg.name))?;
-        let base = reqwest::Url::parse(cfg.url.trim_end_matches('/'))
-            .map_err(|e| format!("mirror {}: url {:?} is not a URL: {e}", cfg.name, cfg.url))?;
+            .map_err(|source| SetupError::Client { name: cfg.name.clone(), source })?;
+        let base = reqwest::Url::parse(cfg.url.trim_end_matches('/')).map_err(|e| SetupError::Url {
+            name: cfg.name.clone(),
+            url: cfg.url.clone(),
+            detail: e.to_string(),
+        })?;
         Ok(Upstream {
             cfg,
             base,
@@ -218,8 +230,8 @@ impl Upstream {
         UpstreamError::Refused { name: self.cfg.name.clone(), repo: repo.to_string(), message: message.into() }
     }
 
-    fn policy(&self) -> auth::CredentialPolicy<'_> {
-        auth::CredentialPolicy {
+    fn policy(&self) -> challenge::CredentialPolicy<'_> {
+        challenge::CredentialPolicy {
             upstream: &self.base,
             token_hosts: &self.cfg.token_hosts,
             docker_hub: self.is_docker_hub(),
@@ -309,7 +321,7 @@ impl Upstream {
             .get_all(WWW_AUTHENTICATE)
             .iter()
             .filter_map(|v| v.to_str().ok())
-            .find_map(auth::parse_challenge);
+            .find_map(challenge::parse_challenge);
         let auth = match challenge {
             Some(Challenge::Bearer { realm, service, scope: challenged }) => {
                 let token = self
@@ -349,7 +361,7 @@ impl Upstream {
     }
 
     /// The bearer token flow: GET realm?service=&scope= (with the basic
-    /// credentials only where [`auth::CredentialPolicy`] allows), answer
+    /// credentials only where [`challenge::CredentialPolicy`] allows), answer
     /// `{token|access_token, expires_in}`.
     async fn fetch_token(
         &self,

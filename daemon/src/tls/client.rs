@@ -5,6 +5,7 @@
 //! This is what lets a node pull from an S3 endpoint or registry signed by
 //! the cluster CA without anyone installing that CA on the node.
 
+use super::TlsError;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
@@ -31,7 +32,7 @@ pub struct Trust {
 
 /// The root store: system roots, discovered cluster CAs and `tls.cacerts`.
 /// Returns the store and the CA files that were added.
-pub fn root_store(trust: &Trust) -> Result<(RootCertStore, Vec<PathBuf>), String> {
+pub fn root_store(trust: &Trust) -> Result<(RootCertStore, Vec<PathBuf>), TlsError> {
     let mut roots = RootCertStore::empty();
     let native = rustls_native_certs::load_native_certs();
     for e in &native.errors {
@@ -49,14 +50,14 @@ pub fn root_store(trust: &Trust) -> Result<(RootCertStore, Vec<PathBuf>), String
     }
     let mut used = Vec::new();
     for path in &trust.ca_files {
-        for cert in crate::pem::certificates(path, "CA file")? {
-            roots.add(cert).map_err(|e| format!("CA file {}: {e}", path.display()))?;
+        for cert in super::pem::certificates(path, "CA file")? {
+            roots.add(cert).map_err(|source| TlsError::BadCa { what: "CA file".into(), path: path.clone(), source })?;
         }
         used.push(path.clone());
     }
     if trust.discover_cluster_ca {
         for p in CLUSTER_CA_PATHS.iter().map(Path::new).filter(|p| p.is_file()) {
-            match crate::pem::certificates(p, "cluster CA file") {
+            match super::pem::certificates(p, "cluster CA file") {
                 Ok(certs) => {
                     roots.add_parsable_certificates(certs);
                     used.push(p.to_path_buf());
@@ -71,11 +72,10 @@ pub fn root_store(trust: &Trust) -> Result<(RootCertStore, Vec<PathBuf>), String
 /// A rustls client configuration for outbound connections. With
 /// `skip_verify` certificates are not checked at all (registry:2's
 /// `skipverify`); only for endpoints the operator explicitly marks so.
-pub fn client_config(trust: &Trust, skip_verify: bool) -> Result<Arc<ClientConfig>, String> {
+pub fn client_config(trust: &Trust, skip_verify: bool) -> Result<Arc<ClientConfig>, TlsError> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let builder = ClientConfig::builder_with_provider(provider.clone())
-        .with_protocol_versions(&[&rustls::version::TLS12, &rustls::version::TLS13])
-        .map_err(|e| e.to_string())?;
+        .with_protocol_versions(&[&rustls::version::TLS12, &rustls::version::TLS13])?;
     let cfg = if skip_verify {
         builder.dangerous().with_custom_certificate_verifier(Arc::new(NoVerify(provider))).with_no_client_auth()
     } else {
@@ -139,9 +139,9 @@ mod tests {
         let bad = dir.path().join("bad.crt");
         std::fs::write(&bad, "not a certificate").unwrap();
         let trust = Trust { ca_files: vec![bad], discover_cluster_ca: false };
-        let e = root_store(&trust).unwrap_err();
+        let e = root_store(&trust).unwrap_err().to_string();
         assert!(e.contains("bad.crt"), "{e}");
         let missing = Trust { ca_files: vec![dir.path().join("none.crt")], discover_cluster_ca: false };
-        assert!(root_store(&missing).unwrap_err().contains("none.crt"));
+        assert!(root_store(&missing).unwrap_err().to_string().contains("none.crt"));
     }
 }

@@ -33,11 +33,16 @@ fn message(digest: &Digest, index: &[u8]) -> Vec<u8> {
     m
 }
 
+/// A layer index key shorter than 32 bytes.
+#[derive(Debug, thiserror::Error)]
+#[error("a layer index key needs at least 32 bytes, this one has {0}")]
+pub struct ShortKey(pub usize);
+
 impl IndexKey {
     /// A key from secret bytes (at least 32).
-    pub fn new(secret: &[u8]) -> Result<IndexKey, String> {
+    pub fn new(secret: &[u8]) -> Result<IndexKey, ShortKey> {
         if secret.len() < 32 {
-            return Err(format!("a layer index key needs at least 32 bytes, this one has {}", secret.len()));
+            return Err(ShortKey(secret.len()));
         }
         Ok(IndexKey(hmac::Key::new(hmac::HMAC_SHA256, secret)))
     }

@@ -1,4 +1,4 @@
-//! The TLS listener (rustls, TLS 1.2 and 1.3 only).
+//! TLS for berthd's listeners (`http.tls`, `listeners[].tls`).
 //!
 //! The certificate and key are re-read when their files change, so a
 //! certificate rotated by cert-manager is served from the next handshake on
@@ -8,6 +8,7 @@
 //!
 //! Connections are accepted, and handshakes run, by [`crate::listen`].
 
+use super::TlsError;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::PrivateKeyDer;
 use rustls::server::{ClientHello, ResolvesServerCert};
@@ -25,18 +26,19 @@ fn provider() -> Arc<rustls::crypto::CryptoProvider> {
 
 /// Loads a PEM certificate chain and private key, checking they match.
 /// Errors name the file and say what is wrong with it.
-pub fn load_certified_key(cert: &Path, key: &Path) -> Result<CertifiedKey, String> {
-    let chain = crate::pem::certificates(cert, "certificate file")?;
-    let der = PrivateKeyDer::from_pem_file(key).map_err(|e| {
-        format!("key file {} holds no usable private key (PKCS#8, PKCS#1 or SEC1 PEM): {e}", key.display())
-    })?;
+pub fn load_certified_key(cert: &Path, key: &Path) -> Result<CertifiedKey, TlsError> {
+    let chain = super::pem::certificates(cert, "certificate file")?;
+    let der =
+        PrivateKeyDer::from_pem_file(key).map_err(|source| TlsError::NoKey { path: key.to_path_buf(), source })?;
     let signing = provider()
         .key_provider
         .load_private_key(der)
-        .map_err(|e| format!("key file {} is not a supported private key: {e}", key.display()))?;
+        .map_err(|source| TlsError::UnsupportedKey { path: key.to_path_buf(), source })?;
     let certified = CertifiedKey::new(chain, signing);
-    certified.keys_match().map_err(|e| {
-        format!("key file {} does not belong to the certificate in {}: {e}", key.display(), cert.display())
+    certified.keys_match().map_err(|source| TlsError::KeyMismatch {
+        key: key.to_path_buf(),
+        cert: cert.to_path_buf(),
+        source,
     })?;
     Ok(certified)
 }
@@ -59,7 +61,7 @@ pub struct ReloadingCert {
 }
 
 impl ReloadingCert {
-    pub fn new(cert: &Path, key: &Path) -> Result<ReloadingCert, String> {
+    pub fn new(cert: &Path, key: &Path) -> Result<ReloadingCert, TlsError> {
         let stamp = mtimes(cert, key);
         let ck = load_certified_key(cert, key)?;
         Ok(ReloadingCert {
@@ -104,30 +106,32 @@ impl ResolvesServerCert for ReloadingCert {
 }
 
 /// Builds the rustls server configuration for `http.tls`.
-pub fn server_config(files: &crate::config::TlsFiles) -> Result<Arc<rustls::ServerConfig>, String> {
+pub fn server_config(files: &crate::config::TlsFiles) -> Result<Arc<rustls::ServerConfig>, TlsError> {
     let resolver = Arc::new(ReloadingCert::new(&files.certificate, &files.key)?);
     let client_verifier = if files.client_cas.is_empty() {
         None
     } else {
         let mut roots = rustls::RootCertStore::empty();
         for path in &files.client_cas {
-            let certs = crate::pem::certificates(path, "clientcas file")?;
+            let certs = super::pem::certificates(path, "clientcas file")?;
             for c in certs {
-                roots.add(c).map_err(|e| format!("clientcas file {}: {e}", path.display()))?;
+                roots.add(c).map_err(|source| TlsError::BadCa {
+                    what: "clientcas file".into(),
+                    path: path.clone(),
+                    source,
+                })?;
             }
         }
         // Certificates are optional: a client without one is anonymous.
         let v = rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider())
             .allow_unauthenticated()
             .build()
-            .map_err(|e| format!("clientcas: {e}"))?;
+            .map_err(TlsError::ClientVerifier)?;
         Some(v)
     };
     let versions: &[&rustls::SupportedProtocolVersion] =
         if files.tls13_only { &[&rustls::version::TLS13] } else { &[&rustls::version::TLS12, &rustls::version::TLS13] };
-    let builder = rustls::ServerConfig::builder_with_provider(provider())
-        .with_protocol_versions(versions)
-        .map_err(|e| e.to_string())?;
+    let builder = rustls::ServerConfig::builder_with_provider(provider()).with_protocol_versions(versions)?;
     let builder = match client_verifier {
         Some(v) => builder.with_client_cert_verifier(v),
         None => builder.with_no_client_auth(),
