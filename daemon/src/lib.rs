@@ -19,6 +19,7 @@ pub mod fill;
 pub mod layerindex;
 pub mod listen;
 pub mod logging;
+pub mod media_types;
 pub mod metrics;
 pub mod names;
 pub mod nodeconfig;

@@ -72,7 +72,7 @@ fn downloading(digest: &Digest, d: &Download, req: &Parts) -> ApiResult {
     };
     let stream = d.stream_from(start);
     let stream = match len {
-        Some(n) if status == StatusCode::PARTIAL_CONTENT => crate::storage::take(stream, n),
+        Some(n) if status == StatusCode::PARTIAL_CONTENT => crate::registry::take(stream, n),
         _ => stream,
     };
     let mut r = Response::new(Body::from_stream(stream));

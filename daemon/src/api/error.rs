@@ -2,7 +2,7 @@
 //! whose message says what went wrong and what to do.
 
 use crate::registry::Error;
-use crate::storage::StorageError;
+use crate::registry::StorageError;
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 

@@ -24,6 +24,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 use yaml_serde::{Mapping, Value};
 
+pub use crate::tls::server::TlsFiles;
 pub use http::parse_addr;
 pub use mirrors::registry_name_of;
 pub use values::parse_size;
@@ -86,17 +87,6 @@ pub struct UploadPurging {
     pub age: Duration,
     pub interval: Duration,
     pub dry_run: bool,
-}
-
-#[derive(Debug, Clone)]
-pub struct TlsFiles {
-    pub certificate: PathBuf,
-    pub key: PathBuf,
-    /// `http.tls.minimumtls: tls1.3` turns TLS 1.2 off.
-    pub tls13_only: bool,
-    /// `clientcas`: CA files; a client certificate they signed
-    /// authenticates the client (certificates are optional).
-    pub client_cas: Vec<PathBuf>,
 }
 
 /// One listener: an address, optional TLS, and who may do what there.

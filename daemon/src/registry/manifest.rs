@@ -7,18 +7,10 @@ use super::error::{Error, Result};
 use crate::digest::Digest;
 use serde::Deserialize;
 
-pub const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
-pub const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
-pub const DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
-pub const DOCKER_LIST: &str = "application/vnd.docker.distribution.manifest.list.v2+json";
-pub const DOCKER_SCHEMA1: &str = "application/vnd.docker.distribution.manifest.v1+json";
-pub const DOCKER_SCHEMA1_SIGNED: &str = "application/vnd.docker.distribution.manifest.v1+prettyjws";
-
-/// Media types the registry stores and serves as manifests.
-pub const SUPPORTED: [&str; 4] = [OCI_MANIFEST, OCI_INDEX, DOCKER_MANIFEST, DOCKER_LIST];
-
-/// Largest manifest accepted (registry:2 and the spec's recommendation).
-pub const MAX_MANIFEST_SIZE: usize = 4 * 1024 * 1024;
+pub use crate::media_types::{
+    DOCKER_LIST, DOCKER_MANIFEST, DOCKER_SCHEMA1, DOCKER_SCHEMA1_SIGNED, MAX_MANIFEST_SIZE, OCI_INDEX, OCI_MANIFEST,
+    SUPPORTED,
+};
 
 /// Layer media types that are not pushed to registries (they carry `urls`),
 /// so a manifest may reference them without the blob being present.

@@ -17,6 +17,9 @@ pub mod mirror;
 mod namespace;
 mod uploads;
 
+/// Storage failures are part of the registry's errors ([`Error::Storage`]); the
+/// HTTP layer maps them without reaching into storage.
+pub use crate::storage::{take, StorageError};
 pub use blobs::BlobInfo;
 pub use discovery::{Page, Referrer};
 pub use error::{Error, Result};
@@ -27,7 +30,7 @@ pub use uploads::{BodyStream, UploadStatus};
 
 use crate::digest::Digest;
 use crate::names::RepoName;
-use crate::storage::{StorageDriver, StorageError};
+use crate::storage::StorageDriver;
 use bytes::Bytes;
 use std::sync::Arc;
 

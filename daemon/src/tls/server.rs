@@ -43,6 +43,19 @@ pub fn load_certified_key(cert: &Path, key: &Path) -> Result<CertifiedKey, TlsEr
     Ok(certified)
 }
 
+/// A listener's TLS files (`http.tls`, `listeners[].tls`); the
+/// configuration builds it.
+#[derive(Debug, Clone)]
+pub struct TlsFiles {
+    pub certificate: PathBuf,
+    pub key: PathBuf,
+    /// `http.tls.minimumtls: tls1.3` turns TLS 1.2 off.
+    pub tls13_only: bool,
+    /// `clientcas`: CA files; a client certificate they signed
+    /// authenticates the client (certificates are optional).
+    pub client_cas: Vec<PathBuf>,
+}
+
 /// Modification times of the certificate and key files.
 type Stamp = (Option<SystemTime>, Option<SystemTime>);
 
@@ -106,7 +119,7 @@ impl ResolvesServerCert for ReloadingCert {
 }
 
 /// Builds the rustls server configuration for `http.tls`.
-pub fn server_config(files: &crate::config::TlsFiles) -> Result<Arc<rustls::ServerConfig>, TlsError> {
+pub fn server_config(files: &TlsFiles) -> Result<Arc<rustls::ServerConfig>, TlsError> {
     let resolver = Arc::new(ReloadingCert::new(&files.certificate, &files.key)?);
     let client_verifier = if files.client_cas.is_empty() {
         None

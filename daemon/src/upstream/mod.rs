@@ -23,7 +23,7 @@
 pub mod challenge;
 
 use crate::digest::Digest;
-use crate::registry::manifest::{MAX_MANIFEST_SIZE, SUPPORTED};
+use crate::media_types::{MAX_MANIFEST_SIZE, SUPPORTED};
 use bytes::{Bytes, BytesMut};
 use challenge::Challenge;
 use futures_util::StreamExt;
