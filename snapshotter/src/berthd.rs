@@ -11,6 +11,45 @@ use hyper_util::rt::TokioIo;
 use std::path::PathBuf;
 use std::time::Duration;
 
+/// Why berthd could not give what was asked. `Timeout` and `Stalled` are
+/// berthd (or the link) being slow; the rest are berthd unreachable,
+/// refusing, or answering something that does not check out.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("berthd URL {url:?} must {expected}")]
+    BadUrl { url: String, expected: &'static str },
+    #[error("cannot build the request: {0}")]
+    Request(#[source] http::Error),
+    #[error("connect {target}: {source}")]
+    Unreachable {
+        target: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("HTTP handshake: {0}")]
+    Handshake(#[source] hyper::Error),
+    #[error("request: {0}")]
+    Send(#[source] hyper::Error),
+    /// No (complete) answer within the timeout.
+    #[error("berthd did not answer in {0:?}")]
+    Timeout(Duration),
+    /// A streamed answer's body paused for longer than the timeout.
+    #[error("the answer stalled for {0:?}")]
+    Stalled(Duration),
+    #[error("response body: {0}")]
+    BadBody(#[source] hyper::Error),
+    #[error("berthd answered {status}: {body}")]
+    Status { status: u16, body: String },
+    #[error("index is not valid JSON: {0}")]
+    IndexJson(#[source] serde_json::Error),
+    #[error("invalid layer index: {0}")]
+    BadIndex(String),
+    #[error("berthd sent the index of {got} for {want}")]
+    WrongIndex { got: String, want: String },
+    #[error("berthd sent {got} bytes for a {want}-byte range")]
+    ShortRange { got: usize, want: u64 },
+}
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 enum Target {
     Tcp(String),
@@ -62,18 +101,18 @@ impl LayerRef {
 
 impl Berthd {
     /// `http://127.0.0.1:5000` or `unix:///run/berth/berthd.sock`.
-    pub fn parse(url: &str) -> Result<Berthd, String> {
+    pub fn parse(url: &str) -> Result<Berthd, ClientError> {
         let target = if let Some(p) = url.strip_prefix("unix://") {
             Target::Unix(PathBuf::from(p))
         } else if let Some(rest) = url.strip_prefix("http://") {
             let hostport = rest.trim_end_matches('/');
             if hostport.is_empty() || hostport.contains('/') {
-                return Err(format!("berthd URL {url:?} must be http://HOST:PORT"));
+                return Err(ClientError::BadUrl { url: url.to_string(), expected: "be http://HOST:PORT" });
             }
             let hostport = if hostport.contains(':') { hostport.to_string() } else { format!("{hostport}:80") };
             Target::Tcp(hostport)
         } else {
-            return Err(format!("berthd URL {url:?} must start with http:// or unix://"));
+            return Err(ClientError::BadUrl { url: url.to_string(), expected: "start with http:// or unix://" });
         };
         Ok(Berthd { target, timeout: Duration::from_secs(30) })
     }
@@ -84,11 +123,11 @@ impl Berthd {
     }
 
     /// GET `path`; returns the status, the Content-Type and the body.
-    pub async fn fetch(&self, path: &str, accept: &str) -> Result<(u16, String, Bytes), String> {
+    pub async fn fetch(&self, path: &str, accept: &str) -> Result<(u16, String, Bytes), ClientError> {
         self.request(path, None, accept).await
     }
 
-    async fn get(&self, path: &str, range: Option<(u64, u64)>) -> Result<(u16, Bytes), String> {
+    async fn get(&self, path: &str, range: Option<(u64, u64)>) -> Result<(u16, Bytes), ClientError> {
         let (status, _, body) = self.request(path, range, "").await?;
         Ok((status, body))
     }
@@ -96,10 +135,10 @@ impl Berthd {
     /// GET `path` with the body read as it arrives, for blobs too large to
     /// hold in memory or to fetch within one timeout: the timeout bounds the
     /// wait for the answer's head and each wait for more of its body.
-    pub async fn open(&self, path: &str, accept: &str) -> Result<Streaming, String> {
+    pub async fn open(&self, path: &str, accept: &str) -> Result<Streaming, ClientError> {
         let resp = tokio::time::timeout(self.timeout, self.head(path, None, accept))
             .await
-            .map_err(|_| format!("berthd did not answer in {:?}", self.timeout))??;
+            .map_err(|_| ClientError::Timeout(self.timeout))??;
         let status = resp.status().as_u16();
         Ok(Streaming { status, body: resp.into_body(), idle: self.timeout })
     }
@@ -109,7 +148,7 @@ impl Berthd {
         path: &str,
         range: Option<(u64, u64)>,
         accept: &str,
-    ) -> Result<(u16, String, Bytes), String> {
+    ) -> Result<(u16, String, Bytes), ClientError> {
         let fut = async {
             let resp = self.head(path, range, accept).await?;
             let status = resp.status().as_u16();
@@ -119,12 +158,10 @@ impl Berthd {
                 .and_then(|v| v.to_str().ok())
                 .unwrap_or_default()
                 .to_string();
-            let body = resp.into_body().collect().await.map_err(|e| format!("response body: {e}"))?.to_bytes();
+            let body = resp.into_body().collect().await.map_err(ClientError::BadBody)?.to_bytes();
             Ok((status, ctype, body))
         };
-        tokio::time::timeout(self.timeout, fut)
-            .await
-            .map_err(|_| format!("berthd did not answer in {:?}", self.timeout))?
+        tokio::time::timeout(self.timeout, fut).await.map_err(|_| ClientError::Timeout(self.timeout))?
     }
 
     /// Sends the request; the answer's body is still to be read.
@@ -133,7 +170,7 @@ impl Berthd {
         path: &str,
         range: Option<(u64, u64)>,
         accept: &str,
-    ) -> Result<hyper::Response<Incoming>, String> {
+    ) -> Result<hyper::Response<Incoming>, ClientError> {
         let host = match &self.target {
             Target::Tcp(h) => h.clone(),
             Target::Unix(_) => "localhost".to_string(),
@@ -145,15 +182,18 @@ impl Berthd {
         if !accept.is_empty() {
             req = req.header(hyper::header::ACCEPT, accept);
         }
-        let req = req.body(Empty::<Bytes>::new()).map_err(|e| e.to_string())?;
+        let req = req.body(Empty::<Bytes>::new()).map_err(ClientError::Request)?;
         let resp = match &self.target {
             Target::Tcp(addr) => {
-                let s = tokio::net::TcpStream::connect(addr).await.map_err(|e| format!("connect {addr}: {e}"))?;
+                let s = tokio::net::TcpStream::connect(addr)
+                    .await
+                    .map_err(|source| ClientError::Unreachable { target: addr.clone(), source })?;
                 send(TokioIo::new(s), req).await?
             }
             Target::Unix(p) => {
-                let s =
-                    tokio::net::UnixStream::connect(p).await.map_err(|e| format!("connect {}: {e}", p.display()))?;
+                let s = tokio::net::UnixStream::connect(p)
+                    .await
+                    .map_err(|source| ClientError::Unreachable { target: p.display().to_string(), source })?;
                 send(TokioIo::new(s), req).await?
             }
         };
@@ -161,27 +201,27 @@ impl Berthd {
     }
 
     /// The layer's index, validated.
-    pub async fn index(&self, layer: &LayerRef) -> Result<(LayerIndex, Bytes), String> {
+    pub async fn index(&self, layer: &LayerRef) -> Result<(LayerIndex, Bytes), ClientError> {
         let (status, body) = self.get(&layer.path("index"), None).await?;
         if status != 200 {
-            return Err(format!("berthd answered {status}: {}", String::from_utf8_lossy(&body)));
+            return Err(ClientError::Status { status, body: String::from_utf8_lossy(&body).into_owned() });
         }
-        let idx: LayerIndex = serde_json::from_slice(&body).map_err(|e| format!("index is not valid JSON: {e}"))?;
-        idx.validate()?;
+        let idx: LayerIndex = serde_json::from_slice(&body).map_err(ClientError::IndexJson)?;
+        idx.validate().map_err(ClientError::BadIndex)?;
         if idx.digest != layer.digest {
-            return Err(format!("berthd sent the index of {} for {}", idx.digest, layer.digest));
+            return Err(ClientError::WrongIndex { got: idx.digest, want: layer.digest.clone() });
         }
         Ok((idx, body))
     }
 
     /// `len` uncompressed bytes of the layer's tar at `offset`.
-    pub async fn range(&self, layer: &LayerRef, offset: u64, len: u64) -> Result<Bytes, String> {
+    pub async fn range(&self, layer: &LayerRef, offset: u64, len: u64) -> Result<Bytes, ClientError> {
         let (status, body) = self.get(&layer.path("tar"), Some((offset, offset + len - 1))).await?;
         if status != 206 {
-            return Err(format!("berthd answered {status}: {}", String::from_utf8_lossy(&body)));
+            return Err(ClientError::Status { status, body: String::from_utf8_lossy(&body).into_owned() });
         }
         if body.len() as u64 != len {
-            return Err(format!("berthd sent {} bytes for a {len}-byte range", body.len()));
+            return Err(ClientError::ShortRange { got: body.len(), want: len });
         }
         Ok(body)
     }
@@ -196,14 +236,14 @@ pub struct Streaming {
 
 impl Streaming {
     /// The next piece of the body; `None` at its end.
-    pub async fn next(&mut self) -> Result<Option<Bytes>, String> {
+    pub async fn next(&mut self) -> Result<Option<Bytes>, ClientError> {
         loop {
             let frame = tokio::time::timeout(self.idle, self.body.frame())
                 .await
-                .map_err(|_| format!("the answer stalled for {:?}", self.idle))?;
+                .map_err(|_| ClientError::Stalled(self.idle))?;
             match frame {
                 None => return Ok(None),
-                Some(Err(e)) => return Err(format!("response body: {e}")),
+                Some(Err(e)) => return Err(ClientError::BadBody(e)),
                 Some(Ok(f)) => {
                     if let Ok(data) = f.into_data() {
                         return Ok(Some(data));
@@ -227,13 +267,13 @@ impl Streaming {
     }
 }
 
-async fn send<IO>(io: IO, req: hyper::Request<Empty<Bytes>>) -> Result<hyper::Response<Incoming>, String>
+async fn send<IO>(io: IO, req: hyper::Request<Empty<Bytes>>) -> Result<hyper::Response<Incoming>, ClientError>
 where
     IO: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
 {
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(io).await.map_err(|e| e.to_string())?;
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(io).await.map_err(ClientError::Handshake)?;
     tokio::spawn(conn);
-    sender.send_request(req).await.map_err(|e| format!("request: {e}"))
+    sender.send_request(req).await.map_err(ClientError::Send)
 }
 
 #[cfg(test)]
@@ -257,7 +297,21 @@ mod tests {
     fn urls() {
         assert_eq!(Berthd::parse("http://127.0.0.1:5000").unwrap().target, Target::Tcp("127.0.0.1:5000".into()));
         assert_eq!(Berthd::parse("unix:///run/b.sock").unwrap().target, Target::Unix("/run/b.sock".into()));
-        assert!(Berthd::parse("https://x").is_err());
-        assert!(Berthd::parse("http://x/y").is_err());
+        let e = Berthd::parse("https://x").unwrap_err().to_string();
+        assert_eq!(e, r#"berthd URL "https://x" must start with http:// or unix://"#);
+        let e = Berthd::parse("http://x/y").unwrap_err().to_string();
+        assert_eq!(e, r#"berthd URL "http://x/y" must be http://HOST:PORT"#);
+    }
+
+    #[test]
+    fn error_texts() {
+        assert_eq!(ClientError::Timeout(Duration::from_secs(10)).to_string(), "berthd did not answer in 10s");
+        assert_eq!(ClientError::Stalled(Duration::from_millis(1500)).to_string(), "the answer stalled for 1.5s");
+        let e = ClientError::Status { status: 404, body: "no index".into() };
+        assert_eq!(e.to_string(), "berthd answered 404: no index");
+        assert_eq!(ClientError::ShortRange { got: 3, want: 4 }.to_string(), "berthd sent 3 bytes for a 4-byte range");
+        let source = std::io::Error::from(std::io::ErrorKind::ConnectionRefused);
+        let e = ClientError::Unreachable { target: "127.0.0.1:5000".into(), source };
+        assert!(e.to_string().starts_with("connect 127.0.0.1:5000: "), "{e}");
     }
 }

@@ -1,6 +1,7 @@
 //! `berth-snapshotter serve` settings: defaults, then the YAML config file,
 //! then command-line flags.
 
+use crate::error::{Error, Result};
 use serde::Deserialize;
 use std::path::{Path, PathBuf};
 
@@ -53,12 +54,12 @@ impl Default for Config {
 
 impl Config {
     /// Reads `path` (YAML); every key is optional.
-    pub fn load(path: &Path) -> Result<Config, String> {
-        let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    pub fn load(path: &Path) -> Result<Config> {
+        let text = std::fs::read_to_string(path).map_err(Error::io(format!("cannot read {}", path.display())))?;
         if text.trim().is_empty() {
             return Ok(Config::default());
         }
-        yaml_serde::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))
+        yaml_serde::from_str(&text).map_err(|source| Error::Config { path: path.to_owned(), source })
     }
 }
 
@@ -76,6 +77,12 @@ mod tests {
         assert_eq!(c.address, PathBuf::from(DEFAULT_ADDRESS));
         std::fs::write(&p, "rooot: /srv/snap\n").unwrap();
         let e = Config::load(&p).unwrap_err();
+        assert!(matches!(e, Error::Config { .. }), "{e:?}");
+        let e = e.to_string();
         assert!(e.contains("rooot"), "{e}");
+        assert!(e.starts_with(&format!("{}: ", p.display())), "{e}");
+        let missing = dir.path().join("missing.yml");
+        let e = Config::load(&missing).unwrap_err().to_string();
+        assert!(e.starts_with(&format!("cannot read {}: ", missing.display())), "{e}");
     }
 }

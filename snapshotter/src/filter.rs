@@ -11,6 +11,23 @@
 use crate::error::{Error, Result};
 use crate::store::{Info, Kind};
 
+/// What is wrong with a filter's text; [`Filter::parse`] names the filter.
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+enum SyntaxError {
+    #[error("unterminated quoted string")]
+    UnterminatedString,
+    #[error("unterminated escape")]
+    UnterminatedEscape,
+    #[error("expected a field name at {0}")]
+    ExpectedField(usize),
+    #[error("expected a value at {0}")]
+    ExpectedValue(usize),
+    #[error("regular-expression matches (~=) are not supported; use == or !=")]
+    Regex,
+    #[error("unexpected {0:?} at {1}")]
+    Unexpected(char, usize),
+}
+
 #[derive(Debug, PartialEq, Eq)]
 enum Op {
     Present,
@@ -29,22 +46,22 @@ pub struct Filter(Vec<Selector>);
 
 impl Filter {
     pub fn parse(s: &str) -> Result<Filter> {
-        let bad = |why: &str| Error::InvalidArgument(format!("filter {s:?}: {why}"));
+        let bad = |why: SyntaxError| Error::InvalidArgument(format!("filter {s:?}: {why}"));
         let mut p = Parser { chars: s.chars().collect(), pos: 0 };
         let mut sels = Vec::new();
         loop {
             p.skip_ws();
-            let mut path = vec![p.token().map_err(|e| bad(&e))?];
+            let mut path = vec![p.token().map_err(bad)?];
             while p.eat('.') {
-                path.push(p.token().map_err(|e| bad(&e))?);
+                path.push(p.token().map_err(bad)?);
             }
             p.skip_ws();
             let op = if p.eat_str("==") {
-                Op::Eq(p.value().map_err(|e| bad(&e))?)
+                Op::Eq(p.value().map_err(bad)?)
             } else if p.eat_str("!=") {
-                Op::Ne(p.value().map_err(|e| bad(&e))?)
+                Op::Ne(p.value().map_err(bad)?)
             } else if p.eat_str("~=") {
-                return Err(bad("regular-expression matches (~=) are not supported; use == or !="));
+                return Err(bad(SyntaxError::Regex));
             } else {
                 Op::Present
             };
@@ -54,7 +71,7 @@ impl Filter {
                 break;
             }
             if !p.eat(',') {
-                return Err(bad(&format!("unexpected {:?} at {}", p.chars[p.pos], p.pos)));
+                return Err(bad(SyntaxError::Unexpected(p.chars[p.pos], p.pos)));
             }
         }
         Ok(Filter(sels))
@@ -126,18 +143,18 @@ impl Parser {
         }
     }
 
-    fn quoted(&mut self) -> Result<String, String> {
+    fn quoted(&mut self) -> Result<String, SyntaxError> {
         let mut out = String::new();
         loop {
             match self.chars.get(self.pos) {
-                None => return Err("unterminated quoted string".into()),
+                None => return Err(SyntaxError::UnterminatedString),
                 Some('"') => {
                     self.pos += 1;
                     return Ok(out);
                 }
                 Some('\\') => {
                     self.pos += 1;
-                    let c = self.chars.get(self.pos).ok_or("unterminated escape")?;
+                    let c = self.chars.get(self.pos).ok_or(SyntaxError::UnterminatedEscape)?;
                     out.push(*c);
                     self.pos += 1;
                 }
@@ -150,7 +167,7 @@ impl Parser {
     }
 
     /// A field name: quoted, or letters, digits, `_` and `-`.
-    fn token(&mut self) -> Result<String, String> {
+    fn token(&mut self) -> Result<String, SyntaxError> {
         if self.eat('"') {
             return self.quoted();
         }
@@ -159,13 +176,13 @@ impl Parser {
             self.pos += 1;
         }
         if start == self.pos {
-            return Err(format!("expected a field name at {start}"));
+            return Err(SyntaxError::ExpectedField(start));
         }
         Ok(self.chars[start..self.pos].iter().collect())
     }
 
     /// A value: quoted, or everything up to the next `,`.
-    fn value(&mut self) -> Result<String, String> {
+    fn value(&mut self) -> Result<String, SyntaxError> {
         self.skip_ws();
         if self.eat('"') {
             return self.quoted();
@@ -177,7 +194,7 @@ impl Parser {
         let v: String = self.chars[start..self.pos].iter().collect();
         let v = v.trim_end().to_string();
         if v.is_empty() {
-            return Err(format!("expected a value at {start}"));
+            return Err(SyntaxError::ExpectedValue(start));
         }
         Ok(v)
     }
@@ -229,5 +246,17 @@ mod tests {
             let e = Filter::parse(bad).unwrap_err().to_string();
             assert!(e.contains("filter"), "{bad}: {e}");
         }
+        let e = |f: &str| Filter::parse(f).unwrap_err().to_string();
+        assert_eq!(e(""), r#"filter "": expected a field name at 0"#);
+        assert_eq!(e("name=="), r#"filter "name==": expected a value at 6"#);
+        assert_eq!(
+            e("name~=a.*"),
+            r#"filter "name~=a.*": regular-expression matches (~=) are not supported; use == or !="#
+        );
+        assert_eq!(e("name==a,,"), r#"filter "name==a,,": expected a field name at 8"#);
+        assert_eq!(e("name x"), r#"filter "name x": unexpected 'x' at 5"#);
+        assert_eq!(e("\"open"), r#"filter "\"open": unterminated quoted string"#);
+        assert_eq!(e("\"open\\"), r#"filter "\"open\\": unterminated escape"#);
+        assert!(matches!(Filter::parse("a.").unwrap_err(), Error::InvalidArgument(_)));
     }
 }

@@ -14,14 +14,44 @@
 //! the node's: [`crate::node_fill`] shares them between the mount
 //! processes of every lazy layer.
 
-use crate::berthd::{Berthd, LayerRef};
+use crate::berthd::{Berthd, ClientError, LayerRef};
 use crate::node_fill::{reads_lock_path, NodeTurn, ReadGate};
+use crate::tarheader::HeaderError;
 use berth_wire::layer_index::LayerIndex;
 use sha2::{Digest as _, Sha256};
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+
+/// Why bytes of a layer cannot be served. The file system answers a read
+/// that fails with any of them, timeouts included, with EIO
+/// ([`crate::lazyfs`]); wrong bytes are never returned.
+#[derive(Debug, thiserror::Error)]
+pub enum ReadError {
+    /// The layer was condemned (its content or index did not check out).
+    #[error("layer {layer} is refused: {why}")]
+    Refused { layer: String, why: String },
+    #[error("chunk {0} is past the end of the layer")]
+    PastEnd(usize),
+    /// The chunk's fetch failed within the read timeout; the kernel's
+    /// retries of a failed read fail at once instead of waiting again.
+    #[error("chunk {0} could not be fetched a moment ago; failing at once")]
+    RecentlyFailed(usize),
+    /// berthd unreachable, slow (timeouts) or answering wrongly.
+    #[error(transparent)]
+    Berthd(#[from] ClientError),
+    #[error("chunk {chunk} of {layer} has sha256 {got}, the index says {want}; refusing to serve it")]
+    WrongChunk { chunk: usize, layer: String, got: String, want: String },
+    /// The tar header before a file's data contradicts the index (the
+    /// layer is condemned).
+    #[error("the index's entry at tar offset {offset} does not match its tar header ({why})")]
+    HeaderMismatch { offset: u64, why: HeaderError },
+    /// Verified chunks could not be kept on disk (the background fill
+    /// waits for space).
+    #[error("the disk cannot take more chunks")]
+    DiskFull,
+}
 
 /// Chunks kept in memory for reads that hit the same chunk in a row.
 const HOT_CHUNKS: usize = 8;
@@ -143,9 +173,9 @@ impl Layer {
         *self.bad.lock().unwrap() = Some(why);
     }
 
-    fn check_not_bad(&self) -> Result<(), String> {
+    fn check_not_bad(&self) -> Result<(), ReadError> {
         match &*self.bad.lock().unwrap() {
-            Some(why) => Err(format!("layer {} is refused: {why}", self.layer.digest)),
+            Some(why) => Err(ReadError::Refused { layer: self.layer.digest.clone(), why: why.clone() }),
             None => Ok(()),
         }
     }
@@ -176,16 +206,16 @@ impl Layer {
     }
 
     /// Chunk `i`, from memory, disk, or berthd.
-    pub async fn chunk(&self, i: usize) -> Result<Arc<Vec<u8>>, String> {
+    pub async fn chunk(&self, i: usize) -> Result<Arc<Vec<u8>>, ReadError> {
         self.check_not_bad()?;
         if i >= self.index.chunks.len() {
-            return Err(format!("chunk {i} is past the end of the layer"));
+            return Err(ReadError::PastEnd(i));
         }
         if let Some(d) = self.hot_get(i) {
             return Ok(d);
         }
         if self.failed.lock().unwrap().get(&i).is_some_and(|t| t.elapsed() < self.guards.read_timeout) {
-            return Err(format!("chunk {i} could not be fetched a moment ago; failing at once"));
+            return Err(ReadError::RecentlyFailed(i));
         }
         let lock = self.fetching.lock().unwrap().entry(i).or_default().clone();
         let _guard = lock.lock().await;
@@ -210,7 +240,7 @@ impl Layer {
         Ok(data)
     }
 
-    async fn fetch(&self, i: usize) -> Result<Vec<u8>, String> {
+    async fn fetch(&self, i: usize) -> Result<Vec<u8>, ReadError> {
         let _waits = self.reads.enter();
         let start = i as u64 * self.index.chunk_size;
         let body = self.berthd.range(&self.layer, start, self.chunk_len(i)).await?;
@@ -221,13 +251,15 @@ impl Layer {
     /// Checks chunk `i` against the index and stores it on disk when the
     /// disk keeps its reserve. `Ok(false)`: verified but not stored (it is
     /// served from memory this time; the disk is only a cache).
-    async fn keep(&self, i: usize, body: &[u8]) -> Result<bool, String> {
+    async fn keep(&self, i: usize, body: &[u8]) -> Result<bool, ReadError> {
         let got = hex::encode(Sha256::digest(body));
         if got != self.index.chunks[i] {
-            return Err(format!(
-                "chunk {i} of {} has sha256 {got}, the index says {}; refusing to serve it",
-                self.layer.digest, self.index.chunks[i]
-            ));
+            return Err(ReadError::WrongChunk {
+                chunk: i,
+                layer: self.layer.digest.clone(),
+                got,
+                want: self.index.chunks[i].clone(),
+            });
         }
         if crate::disk::free_bytes(&self.dir).is_some_and(|free| free < self.guards.min_free + body.len() as u64) {
             self.short_of_disk("the disk is at its reserve (min_free)");
@@ -268,7 +300,7 @@ impl Layer {
     /// (the background fill's unit), holding each chunk's fetch lock so a
     /// container read of one of them waits for this fetch instead of
     /// repeating it. Returns how many chunks and bytes it fetched.
-    async fn fetch_run(&self, first: usize, n: usize) -> Result<(usize, u64), String> {
+    async fn fetch_run(&self, first: usize, n: usize) -> Result<(usize, u64), ReadError> {
         let locks: Vec<_> =
             (first..first + n).map(|i| self.fetching.lock().unwrap().entry(i).or_default().clone()).collect();
         let mut guards = Vec::with_capacity(n);
@@ -298,7 +330,7 @@ impl Layer {
             fetching.remove(&i);
         }
         if stored < n {
-            return Err("the disk cannot take more chunks".into());
+            return Err(ReadError::DiskFull);
         }
         Ok((n, len))
     }
@@ -309,7 +341,7 @@ impl Layer {
     /// verified chunk like any data, so an index that lies about a file is
     /// caught before the file's first byte is served, and the layer is
     /// refused.
-    pub async fn check_header(&self, start: u64, len: u64, mode: u32) -> Result<(), String> {
+    pub async fn check_header(&self, start: u64, len: u64, mode: u32) -> Result<(), ReadError> {
         if start < 512 || self.headers_checked.lock().unwrap().contains(&start) {
             return Ok(());
         }
@@ -320,19 +352,19 @@ impl Layer {
                 Ok(())
             }
             Err(why) => {
-                let why = format!("the index's entry at tar offset {start} does not match its tar header ({why})");
-                self.condemn(why.clone());
-                Err(why)
+                let e = ReadError::HeaderMismatch { offset: start, why };
+                self.condemn(e.to_string());
+                Err(e)
             }
         }
     }
 
     /// `len` bytes of the tar at `offset` (clamped to the end).
-    pub async fn read(&self, offset: u64, len: u64) -> Result<Vec<u8>, String> {
+    pub async fn read(&self, offset: u64, len: u64) -> Result<Vec<u8>, ReadError> {
         self.read_raw(offset, len).await
     }
 
-    async fn read_raw(&self, offset: u64, len: u64) -> Result<Vec<u8>, String> {
+    async fn read_raw(&self, offset: u64, len: u64) -> Result<Vec<u8>, ReadError> {
         let end = (offset + len).min(self.index.size);
         let mut out = Vec::with_capacity(end.saturating_sub(offset) as usize);
         let cs = self.index.chunk_size;
@@ -448,5 +480,28 @@ mod tests {
         let second = ChainCheck { parent: d1.clone(), target: chain2 };
         assert!(second.holds(&d2));
         assert!(!second.holds(&d1));
+    }
+
+    #[test]
+    fn read_error_texts() {
+        let e = ReadError::HeaderMismatch { offset: 1024, why: HeaderError::Size { tar: 5, index: 6 } };
+        let why = e.to_string();
+        assert_eq!(
+            why,
+            "the index's entry at tar offset 1024 does not match its tar header (5 bytes in the tar, 6 in the index)"
+        );
+        // What a condemned layer's reads say afterwards.
+        let e = ReadError::Refused { layer: "sha256:ab".into(), why };
+        assert_eq!(
+            e.to_string(),
+            "layer sha256:ab is refused: the index's entry at tar offset 1024 does not match its tar header (5 bytes in the tar, 6 in the index)"
+        );
+        assert_eq!(
+            ReadError::RecentlyFailed(3).to_string(),
+            "chunk 3 could not be fetched a moment ago; failing at once"
+        );
+        // berthd's errors pass through unchanged.
+        let e = ReadError::from(ClientError::Timeout(Duration::from_secs(10)));
+        assert_eq!(e.to_string(), "berthd did not answer in 10s");
     }
 }

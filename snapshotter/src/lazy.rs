@@ -82,9 +82,9 @@ pub struct Lazy {
 impl Lazy {
     /// From the snapshotter's settings; its root holds the node's fill
     /// lock and the list of layers found bad.
-    pub fn new(config: &crate::config::Config) -> Result<Lazy, String> {
+    pub fn new(config: &crate::config::Config) -> Result<Lazy> {
         let berthd = Berthd::parse(&config.berthd)?.with_timeout(Duration::from_secs(10));
-        let exe = std::env::current_exe().map_err(|e| format!("cannot find my own binary: {e}"))?;
+        let exe = std::env::current_exe().map_err(Error::io("cannot find my own binary"))?;
         let root = config.root.clone();
         let min_free = config.min_free.unwrap_or_else(|| crate::disk::default_reserve(&root));
         Ok(Lazy {
@@ -296,21 +296,15 @@ fn read_spec(dir: &Path) -> Option<MountSpec> {
 
 /// `berth-snapshotter mount-layer LAZY_DIR MOUNTPOINT`: serves one layer
 /// until it is unmounted.
-pub fn serve_mount(lazy: &Path, mountpoint: &Path) -> Result<(), String> {
-    let spec: MountSpec = serde_json::from_slice(
-        &std::fs::read(lazy.join("layer.json")).map_err(|e| format!("cannot read layer.json: {e}"))?,
-    )
-    .map_err(|e| format!("layer.json: {e}"))?;
-    let index: berth_wire::layer_index::LayerIndex = serde_json::from_slice(
-        &std::fs::read(lazy.join("index.json")).map_err(|e| format!("cannot read index.json: {e}"))?,
-    )
-    .map_err(|e| format!("index.json: {e}"))?;
-    index.validate()?;
+pub fn serve_mount(lazy: &Path, mountpoint: &Path) -> Result<()> {
+    let spec: MountSpec = read_json(lazy, "layer.json")?;
+    let index: berth_wire::layer_index::LayerIndex = read_json(lazy, "index.json")?;
+    index.validate().map_err(|why| Error::BadIndex { path: lazy.join("index.json"), why })?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
-        .map_err(|e| e.to_string())?;
+        .map_err(Error::io("cannot start the async runtime"))?;
     let berthd = Berthd::parse(&spec.berthd)?;
     let guards = crate::layer::Guards {
         chain: spec.chain.clone(),
@@ -319,12 +313,18 @@ pub fn serve_mount(lazy: &Path, mountpoint: &Path) -> Result<(), String> {
     };
     let layer = std::sync::Arc::new(
         crate::layer::Layer::new(index, lazy, berthd, spec.layer.clone(), spec.fill_lock.clone(), guards)
-            .map_err(|e| e.to_string())?,
+            .map_err(Error::io(format!("cannot create {}", lazy.join("chunks").display())))?,
     );
     rt.spawn(layer.clone().fill(spec.fill_rate));
     let fs = crate::lazyfs::LazyFs::new(layer, rt.handle().clone());
     tracing::info!(layer = %spec.layer.digest, mountpoint = %mountpoint.display(), "serving lazy layer");
-    crate::lazyfs::serve(fs, mountpoint).map_err(|e| format!("FUSE mount at {}: {e}", mountpoint.display()))?;
+    crate::lazyfs::serve(fs, mountpoint).map_err(Error::io(format!("FUSE mount at {}", mountpoint.display())))?;
     tracing::info!(mountpoint = %mountpoint.display(), "unmounted; exiting");
     Ok(())
+}
+
+/// `lazy/<name>`, a JSON file the snapshotter wrote.
+fn read_json<T: serde::de::DeserializeOwned>(lazy: &Path, name: &str) -> Result<T> {
+    let raw = std::fs::read(lazy.join(name)).map_err(Error::io(format!("cannot read {name}")))?;
+    serde_json::from_slice(&raw).map_err(|source| Error::Json { context: name.to_string(), source })
 }

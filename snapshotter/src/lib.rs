@@ -13,6 +13,10 @@
 //! berthd ([`berthd`]) using the seek index berthd built ([`index`]);
 //! [`node_fill`] shares the node's link between the layers' background
 //! fills and the reads containers wait for.
+//!
+//! No unsafe code outside the modules that call into libc, each of which
+//! allows it at its top and says why ([`disk`], [`mounts`], [`node_fill`]).
+#![deny(unsafe_code)]
 
 pub mod berthd;
 pub mod config;

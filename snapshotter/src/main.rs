@@ -1,4 +1,5 @@
 //! `berth-snapshotter`: the command line. All logic lives in the library.
+#![deny(unsafe_code)]
 
 use berth_snapshotter::config::Config;
 use clap::{Parser, Subcommand};
@@ -115,8 +116,8 @@ fn main() -> ExitCode {
     }
 }
 
-fn fail(msg: &str) -> ExitCode {
-    eprintln!("berth-snapshotter: {msg}");
+fn fail(e: &dyn std::fmt::Display) -> ExitCode {
+    eprintln!("berth-snapshotter: {e}");
     ExitCode::FAILURE
 }
 

@@ -13,6 +13,7 @@
 //!   when it could take the lock exclusively and the last such read ended
 //!   a quiet period ago (the file's modification time) — reads a container
 //!   waits for go first, whichever layer they are in.
+#![allow(unsafe_code)] // flock
 
 use std::fs::File;
 use std::os::fd::AsRawFd;
@@ -42,7 +43,8 @@ fn open_lock(path: &Path) -> Option<File> {
 }
 
 fn flock(file: &File, op: libc::c_int) -> bool {
-    // SAFETY: flock on a descriptor borrowed from a live `File`.
+    // SAFETY: flock takes no pointers; the descriptor is borrowed from a
+    // live `File`, so it stays open (and is not reused) for the call.
     unsafe { libc::flock(file.as_raw_fd(), op) == 0 }
 }
 

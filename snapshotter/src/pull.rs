@@ -13,7 +13,7 @@
 //! runs under a lease, so containerd's garbage collector leaves the pieces
 //! alone until the image record holds them.
 
-use crate::berthd::{Berthd, Streaming};
+use crate::berthd::{Berthd, ClientError, Streaming};
 use containerd_client::services::v1 as api;
 use containerd_client::services::v1::snapshots as snap;
 use containerd_client::tonic::{self, Code};
@@ -21,9 +21,79 @@ use containerd_client::types::Descriptor;
 use serde::Deserialize;
 use sha2::{Digest as _, Sha256};
 use std::collections::HashMap;
+use std::path::PathBuf;
 
 const MANIFEST_TYPES: &str = "application/vnd.oci.image.manifest.v1+json, application/vnd.oci.image.index.v1+json, \
      application/vnd.docker.distribution.manifest.v2+json, application/vnd.docker.distribution.manifest.list.v2+json";
+
+/// Why a pull failed.
+#[derive(Debug, thiserror::Error)]
+pub enum PullError {
+    #[error("{0:?} is not an image reference (HOST/REPO:TAG or HOST/REPO@DIGEST)")]
+    BadReference(String),
+    /// berthd (or, with `--plain-http`, the registry) unreachable, slow,
+    /// or its URL wrong.
+    #[error(transparent)]
+    Berthd(#[from] ClientError),
+    #[error("GET {path} answered {status}: {body}")]
+    Status { path: String, status: u16, body: String },
+    /// A manifest or blob that does not hash to the digest it was asked by.
+    #[error("{what} {digest} arrived with digest {got}; refusing it")]
+    WrongDigest { what: &'static str, digest: String, got: String },
+    #[error("manifest is not JSON: {0}")]
+    ManifestJson(#[source] serde_json::Error),
+    #[error("{reference} has no linux/{arch} image")]
+    NoPlatform { reference: String, arch: &'static str },
+    #[error("manifest has no config")]
+    NoConfig,
+    #[error("image config: {0}")]
+    ConfigJson(#[source] serde_json::Error),
+    #[error("image config and manifest disagree on the number of layers")]
+    LayerCount,
+    #[error("cannot reach containerd at {}: {source}", socket.display())]
+    ContainerdUnreachable {
+        socket: PathBuf,
+        #[source]
+        source: tonic::transport::Error,
+    },
+    /// A containerd call failed; `context` says which.
+    #[error("{context}: {source}")]
+    Containerd {
+        context: String,
+        #[source]
+        source: tonic::Status,
+    },
+    /// A layer blob could not be streamed into containerd's content store.
+    #[error("writing {digest} to containerd: {source}")]
+    Upload {
+        digest: String,
+        #[source]
+        source: UploadError,
+    },
+}
+
+impl PullError {
+    fn containerd(context: impl Into<String>) -> impl FnOnce(tonic::Status) -> PullError {
+        let context = context.into();
+        move |source| PullError::Containerd { context, source }
+    }
+}
+
+/// Why a layer blob did not make it from berthd into containerd.
+#[derive(Debug, thiserror::Error)]
+pub enum UploadError {
+    #[error(transparent)]
+    Berthd(#[from] ClientError),
+    #[error("berthd sent more than the {size} bytes of {digest}")]
+    TooLong { digest: String, size: i64 },
+    #[error("berthd sent {got} of the {size} bytes of {digest}")]
+    TooShort { digest: String, got: i64, size: i64 },
+    #[error("blob {digest} arrived with digest {got}; refusing it")]
+    WrongDigest { digest: String, got: String },
+    /// containerd refused the write.
+    #[error(transparent)]
+    Containerd(#[from] tonic::Status),
+}
 
 /// An image reference, normalised as containerd names images.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -35,7 +105,7 @@ pub struct ImageRef {
 }
 
 impl ImageRef {
-    pub fn parse(s: &str) -> Result<ImageRef, String> {
+    pub fn parse(s: &str) -> Result<ImageRef, PullError> {
         let (name, reference) = match s.split_once('@') {
             Some((n, d)) => (n, d.to_string()),
             None => match s.rfind(':') {
@@ -49,7 +119,7 @@ impl ImageRef {
         };
         let repo = if host == "docker.io" && !repo.contains('/') { format!("library/{repo}") } else { repo };
         if repo.is_empty() || reference.is_empty() {
-            return Err(format!("{s:?} is not an image reference (HOST/REPO:TAG or HOST/REPO@DIGEST)"));
+            return Err(PullError::BadReference(s.to_string()));
         }
         Ok(ImageRef { host, repo, reference })
     }
@@ -145,34 +215,32 @@ impl Source {
         format!("/v2/{}/{kind}/{reference}{ns}", self.repo)
     }
 
-    async fn get(&self, kind: &str, reference: &str, accept: &str) -> Result<(String, bytes::Bytes), String> {
+    async fn get(&self, kind: &str, reference: &str, accept: &str) -> Result<(String, bytes::Bytes), PullError> {
         let (status, ctype, body) = self.http.fetch(&self.path(kind, reference), accept).await?;
         if status != 200 {
-            return Err(format!(
-                "GET {} answered {status}: {}",
-                self.path(kind, reference),
-                String::from_utf8_lossy(&body)
-            ));
+            let body = String::from_utf8_lossy(&body).into_owned();
+            return Err(PullError::Status { path: self.path(kind, reference), status, body });
         }
         Ok((ctype, body))
     }
 
     /// A layer blob as it arrives (checked by [`Ctd::write_streaming`]).
-    async fn open_blob(&self, digest: &str) -> Result<Streaming, String> {
+    async fn open_blob(&self, digest: &str) -> Result<Streaming, PullError> {
         let path = self.path("blobs", digest);
         let body = self.http.open(&path, "").await?;
         if body.status != 200 {
             let status = body.status;
-            return Err(format!("GET {path} answered {status}: {}", body.text().await));
+            return Err(PullError::Status { path, status, body: body.text().await });
         }
         Ok(body)
     }
 
     /// A small blob (a config), checked against its digest.
-    async fn blob(&self, digest: &str) -> Result<bytes::Bytes, String> {
+    async fn blob(&self, digest: &str) -> Result<bytes::Bytes, PullError> {
         let (_, body) = self.get("blobs", digest, "").await?;
-        if sha256(&body) != digest {
-            return Err(format!("blob {digest} arrived with another digest; refusing it"));
+        let got = sha256(&body);
+        if got != digest {
+            return Err(PullError::WrongDigest { what: "blob", digest: digest.to_string(), got });
         }
         Ok(body)
     }
@@ -197,7 +265,7 @@ impl Ctd {
     }
 
     /// Writes `data` as content `digest`; content already there is fine.
-    async fn write(&self, digest: &str, data: &[u8], labels: HashMap<String, String>) -> Result<(), String> {
+    async fn write(&self, digest: &str, data: &[u8], labels: HashMap<String, String>) -> Result<(), PullError> {
         let mut client = api::content_client::ContentClient::new(self.channel.clone());
         let reference = format!("berth-pull-{digest}");
         let total = data.len() as i64;
@@ -224,7 +292,7 @@ impl Ctd {
         match client.write(self.req(tokio_stream::iter(msgs))).await {
             Ok(resp) => {
                 let mut s = resp.into_inner();
-                while s.message().await.map_err(|e| format!("writing {digest}: {e}"))?.is_some() {}
+                while s.message().await.map_err(PullError::containerd(format!("writing {digest}")))?.is_some() {}
                 Ok(())
             }
             Err(e) if e.code() == Code::AlreadyExists => {
@@ -234,10 +302,10 @@ impl Ctd {
                 let paths = info.labels.keys().map(|k| format!("labels.{k}")).collect();
                 let update =
                     api::UpdateRequest { info: Some(info), update_mask: Some(prost_types::FieldMask { paths }) };
-                c.update(self.req(update)).await.map_err(|e| format!("labelling {digest}: {e}"))?;
+                c.update(self.req(update)).await.map_err(PullError::containerd(format!("labelling {digest}")))?;
                 Ok(())
             }
-            Err(e) => Err(format!("writing {digest} to containerd: {e}")),
+            Err(e) => Err(PullError::Containerd { context: format!("writing {digest} to containerd"), source: e }),
         }
     }
 }
@@ -248,14 +316,14 @@ impl Ctd {
     /// whole and no message nears containerd's 16 MiB limit. The digest is
     /// checked here before the commit, and again by containerd on commit.
     /// Content already in the store is not fetched.
-    async fn write_streaming(&self, digest: &str, size: i64, body: Streaming) -> Result<(), String> {
+    async fn write_streaming(&self, digest: &str, size: i64, body: Streaming) -> Result<(), PullError> {
         let mut content = api::content_client::ContentClient::new(self.channel.clone());
         let info = api::InfoRequest { digest: digest.to_string() };
         if content.info(self.req(info)).await.is_ok() {
             return Ok(());
         }
         let reference = format!("berth-pull-{digest}");
-        let failed = std::sync::Arc::new(std::sync::Mutex::new(None::<String>));
+        let failed = std::sync::Arc::new(std::sync::Mutex::new(None::<UploadError>));
         let state = Upload {
             body,
             hash: Sha256::new(),
@@ -276,9 +344,9 @@ impl Ctd {
             }
         });
         let written = async {
-            let mut s = content.write(self.req(messages)).await.map_err(|e| e.to_string())?.into_inner();
-            while s.message().await.map_err(|e| e.to_string())?.is_some() {}
-            Ok::<_, String>(())
+            let mut s = content.write(self.req(messages)).await?.into_inner();
+            while s.message().await?.is_some() {}
+            Ok::<_, UploadError>(())
         }
         .await;
         let failed = failed.lock().unwrap().take();
@@ -287,7 +355,7 @@ impl Ctd {
             (Some(e), _) | (None, Err(e)) => {
                 let abort = api::AbortRequest { r#ref: reference };
                 let _ = api::content_client::ContentClient::new(self.channel.clone()).abort(self.req(abort)).await;
-                Err(format!("writing {digest} to containerd: {e}"))
+                Err(PullError::Upload { digest: digest.to_string(), source: e })
             }
         }
     }
@@ -305,14 +373,14 @@ struct Upload {
     reference: String,
     digest: String,
     size: i64,
-    failed: std::sync::Arc<std::sync::Mutex<Option<String>>>,
+    failed: std::sync::Arc<std::sync::Mutex<Option<UploadError>>>,
 }
 
 impl Upload {
     /// The next write message: up to a piece of data, then the commit once
     /// the whole blob arrived with the right digest, then `None`. `Err`
     /// ends the stream without a commit, so containerd keeps nothing.
-    async fn next_message(&mut self) -> Result<Option<api::WriteContentRequest>, String> {
+    async fn next_message(&mut self) -> Result<Option<api::WriteContentRequest>, UploadError> {
         if self.finished {
             return Ok(None);
         }
@@ -326,7 +394,7 @@ impl Upload {
         let offset = self.offset;
         self.offset += data.len() as i64;
         if self.offset > self.size {
-            return Err(format!("berthd sent more than the {} bytes of {}", self.size, self.digest));
+            return Err(UploadError::TooLong { digest: self.digest.clone(), size: self.size });
         }
         self.hash.update(&data);
         let mut msg = api::WriteContentRequest {
@@ -340,12 +408,12 @@ impl Upload {
         };
         if msg.data.is_empty() {
             if self.offset != self.size {
-                return Err(format!("berthd sent {} of the {} bytes of {}", self.offset, self.size, self.digest));
+                return Err(UploadError::TooShort { digest: self.digest.clone(), got: self.offset, size: self.size });
             }
             let got = format!("sha256:{}", hex::encode(std::mem::take(&mut self.hash).finalize()));
             // Other algorithms are left to containerd's check on commit.
             if self.digest.starts_with("sha256:") && got != self.digest {
-                return Err(format!("blob {} arrived with digest {got}; refusing it", self.digest));
+                return Err(UploadError::WrongDigest { digest: self.digest.clone(), got });
             }
             msg.action = api::WriteAction::Commit as i32;
             self.finished = true;
@@ -355,7 +423,7 @@ impl Upload {
 }
 
 /// Pulls `reference` into containerd.
-pub async fn pull(opts: &Options, reference: &str) -> Result<Summary, String> {
+pub async fn pull(opts: &Options, reference: &str) -> Result<Summary, PullError> {
     let image = ImageRef::parse(reference)?;
     let source = if opts.plain_http {
         Source { http: Berthd::parse(&format!("http://{}", image.host))?, ns: None, repo: image.repo.clone() }
@@ -365,7 +433,7 @@ pub async fn pull(opts: &Options, reference: &str) -> Result<Summary, String> {
     // The manifest, through an index to this node's platform if need be.
     let (ctype, body) = source.get("manifests", &image.reference, MANIFEST_TYPES).await?;
     let top_digest = sha256(&body);
-    let top: Manifest = serde_json::from_slice(&body).map_err(|e| format!("manifest is not JSON: {e}"))?;
+    let top: Manifest = serde_json::from_slice(&body).map_err(PullError::ManifestJson)?;
     let top_type = if top.media_type.is_empty() {
         ctype.split(';').next().unwrap_or("").to_string()
     } else {
@@ -377,23 +445,24 @@ pub async fn pull(opts: &Options, reference: &str) -> Result<Summary, String> {
             .manifests
             .iter()
             .find(|m| m.platform.as_ref().is_some_and(|p| p.os == "linux" && p.architecture == arch()))
-            .ok_or_else(|| format!("{reference} has no linux/{} image", arch()))?;
+            .ok_or_else(|| PullError::NoPlatform { reference: reference.to_string(), arch: arch() })?;
         let (ctype, body) = source.get("manifests", &pick.digest, MANIFEST_TYPES).await?;
-        if sha256(&body) != pick.digest {
-            return Err(format!("manifest {} arrived with another digest", pick.digest));
+        let got = sha256(&body);
+        if got != pick.digest {
+            return Err(PullError::WrongDigest { what: "manifest", digest: pick.digest.clone(), got });
         }
-        let m: Manifest = serde_json::from_slice(&body).map_err(|e| format!("manifest is not JSON: {e}"))?;
+        let m: Manifest = serde_json::from_slice(&body).map_err(PullError::ManifestJson)?;
         let mt = if pick.media_type.is_empty() { ctype } else { pick.media_type.clone() };
         index = Some((top_digest.clone(), body.clone()));
         (pick.digest.clone(), body, m, mt)
     } else {
         (top_digest.clone(), body.clone(), top, top_type.clone())
     };
-    let config_desc = manifest.config.as_ref().ok_or("manifest has no config")?;
+    let config_desc = manifest.config.as_ref().ok_or(PullError::NoConfig)?;
     let config_body = source.blob(&config_desc.digest).await?;
-    let config: Config = serde_json::from_slice(&config_body).map_err(|e| format!("image config: {e}"))?;
+    let config: Config = serde_json::from_slice(&config_body).map_err(PullError::ConfigJson)?;
     if config.rootfs.diff_ids.len() != manifest.layers.len() {
-        return Err("image config and manifest disagree on the number of layers".into());
+        return Err(PullError::LayerCount);
     }
     let mut chain = Vec::new();
     for d in &config.rootfs.diff_ids {
@@ -406,7 +475,7 @@ pub async fn pull(opts: &Options, reference: &str) -> Result<Summary, String> {
 
     let channel = containerd_client::connect(&opts.containerd)
         .await
-        .map_err(|e| format!("cannot reach containerd at {}: {e}", opts.containerd.display()))?;
+        .map_err(|source| PullError::ContainerdUnreachable { socket: opts.containerd.clone(), source })?;
     let mut ctd = Ctd { channel, namespace: opts.namespace.clone(), lease: None };
     let lease_id = format!("berth-pull-{}", std::process::id());
     let mut leases = api::leases_client::LeasesClient::new(ctd.channel.clone());
@@ -415,7 +484,7 @@ pub async fn pull(opts: &Options, reference: &str) -> Result<Summary, String> {
         id: lease_id.clone(),
         labels: HashMap::from([("containerd.io/gc.expire".to_string(), expire)]),
     };
-    leases.create(ctd.req(create)).await.map_err(|e| format!("cannot take a containerd lease: {e}"))?;
+    leases.create(ctd.req(create)).await.map_err(PullError::containerd("cannot take a containerd lease"))?;
     ctd.lease = Some(lease_id.clone());
     let result = pull_layers(&ctd, &source, opts, &image, &manifest, &manifest_digest, &chain).await;
     let mut summary = match result {
@@ -456,10 +525,13 @@ pub async fn pull(opts: &Options, reference: &str) -> Result<Summary, String> {
     let create = api::CreateImageRequest { image: Some(record.clone()), source_date_epoch: None };
     if let Err(e) = images.create(ctd.req(create)).await {
         if e.code() != Code::AlreadyExists {
-            return Err(format!("cannot record image {}: {e}", image.name()));
+            return Err(PullError::Containerd { context: format!("cannot record image {}", image.name()), source: e });
         }
         let update = api::UpdateImageRequest { image: Some(record), update_mask: None, source_date_epoch: None };
-        images.update(ctd.req(update)).await.map_err(|e| format!("cannot update image {}: {e}", image.name()))?;
+        images
+            .update(ctd.req(update))
+            .await
+            .map_err(PullError::containerd(format!("cannot update image {}", image.name())))?;
     }
     let _ = leases.delete(ctd.req(api::DeleteRequest { id: lease_id, sync: false })).await;
     summary.name = image.name();
@@ -475,7 +547,7 @@ async fn pull_layers(
     manifest: &Manifest,
     manifest_digest: &str,
     chain: &[String],
-) -> Result<Summary, String> {
+) -> Result<Summary, PullError> {
     let mut snaps = snap::snapshots_client::SnapshotsClient::new(ctd.channel.clone());
     let mut summary = Summary::default();
     let all_layers: Vec<&str> = manifest.layers.iter().map(|l| l.digest.as_str()).collect();
@@ -502,7 +574,9 @@ async fn pull_layers(
                 summary.lazy += 1;
                 continue;
             }
-            Err(e) => return Err(format!("preparing layer {}: {e}", layer.digest)),
+            Err(e) => {
+                return Err(PullError::Containerd { context: format!("preparing layer {}", layer.digest), source: e })
+            }
             Ok(r) => r.into_inner().mounts,
         };
         // Not lazy: unpack the layer the usual way.
@@ -517,7 +591,9 @@ async fn pull_layers(
                 annotations: HashMap::new(),
             };
             let apply = api::ApplyRequest { diff: Some(desc), mounts, payloads: HashMap::new(), sync_fs: false };
-            diff.apply(ctd.req(apply)).await.map_err(|e| format!("applying layer {}: {e}", layer.digest))?;
+            diff.apply(ctd.req(apply))
+                .await
+                .map_err(PullError::containerd(format!("applying layer {}", layer.digest)))?;
             let commit = snap::CommitSnapshotRequest {
                 snapshotter: opts.snapshotter.clone(),
                 name: chain_id.clone(),
@@ -528,8 +604,8 @@ async fn pull_layers(
                 .clone()
                 .commit(ctd.req(commit))
                 .await
-                .map_err(|e| format!("committing layer {}: {e}", layer.digest))?;
-            Ok::<_, String>(())
+                .map_err(PullError::containerd(format!("committing layer {}", layer.digest)))?;
+            Ok::<_, PullError>(())
         }
         .await;
         if let Err(e) = unpacked {
@@ -565,7 +641,32 @@ mod tests {
         let r = ImageRef::parse(&format!("localhost:5000/x@{d}")).unwrap();
         assert_eq!((r.host.as_str(), r.reference.as_str()), ("localhost:5000", d.as_str()));
         assert_eq!(r.name(), format!("localhost:5000/x@{d}"));
-        assert!(ImageRef::parse("host.example/").is_err());
+        let e = ImageRef::parse("host.example/").unwrap_err().to_string();
+        assert_eq!(e, r#""host.example/" is not an image reference (HOST/REPO:TAG or HOST/REPO@DIGEST)"#);
+    }
+
+    #[test]
+    fn error_texts() {
+        let d = format!("sha256:{}", "a".repeat(64));
+        let got = format!("sha256:{}", "b".repeat(64));
+        let e = PullError::Upload {
+            digest: d.clone(),
+            source: UploadError::WrongDigest { digest: d.clone(), got: got.clone() },
+        };
+        assert_eq!(
+            e.to_string(),
+            format!("writing {d} to containerd: blob {d} arrived with digest {got}; refusing it")
+        );
+        let e = PullError::Upload {
+            digest: d.clone(),
+            source: UploadError::TooShort { digest: d.clone(), got: 1, size: 2 },
+        };
+        assert_eq!(e.to_string(), format!("writing {d} to containerd: berthd sent 1 of the 2 bytes of {d}"));
+        let e = PullError::from(ClientError::Timeout(std::time::Duration::from_secs(30)));
+        assert_eq!(e.to_string(), "berthd did not answer in 30s");
+        let e = PullError::Containerd { context: "preparing layer x".into(), source: tonic::Status::internal("boom") };
+        assert!(e.to_string().starts_with("preparing layer x: "), "{e}");
+        assert!(e.to_string().contains("boom"), "{e}");
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! Binds the unix socket and serves the snapshots service until shutdown.
 
 use crate::config::Config;
+use crate::error::{Error, Result};
 use crate::grpc::SnapshotsService;
 use crate::lazy::Lazy;
 use crate::snapshots::Snapshotter;
@@ -10,17 +11,14 @@ use std::path::Path;
 use std::sync::Arc;
 
 /// Serves until `shutdown` resolves; in-flight calls finish first.
-pub async fn serve(config: &Config, shutdown: impl Future<Output = ()> + Send) -> Result<(), String> {
+pub async fn serve(config: &Config, shutdown: impl Future<Output = ()> + Send) -> Result<()> {
     let root = config.root.clone();
-    let snapshotter = tokio::task::spawn_blocking(move || Snapshotter::open(&root))
-        .await
-        .map_err(|e| e.to_string())?
-        .map_err(|e| e.to_string())?;
+    let snapshotter = tokio::task::spawn_blocking(move || Snapshotter::open(&root)).await??;
     let snapshotter = Arc::new(snapshotter);
     let lazy = if config.lazy {
         let lazy = Arc::new(Lazy::new(config)?);
         let (l, s) = (lazy.clone(), snapshotter.clone());
-        tokio::task::spawn_blocking(move || l.restore(&s)).await.map_err(|e| e.to_string())?;
+        tokio::task::spawn_blocking(move || l.restore(&s)).await?;
         Some(lazy)
     } else {
         None
@@ -32,30 +30,27 @@ pub async fn serve(config: &Config, shutdown: impl Future<Output = ()> + Send) -
         .add_service(SnapshotsService::new(snapshotter, lazy))
         .serve_with_incoming_shutdown(incoming, shutdown)
         .await
-        .map_err(|e| format!("gRPC server: {e}"));
+        .map_err(Error::Grpc);
     let _ = std::fs::remove_file(&config.address);
     result
 }
 
 /// Binds `path`, replacing a stale socket but never a live one (a second
 /// snapshotter on the same socket would steal containerd's calls).
-fn bind(path: &Path) -> Result<tokio::net::UnixListener, String> {
+fn bind(path: &Path) -> Result<tokio::net::UnixListener> {
     if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+        std::fs::create_dir_all(dir).map_err(Error::io(format!("cannot create {}", dir.display())))?;
     }
     if path.exists() {
         if std::os::unix::net::UnixStream::connect(path).is_ok() {
-            return Err(format!(
-                "{} is in use by a running snapshotter; stop it first or pass another --address",
-                path.display()
-            ));
+            return Err(Error::AddressInUse(path.to_owned()));
         }
-        std::fs::remove_file(path).map_err(|e| format!("cannot remove stale socket {}: {e}", path.display()))?;
+        std::fs::remove_file(path).map_err(Error::io(format!("cannot remove stale socket {}", path.display())))?;
     }
     let listener =
-        tokio::net::UnixListener::bind(path).map_err(|e| format!("cannot listen on {}: {e}", path.display()))?;
+        tokio::net::UnixListener::bind(path).map_err(Error::io(format!("cannot listen on {}", path.display())))?;
     // containerd runs as root; nobody else may drive the snapshotter.
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
-        .map_err(|e| format!("cannot restrict {}: {e}", path.display()))?;
+        .map_err(Error::io(format!("cannot restrict {}", path.display())))?;
     Ok(listener)
 }

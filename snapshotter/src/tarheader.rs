@@ -1,6 +1,23 @@
 //! Just enough of the tar header format to check that an index entry
 //! agrees with the header the layer really has before the entry's data.
 
+/// Why a block is not the header an index entry says it is.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum HeaderError {
+    #[error("short header block")]
+    Short,
+    #[error("the block before the data is not a tar header (bad checksum)")]
+    Checksum,
+    #[error("the header is of type {0:?}, not a regular file")]
+    NotAFile(char),
+    #[error("unreadable {0}")]
+    Unreadable(&'static str),
+    #[error("mode {tar:o} in the tar, {index:o} in the index")]
+    Mode { tar: u32, index: u32 },
+    #[error("{tar} bytes in the tar, {index} in the index")]
+    Size { tar: u64, index: u64 },
+}
+
 /// An octal or base-256 (GNU) number field.
 fn number(field: &[u8]) -> Option<u64> {
     if field.first().is_some_and(|b| b & 0x80 != 0) {
@@ -21,28 +38,28 @@ fn number(field: &[u8]) -> Option<u64> {
 
 /// Whether `block` (512 bytes) is the header of a regular file of `size`
 /// bytes with permission bits `mode`; why not, otherwise.
-pub fn describes(block: &[u8], size: u64, mode: u32) -> Result<(), String> {
+pub fn describes(block: &[u8], size: u64, mode: u32) -> Result<(), HeaderError> {
     if block.len() != 512 {
-        return Err("short header block".into());
+        return Err(HeaderError::Short);
     }
     let stored: u64 = block[148..156].iter().map(|b| u64::from(*b)).sum();
     let sum: u64 =
         block.iter().enumerate().map(|(i, b)| if (148..156).contains(&i) { 32 } else { u64::from(*b) }).sum();
     if number(&block[148..156]) != Some(sum) && stored != 0 {
-        return Err("the block before the data is not a tar header (bad checksum)".into());
+        return Err(HeaderError::Checksum);
     }
     if !matches!(block[156], b'0' | 0 | b'7') {
-        return Err(format!("the header is of type {:?}, not a regular file", block[156] as char));
+        return Err(HeaderError::NotAFile(block[156] as char));
     }
-    let header_mode = number(&block[100..108]).ok_or("unreadable mode")? as u32 & 0o7777;
+    let header_mode = number(&block[100..108]).ok_or(HeaderError::Unreadable("mode"))? as u32 & 0o7777;
     if header_mode != mode & 0o7777 {
-        return Err(format!("mode {header_mode:o} in the tar, {:o} in the index", mode & 0o7777));
+        return Err(HeaderError::Mode { tar: header_mode, index: mode & 0o7777 });
     }
     // Sizes past the ustar field's range live in a PAX header; below it the
     // field is exact.
-    let header_size = number(&block[124..136]).ok_or("unreadable size")?;
+    let header_size = number(&block[124..136]).ok_or(HeaderError::Unreadable("size"))?;
     if header_size < 0o77777777777 && header_size != size {
-        return Err(format!("{header_size} bytes in the tar, {size} in the index"));
+        return Err(HeaderError::Size { tar: header_size, index: size });
     }
     Ok(())
 }
@@ -64,13 +81,17 @@ mod tests {
     #[test]
     fn headers_are_compared_with_index_entries() {
         assert!(describes(&header(1234, 0o644), 1234, 0o644).is_ok());
-        assert!(describes(&header(1234, 0o644), 1234, 0o4755).is_err(), "set-id bits the tar lacks");
-        assert!(describes(&header(1234, 0o644), 99, 0o644).is_err(), "another size");
-        assert!(describes(&vec![7u8; 512], 1234, 0o644).is_err(), "not a header");
+        let e = describes(&header(1234, 0o644), 1234, 0o4755).unwrap_err();
+        assert_eq!(e.to_string(), "mode 644 in the tar, 4755 in the index", "set-id bits the tar lacks");
+        let e = describes(&header(1234, 0o644), 99, 0o644).unwrap_err();
+        assert_eq!(e.to_string(), "1234 bytes in the tar, 99 in the index", "another size");
+        let e = describes(&vec![7u8; 512], 1234, 0o644).unwrap_err();
+        assert_eq!(e, HeaderError::Checksum, "not a header");
         let mut dev = tar::Header::new_ustar();
         dev.set_entry_type(tar::EntryType::Block);
         dev.set_mode(0o644);
         dev.set_cksum();
-        assert!(describes(dev.as_bytes(), 0, 0o644).is_err(), "a device, not a file");
+        let e = describes(dev.as_bytes(), 0, 0o644).unwrap_err();
+        assert_eq!(e.to_string(), "the header is of type '4', not a regular file", "a device, not a file");
     }
 }

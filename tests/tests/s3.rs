@@ -8,9 +8,9 @@ use crate::support_e2e::containerd::{Containerd, MIRROR_HOST};
 use crate::support_e2e::pki::Pki;
 use crate::support_e2e::*;
 use crate::support_s3::{berthd_yaml, node, Seaweed, ACCESS_KEY, BUCKET, SECRET_KEY};
-use berthd::tls::client::{client_config, Trust};
 use berthd::storage::s3::S3Config;
 use berthd::storage::s3::S3Driver;
+use berthd::tls::client::{client_config, Trust};
 use std::time::{Duration, Instant};
 
 async fn push_blob(base: &str, repo: &str, data: &[u8]) -> String {
