@@ -31,4 +31,13 @@ pub enum Error {
     Serve(#[source] std::io::Error),
 }
 
+impl Error {
+    /// Whether fixing the configuration (or a file it names) is what it
+    /// takes: berthd then exits with status 2, which the systemd unit's
+    /// `RestartPreventExitStatus=2` does not retry.
+    pub fn is_configuration(&self) -> bool {
+        matches!(self, Error::Config(_) | Error::Tls(_) | Error::Auth(_) | Error::Mirror(_))
+    }
+}
+
 pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -23,6 +23,7 @@ pub mod media_types;
 pub mod metrics;
 pub mod names;
 pub mod nodeconfig;
+pub mod notify;
 pub mod registry;
 pub mod server;
 pub mod storage;

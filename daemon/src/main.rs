@@ -44,6 +44,24 @@ enum Command {
         #[command(subcommand)]
         command: ContainerdCommand,
     },
+    /// Work with berthd's configuration.
+    Config {
+        #[command(subcommand)]
+        command: ConfigCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum ConfigCommand {
+    /// Check a config and the files it names without starting; prints
+    /// every problem. Exit status 0 when berthd can start with it, 2 when
+    /// not.
+    Check {
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        #[arg(conflicts_with = "config", value_name = "CONFIG")]
+        config_positional: Option<PathBuf>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -76,6 +94,14 @@ enum ContainerdCommand {
         /// Restart containerd (or k3s) when its configuration changed.
         #[arg(long)]
         restart: bool,
+        /// The systemd unit --restart restarts (default: containerd, or
+        /// k3s's; needed with a --containerd-config of another containerd).
+        #[arg(long)]
+        unit: Option<String>,
+        /// Exit status 3 when files changed (or, with --dry-run, would
+        /// change), 0 when nothing did, as Terraform's option of that name.
+        #[arg(long)]
+        detailed_exitcode: bool,
         /// Also make berth-snapshotter containerd's snapshotter: adds
         /// `[proxy_plugins.berth]` and sets the CRI plugin's
         /// `snapshotter = "berth"`, `disable_snapshot_annotations = false`.
@@ -103,6 +129,8 @@ fn main() -> ExitCode {
                     dry_run,
                     remove,
                     restart,
+                    unit,
+                    detailed_exitcode,
                     snapshotter,
                     snapshotter_address,
                 },
@@ -118,22 +146,45 @@ fn main() -> ExitCode {
                 remove,
                 restart,
                 snapshotter: snapshotter.then_some(snapshotter_address),
+                unit,
             };
-            configure(config, &opts)
+            configure(config, &opts, detailed_exitcode)
+        }
+        Command::Config { command: ConfigCommand::Check { config, config_positional } } => {
+            config_check(config.or(config_positional))
         }
     }
 }
 
-fn configure(path: Option<PathBuf>, opts: &berthd::nodeconfig::Options) -> ExitCode {
+/// Exit status of a configuration error (also the unit's
+/// `RestartPreventExitStatus`): retrying cannot help.
+const EXIT_CONFIG: u8 = 2;
+/// `containerd configure --detailed-exitcode`: files changed.
+const EXIT_CHANGED: u8 = 3;
+
+fn config_check(path: Option<PathBuf>) -> ExitCode {
+    let vars: Vec<(String, String)> = std::env::vars().collect();
+    match berthd::commands::config_check::run(path.as_deref(), &vars, &mut std::io::stdout()) {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::from(EXIT_CONFIG),
+        Err(e) => {
+            eprintln!("berthd config check: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn configure(path: Option<PathBuf>, opts: &berthd::nodeconfig::Options, detailed: bool) -> ExitCode {
     let vars: Vec<(String, String)> = std::env::vars().collect();
     let config = match berthd::config::load(path.as_deref(), &vars) {
         Ok(l) => l.config,
         Err(e) => {
             eprintln!("berthd: {e}");
-            return ExitCode::from(2);
+            return ExitCode::from(EXIT_CONFIG);
         }
     };
     match berthd::nodeconfig::run(opts, &config, &mut std::io::stdout()) {
+        Ok(true) if detailed => ExitCode::from(EXIT_CHANGED),
         Ok(_) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("berthd containerd configure: {e}");
@@ -148,7 +199,7 @@ fn fsck(path: Option<PathBuf>, repair: bool) -> ExitCode {
         Ok(l) => l.config,
         Err(e) => {
             eprintln!("berthd: {e}");
-            return ExitCode::from(2);
+            return ExitCode::from(EXIT_CONFIG);
         }
     };
     let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
@@ -174,7 +225,7 @@ fn serve(path: Option<PathBuf>) -> ExitCode {
         Ok(l) => l,
         Err(e) => {
             eprintln!("berthd: {e}");
-            return ExitCode::from(2);
+            return ExitCode::from(EXIT_CONFIG);
         }
     };
     let config = loaded.config;
@@ -200,7 +251,11 @@ fn serve(path: Option<PathBuf>) -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!("{e}");
-            ExitCode::FAILURE
+            if e.is_configuration() {
+                ExitCode::from(EXIT_CONFIG)
+            } else {
+                ExitCode::FAILURE
+            }
         }
     }
 }

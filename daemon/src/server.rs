@@ -258,8 +258,10 @@ pub async fn run(config: Config) -> Result<()> {
         });
     }
 
+    crate::notify::ready();
     tokio::spawn(async move {
         shutdown_signal().await;
+        crate::notify::stopping();
         let _ = shutdown_tx.send(true);
     });
     while let Some(res) = servers.join_next().await {

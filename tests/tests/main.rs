@@ -9,6 +9,7 @@ use berth_tests::{common, support_e2e, support_s3};
 mod adversarial;
 mod ansible;
 mod auth;
+mod cli;
 mod conformance;
 mod containerd;
 mod deploy;

@@ -137,6 +137,18 @@ async fn the_cache_stays_under_its_bound() {
         let r = client.get(format!("{}/v2/bound/test/blobs/{d}", b.url())).send().await.unwrap();
         assert_eq!(sha256(&r.bytes().await.unwrap()), *d);
     }
+    // A reader gets its last byte once the fill is verified; the file is
+    // moved into the cache (and older ones evicted) just after.
+    let filled = 4.0 * 5.0 * 1024.0 * 1024.0;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let settled = |b: &crate::common::Berthd| {
+        let used = dir_size(&b.root.join("blobs"));
+        b.metric("berth_cache_fill_bytes_total") >= filled && used <= 12 * 1024 * 1024
+    };
+    while !settled(&b) && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(b.metric("berth_cache_fill_bytes_total"), filled, "every blob was filled once");
     let used = dir_size(&b.root.join("blobs"));
     assert!(used <= 12 * 1024 * 1024, "cache holds {used} bytes, bound is 12 MiB");
     assert!(used >= 10 * 1024 * 1024, "the cache is used up to its bound ({used} bytes)");

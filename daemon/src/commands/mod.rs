@@ -1,6 +1,7 @@
-//! The maintenance commands beside `serve` (`berthd fsck`): each builds
+//! The commands beside `serve` (`berthd fsck`, `berthd config check`): each builds
 //! what it needs from the config, runs one job of the library and reports
 //! on the terminal. `main.rs` only parses the command line.
 
+pub mod config_check;
 pub mod fsck;
 mod progress;

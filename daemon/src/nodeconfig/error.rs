@@ -28,6 +28,16 @@ pub enum ConfigureError {
     RestartFailed { unit: String, status: std::process::ExitStatus },
     #[error(transparent)]
     Edit(#[from] EditError),
+    #[error(
+        "every listener in berthd's config has TLS, and containerd reaches berthd over plain HTTP on this node; \
+         add a listener without tls on loopback (listeners: [{{addr: 127.0.0.1:5000}}, …])"
+    )]
+    NoPlainListener,
+    #[error(
+        "--restart: berthd does not know which service runs the containerd that reads {}; name it with --unit",
+        config.display()
+    )]
+    UnknownUnit { config: PathBuf },
 }
 
 /// A containerd or k3s file berthd cannot edit safely as it is.

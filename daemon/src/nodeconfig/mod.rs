@@ -11,14 +11,16 @@
 //! only with `--restart`.
 
 pub mod containerd_toml;
+mod diff;
 mod error;
 pub mod hosts;
 pub mod k3s;
+mod state;
 
 pub use error::{ConfigureError, EditError};
 
 use crate::config::Config;
-use serde::{Deserialize, Serialize};
+use state::{Managed, State};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
@@ -37,24 +39,25 @@ pub struct Options {
     /// `Some(socket)`: also register berth-snapshotter (listening on
     /// `socket`) as containerd's proxy snapshotter and make CRI use it.
     pub snapshotter: Option<PathBuf>,
+    /// The systemd unit to restart; by default `containerd` (or k3s's),
+    /// and none for a `--containerd-config` that is not the system's.
+    pub unit: Option<String>,
+}
+
+impl Options {
+    /// The unit that reads the files configure edits, when known.
+    fn unit(&self) -> Option<String> {
+        match (&self.unit, &self.k3s_registries) {
+            (Some(u), _) => Some(u.clone()),
+            (None, Some(_)) => Some(k3s::unit().to_string()),
+            (None, None) if self.containerd_config == Path::new(DEFAULT_CONTAINERD_CONFIG) => Some("containerd".into()),
+            (None, None) => None,
+        }
+    }
 }
 
 /// Where berth-snapshotter listens unless told otherwise.
 pub const DEFAULT_SNAPSHOTTER_SOCKET: &str = "/run/berth/snapshotter.sock";
-
-#[derive(Serialize, Deserialize, Default)]
-struct State {
-    files: Vec<Managed>,
-}
-
-#[derive(Serialize, Deserialize, Clone)]
-struct Managed {
-    path: PathBuf,
-    /// Content before berthd first wrote the file; `None`: it did not exist.
-    original: Option<String>,
-    /// What berthd wrote last.
-    written: String,
-}
 
 /// One file to change: `after == None` deletes it.
 struct Change {
@@ -63,6 +66,9 @@ struct Change {
     after: Option<String>,
     /// containerd (or k3s) only reads this file at start.
     needs_restart: bool,
+    /// The change gives the file back its original state: configure
+    /// forgets the file afterwards.
+    restores: bool,
 }
 
 fn read(path: &Path) -> Result<Option<String>, ConfigureError> {
@@ -79,23 +85,24 @@ fn write(path: &Path, content: &str) -> Result<(), ConfigureError> {
         .map_err(|source| ConfigureError::Write { path: path.to_path_buf(), source })
 }
 
-/// The URL containerd should use for this node's berthd.
-pub fn berthd_url(config: &Config) -> String {
-    // The first plain-HTTP listener containerd can reach on this node.
+/// The URL containerd should use for this node's berthd: the first
+/// plain-HTTP listener it can reach on this node. containerd never speaks
+/// TLS to berthd, so a node whose listeners all have TLS is refused.
+pub fn berthd_url(config: &Config) -> Result<String, ConfigureError> {
     let addr = config
         .listeners
         .iter()
         .filter(|l| l.tls.is_none())
         .map(|l| l.addr)
         .min_by_key(|a| !(a.ip().is_loopback() || a.ip().is_unspecified()))
-        .unwrap_or(config.http.addr);
+        .ok_or(ConfigureError::NoPlainListener)?;
     let ip = match addr.ip() {
         std::net::IpAddr::V4(v) if v.is_unspecified() => "127.0.0.1".to_string(),
         std::net::IpAddr::V6(v) if v.is_unspecified() => "[::1]".to_string(),
         std::net::IpAddr::V6(v) => format!("[{v}]"),
         ip => ip.to_string(),
     };
-    format!("http://{ip}:{}", addr.port())
+    Ok(format!("http://{ip}:{}", addr.port()))
 }
 
 /// Registries berthd fronts, with the server containerd falls back to.
@@ -112,13 +119,6 @@ fn registries(config: &Config) -> Vec<(String, String)> {
     out
 }
 
-fn diff(out: &mut dyn Write, c: &Change) -> std::io::Result<()> {
-    let (old, new) = (c.before.as_deref().unwrap_or(""), c.after.as_deref().unwrap_or(""));
-    let d = similar::TextDiff::from_lines(old, new);
-    let label = c.path.display().to_string();
-    write!(out, "{}", d.unified_diff().context_radius(3).header(&label, &label))
-}
-
 /// Runs configure (or `--remove`), reporting to `out`. Returns whether
 /// anything changed.
 pub fn run(opts: &Options, config: &Config, out: &mut dyn Write) -> Result<bool, ConfigureError> {
@@ -129,6 +129,11 @@ pub fn run(opts: &Options, config: &Config, out: &mut dyn Write) -> Result<bool,
         None => State::default(),
     };
     let changes = if opts.remove { removal(&state, out)? } else { plan(opts, config, &state)? };
+    let restart = changes.iter().any(|c| c.needs_restart);
+    let unit = opts.unit();
+    if restart && opts.restart && unit.is_none() {
+        return Err(ConfigureError::UnknownUnit { config: opts.containerd_config.clone() });
+    }
     let w = |out: &mut dyn Write, s: String| writeln!(out, "{s}");
     if changes.is_empty() {
         w(
@@ -141,19 +146,28 @@ pub fn run(opts: &Options, config: &Config, out: &mut dyn Write) -> Result<bool,
         )?;
         return Ok(false);
     }
-    let restart = changes.iter().any(|c| c.needs_restart);
     if opts.dry_run {
         for c in &changes {
-            diff(out, c)?;
+            diff::write(out, &c.path, c.before.as_deref().unwrap_or(""), c.after.as_deref().unwrap_or(""))?;
         }
         w(out, format!("dry run: {} file(s) would change; nothing was written", changes.len()))?;
         return Ok(true);
     }
     let mut state = state;
     for c in &changes {
+        if c.restores {
+            state.files.retain(|m| m.path != c.path);
+        }
         match &c.after {
             Some(content) => {
+                if !c.restores {
+                    state.note_new_dirs(&c.path);
+                }
                 write(&c.path, content)?;
+                if c.restores {
+                    w(out, format!("restored {}", c.path.display()))?;
+                    continue;
+                }
                 match state.files.iter_mut().find(|m| m.path == c.path) {
                     Some(m) => m.written = content.clone(),
                     None => state.files.push(Managed {
@@ -167,9 +181,6 @@ pub fn run(opts: &Options, config: &Config, out: &mut dyn Write) -> Result<bool,
             None => {
                 std::fs::remove_file(&c.path)
                     .map_err(|source| ConfigureError::Remove { path: c.path.clone(), source })?;
-                if let Some(dir) = c.path.parent() {
-                    let _ = std::fs::remove_dir(dir); // only if empty
-                }
                 w(out, format!("removed {}", c.path.display()))?;
             }
         }
@@ -178,19 +189,28 @@ pub fn run(opts: &Options, config: &Config, out: &mut dyn Write) -> Result<bool,
         state.files.clear();
     }
     if state.files.is_empty() {
+        // Nothing of ours is left: the state file goes, then the
+        // directories configure made, if nothing else lives in them.
         let _ = std::fs::remove_file(&state_path);
-    } else {
+        for d in state.remove_created_dirs() {
+            w(out, format!("removed {}", d.display()))?;
+        }
+    }
+    if !state.files.is_empty() || !state.created_dirs.is_empty() {
         write(&state_path, &serde_json::to_string_pretty(&state).expect("state serializes"))?;
     }
-    let unit = if opts.k3s_registries.is_some() { k3s::unit() } else { "containerd" };
     if restart {
+        let Some(unit) = unit else {
+            w(out, format!("the containerd that reads {} must be restarted to read the change (name its unit with --unit to have configure restart it)", opts.containerd_config.display()))?;
+            return Ok(true);
+        };
         if opts.restart {
             let status = std::process::Command::new("systemctl")
-                .args(["restart", unit])
+                .args(["restart", &unit])
                 .status()
-                .map_err(|source| ConfigureError::Systemctl { unit: unit.to_string(), source })?;
+                .map_err(|source| ConfigureError::Systemctl { unit: unit.clone(), source })?;
             if !status.success() {
-                return Err(ConfigureError::RestartFailed { unit: unit.to_string(), status });
+                return Err(ConfigureError::RestartFailed { unit, status });
             }
             w(out, format!("restarted {unit}"))?;
         } else {
@@ -207,12 +227,12 @@ fn plan(opts: &Options, config: &Config, state: &State) -> Result<Vec<Change>, C
     if regs.is_empty() {
         return Err(ConfigureError::NothingToConfigure);
     }
-    let url = berthd_url(config);
+    let url = berthd_url(config)?;
     let mut changes = Vec::new();
     let mut push = |path: PathBuf, after: String, needs_restart: bool| -> Result<(), ConfigureError> {
         let before = read(&path)?;
         if before.as_deref() != Some(after.as_str()) {
-            changes.push(Change { path, before, after: Some(after), needs_restart });
+            changes.push(Change { path, before, after: Some(after), needs_restart, restores: false });
         }
         Ok(())
     };
@@ -248,6 +268,26 @@ fn plan(opts: &Options, config: &Config, state: &State) -> Result<Vec<Change>, C
             push(opts.containerd_config.clone(), text, true)?;
         }
     }
+    if opts.k3s_registries.is_none() {
+        // hosts files written for registries no longer configured go back to
+        // what was there (unless someone changed them since).
+        let wanted: Vec<PathBuf> = regs.iter().map(|(n, _)| opts.certs_d.join(n).join("hosts.toml")).collect();
+        for m in &state.files {
+            let ours = m.path.starts_with(&opts.certs_d) && m.path.file_name() == Some("hosts.toml".as_ref());
+            if ours && !wanted.contains(&m.path) {
+                let current = read(&m.path)?;
+                if current.as_deref() == Some(m.written.as_str()) {
+                    changes.push(Change {
+                        path: m.path.clone(),
+                        before: current,
+                        after: m.original.clone(),
+                        needs_restart: false,
+                        restores: true,
+                    });
+                }
+            }
+        }
+    }
     Ok(changes)
 }
 
@@ -260,7 +300,13 @@ fn removal(state: &State, out: &mut dyn Write) -> Result<Vec<Change>, ConfigureE
             continue;
         }
         let needs_restart = m.path.extension().is_some_and(|e| e != "toml") || m.path.ends_with("config.toml");
-        changes.push(Change { path: m.path.clone(), before: current, after: m.original.clone(), needs_restart });
+        changes.push(Change {
+            path: m.path.clone(),
+            before: current,
+            after: m.original.clone(),
+            needs_restart,
+            restores: true,
+        });
     }
     Ok(changes)
 }
