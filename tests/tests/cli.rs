@@ -52,7 +52,11 @@ fn configure_refuses_tls_only_listeners_and_cleans_up_after_itself() {
     let out = configure(dir, &cfg, &["--detailed-exitcode"]);
     assert_eq!(out.status.code(), Some(3), "{}", text(&out));
     // (g) a containerd config that is not the system's: no guess at which service reads it.
-    assert!(text(&out).contains("the containerd that reads"), "{}", text(&out));
+    assert!(
+        text(&out).contains("containerd must be restarted to read the change: the one that reads"),
+        "{}",
+        text(&out)
+    );
     assert!(!text(&out).contains("systemctl restart containerd"), "{}", text(&out));
     let out = configure(dir, &cfg, &["--detailed-exitcode"]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));

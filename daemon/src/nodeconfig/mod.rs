@@ -201,7 +201,7 @@ pub fn run(opts: &Options, config: &Config, out: &mut dyn Write) -> Result<bool,
     }
     if restart {
         let Some(unit) = unit else {
-            w(out, format!("the containerd that reads {} must be restarted to read the change (name its unit with --unit to have configure restart it)", opts.containerd_config.display()))?;
+            w(out, format!("containerd must be restarted to read the change: the one that reads {} (name its unit with --unit to have configure restart it)", opts.containerd_config.display()))?;
             return Ok(true);
         };
         if opts.restart {
