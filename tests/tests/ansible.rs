@@ -43,14 +43,13 @@ use std::time::{Duration, Instant};
 
 use crate::common::{berthd_bin, require_tool, run, workspace_root};
 use crate::support_e2e::snapshotter::snapshotter_bin;
-use crate::support_e2e::{build_busybox_image, Layout, Skopeo};
+use crate::support_e2e::{build_busybox_image, debian_root, Layout, Skopeo};
 
 /// What the node's system root holds (besides mmdebstrap's minbase).
 const PACKAGES: &[&str] = &["systemd", "systemd-sysv", "dbus", "python3", "containerd", "runc"];
 const SUITE: &str = "bookworm";
 /// Bump when the way the root is built changes (part of the cache key).
 const ROOT_RECIPE: &str = "berth-ansible-node-1";
-const CACHE_DIR: &str = "/var/cache/berth-test";
 
 /// The cluster's registry name the node pulls as; berthd fronts it.
 const REGISTRY: &str = "registry.berth.test";
@@ -157,91 +156,14 @@ fn workspace_binaries() -> (PathBuf, PathBuf) {
 // The node's system root (mmdebstrap), cached by package list
 // ---------------------------------------------------------------------------
 
-/// The Debian mirror apt uses on this machine (`BERTH_TEST_DEBIAN_MIRROR`
-/// overrides), else deb.debian.org.
-fn debian_mirror() -> String {
-    if let Ok(m) = std::env::var("BERTH_TEST_DEBIAN_MIRROR") {
-        return m;
-    }
-    let mut files = vec![PathBuf::from("/etc/apt/sources.list")];
-    if let Ok(rd) = std::fs::read_dir("/etc/apt/sources.list.d") {
-        let mut more: Vec<PathBuf> = rd.filter_map(|e| e.ok().map(|e| e.path())).collect();
-        more.sort();
-        files.extend(more);
-    }
-    for f in files {
-        let Ok(text) = std::fs::read_to_string(&f) else { continue };
-        for line in text.lines().map(str::trim) {
-            let uris: Vec<&str> = if let Some(rest) = line.strip_prefix("URIs:") {
-                rest.split_whitespace().collect()
-            } else if let Some(rest) = line.strip_prefix("deb ") {
-                // deb [options] URI suite components
-                let rest = rest.trim_start();
-                let rest = match rest.strip_prefix('[') {
-                    Some(r) => r.split_once(']').map(|(_, r)| r).unwrap_or(""),
-                    None => rest,
-                };
-                rest.split_whitespace().take(1).collect()
-            } else {
-                Vec::new()
-            };
-            for u in uris {
-                let u = u.trim_end_matches('/');
-                if u.ends_with("/debian") && !u.contains("security") {
-                    return u.to_string();
-                }
-            }
-        }
-    }
-    "http://deb.debian.org/debian".to_string()
-}
-
-/// A tarball of the node's system root: built once with mmdebstrap, then
-/// taken from /var/cache/berth-test (the key covers everything it is made of
-/// but the mirror).
+/// A tarball of the node's system root (see [`debian_root::root_tarball`]).
 fn node_root_tarball() -> PathBuf {
-    let arch = std::env::consts::ARCH;
-    let key = crate::common::sha256(format!("{ROOT_RECIPE}|{SUITE}|{arch}|minbase|{}", PACKAGES.join(",")).as_bytes());
-    let path = Path::new(CACHE_DIR).join(format!("ansible-node-{SUITE}-{arch}-{}.tar", &key[7..23]));
-    if path.is_file() {
-        eprintln!("ansible: node root from the cache: {}", path.display());
-        return path;
-    }
-    let mmdebstrap = require_tool("mmdebstrap");
-    std::fs::create_dir_all(CACHE_DIR).unwrap();
-    let tmp = path.with_extension(format!("{}.tmp.tar", std::process::id()));
-    let mirror = debian_mirror();
-    let t = Instant::now();
-    eprintln!("ansible: building the node root with mmdebstrap ({SUITE}, {mirror}) ...");
-    let mut cmd = Command::new(mmdebstrap);
-    cmd.args(["--quiet", "--mode=root", "--variant=minbase", "--format=tar"])
-        .arg(format!("--include={}", PACKAGES.join(",")));
-    // dpkg without fsync: a third faster, and a half-built root is thrown away anyway.
-    let eatmydata = Path::new("/usr/share/mmdebstrap/hooks/eatmydata");
-    if eatmydata.is_dir() && Path::new("/usr/bin/eatmydata").is_file() {
-        cmd.arg(format!("--hook-dir={}", eatmydata.display()));
-    } else {
-        cmd.arg("--dpkgopt=force-unsafe-io");
-    }
-    let out = cmd
-        .args([
-            "--dpkgopt=path-exclude=/usr/share/man/*",
-            "--dpkgopt=path-exclude=/usr/share/doc/*",
-            "--dpkgopt=path-exclude=/usr/share/locale/*",
-            "--dpkgopt=path-include=/usr/share/locale/locale.alias",
-        ])
-        .arg(SUITE)
-        .arg(&tmp)
-        .arg(&mirror)
-        .output()
-        .expect("spawn mmdebstrap");
-    if !out.status.success() {
-        let _ = std::fs::remove_file(&tmp);
-        panic!("mmdebstrap failed ({}):\n{}", out.status, sh_out(&out));
-    }
-    std::fs::rename(&tmp, &path).unwrap();
-    eprintln!("ansible: node root built in {} -> {}", elapsed(t), path.display());
-    path
+    debian_root::root_tarball(&debian_root::Recipe {
+        name: "ansible-node",
+        version: ROOT_RECIPE,
+        suite: SUITE,
+        packages: PACKAGES,
+    })
 }
 
 // ---------------------------------------------------------------------------

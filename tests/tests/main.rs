@@ -12,6 +12,7 @@ mod auth;
 mod cli;
 mod conformance;
 mod containerd;
+mod containerd_versions;
 mod deploy;
 mod faults;
 mod mirror;

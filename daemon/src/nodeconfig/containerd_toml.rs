@@ -10,12 +10,78 @@
 //! containerd 1.6/1.7 files (`version = 2`) keep it under
 //! `[plugins."io.containerd.grpc.v1.cri".registry]`; containerd 2.x files
 //! (`version = 3`) under `[plugins."io.containerd.cri.v1.images".registry]`.
+//! containerd 2.x also runs version 2 files, but does not carry the CRI
+//! snapshotter keys of one over: in version 2 files they are set in both
+//! places (1.x ignores the 2.x table). The transfer service (1.7+, what
+//! `ctr image pull` uses on 2.x) unpacks only into the snapshotters its
+//! `unpack_config` lists, so berth is added there too (tested against
+//! containerd 1.6, 1.7 and 2.1).
 
 use super::EditError;
 use toml_edit::{DocumentMut, Item, Table, TableLike};
 
 const V2_PLUGIN: &str = "io.containerd.grpc.v1.cri";
 const V3_PLUGIN: &str = "io.containerd.cri.v1.images";
+/// The transfer service (containerd 1.7+; what `ctr image pull` uses on
+/// 2.x): it unpacks only into snapshotters its `unpack_config` lists.
+const TRANSFER_PLUGIN: &str = "io.containerd.transfer.v1.local";
+/// The snapshotter containerd unpacks into when `unpack_config` is empty.
+const DEFAULT_SNAPSHOTTER: &str = "overlayfs";
+
+/// This node's platform as containerd writes it.
+fn platform() -> String {
+    match std::env::consts::ARCH {
+        "x86_64" => "linux/amd64".into(),
+        "aarch64" => "linux/arm64".into(),
+        "arm" => "linux/arm/v7".into(),
+        other => format!("linux/{other}"),
+    }
+}
+
+/// Sets `snapshotter = "berth"` and `disable_snapshot_annotations = false`
+/// in `target` where they differ.
+fn use_berth(target: &mut Table) {
+    if target.get("snapshotter").and_then(|v| v.as_str()) != Some(SNAPSHOTTER) {
+        target["snapshotter"] = toml_edit::value(SNAPSHOTTER);
+    }
+    if target.get("disable_snapshot_annotations").and_then(|v| v.as_bool()) != Some(false) {
+        target["disable_snapshot_annotations"] = toml_edit::value(false);
+    }
+}
+
+/// Adds berth to the transfer service's `unpack_config` (after the
+/// default entry containerd would otherwise assume, when the list was
+/// empty), in whichever form the file writes the list.
+fn add_unpack_entry(transfer: &mut Table) -> Result<(), EditError> {
+    let entry = |snapshotter: &str| {
+        let mut t = toml_edit::InlineTable::new();
+        t.insert("platform", platform().into());
+        t.insert("snapshotter", snapshotter.into());
+        t
+    };
+    let item = transfer.entry("unpack_config").or_insert(Item::ArrayOfTables(toml_edit::ArrayOfTables::new()));
+    let is_berth = |t: &dyn TableLike| t.get("snapshotter").and_then(|v| v.as_str()) == Some(SNAPSHOTTER);
+    match item {
+        Item::ArrayOfTables(list) => {
+            if !list.iter().any(|t| is_berth(t)) {
+                if list.is_empty() {
+                    list.push(entry(DEFAULT_SNAPSHOTTER).into_table());
+                }
+                list.push(entry(SNAPSHOTTER).into_table());
+            }
+        }
+        Item::Value(toml_edit::Value::Array(list)) => {
+            if !list.iter().any(|v| v.as_inline_table().is_some_and(|t| is_berth(t))) {
+                if list.is_empty() {
+                    list.push(entry(DEFAULT_SNAPSHOTTER));
+                }
+                list.push(entry(SNAPSHOTTER));
+            }
+        }
+        _ => return Err(EditError::NotATable(format!("plugins.\"{TRANSFER_PLUGIN}\".unpack_config"))),
+    }
+    Ok(())
+}
 
 /// What the edit found.
 #[derive(Debug, PartialEq, Eq)]
@@ -65,13 +131,13 @@ pub fn set_snapshotter(text: &str, address: &str) -> Result<String, EditError> {
         proxy["address"] = toml_edit::value(address);
     }
     let cri = table(table(root, "plugins")?, plugin)?;
-    let target = if plugin == V2_PLUGIN { table(cri, "containerd")? } else { cri };
-    if target.get("snapshotter").and_then(|v| v.as_str()) != Some(SNAPSHOTTER) {
-        target["snapshotter"] = toml_edit::value(SNAPSHOTTER);
+    use_berth(if plugin == V2_PLUGIN { table(cri, "containerd")? } else { cri });
+    if plugin == V2_PLUGIN {
+        // containerd 2.x reads version 2 files but does not carry these two
+        // keys over to its images plugin; containerd 1.x ignores the table.
+        use_berth(table(table(root, "plugins")?, V3_PLUGIN)?);
     }
-    if target.get("disable_snapshot_annotations").and_then(|v| v.as_bool()) != Some(false) {
-        target["disable_snapshot_annotations"] = toml_edit::value(false);
-    }
+    add_unpack_entry(table(table(root, "plugins")?, TRANSFER_PLUGIN)?)?;
     Ok(doc.to_string())
 }
 
@@ -96,11 +162,33 @@ pub fn unset_snapshotter(text: &str, original: &str) -> Result<String, EditError
     if ours_proxy {
         restore(doc.as_table_mut(), orig.as_table(), &["proxy_plugins"], SNAPSHOTTER);
     }
-    if ours_cri {
-        if cri_value(&doc, "disable_snapshot_annotations").is_some_and(|v| v.as_bool() == Some(false)) {
-            restore(doc.as_table_mut(), orig.as_table(), cri, "disable_snapshot_annotations");
+    let mut targets = vec![cri];
+    if plugin == V2_PLUGIN {
+        targets.push(&["plugins", V3_PLUGIN]);
+    }
+    for path in targets {
+        let value =
+            |doc: &DocumentMut, key: &str| lookup(doc.as_table(), path).and_then(|t| t.get(key)?.as_value().cloned());
+        if !value(&doc, "snapshotter").is_some_and(|v| v.as_str() == Some(SNAPSHOTTER)) {
+            continue;
         }
-        restore(doc.as_table_mut(), orig.as_table(), cri, "snapshotter");
+        if value(&doc, "disable_snapshot_annotations").is_some_and(|v| v.as_bool() == Some(false)) {
+            restore(doc.as_table_mut(), orig.as_table(), path, "disable_snapshot_annotations");
+        }
+        restore(doc.as_table_mut(), orig.as_table(), path, "snapshotter");
+    }
+    let unpack = lookup(doc.as_table(), &["plugins", TRANSFER_PLUGIN, "unpack_config"]);
+    let berth_unpacks = match unpack {
+        Some(Item::ArrayOfTables(list)) => {
+            list.iter().any(|t| t.get("snapshotter").and_then(|v| v.as_str()) == Some(SNAPSHOTTER))
+        }
+        Some(Item::Value(toml_edit::Value::Array(list))) => list.iter().any(|v| {
+            v.as_inline_table().and_then(|t| t.get("snapshotter")?.as_str().map(|s| s == SNAPSHOTTER)) == Some(true)
+        }),
+        _ => false,
+    };
+    if berth_unpacks {
+        restore(doc.as_table_mut(), orig.as_table(), &["plugins", TRANSFER_PLUGIN], "unpack_config");
     }
     Ok(doc.to_string())
 }
@@ -215,7 +303,24 @@ root = "/var/lib/containerd"
         let ctd = &doc["plugins"][V2_PLUGIN]["containerd"];
         assert_eq!(ctd["snapshotter"].as_str(), Some("berth"));
         assert_eq!(ctd["disable_snapshot_annotations"].as_bool(), Some(false));
+        let images = &doc["plugins"][V3_PLUGIN];
+        assert_eq!(images["snapshotter"].as_str(), Some("berth"), "containerd 2.x reading a version 2 file");
+        assert_eq!(images["disable_snapshot_annotations"].as_bool(), Some(false));
+        let unpack = doc["plugins"][TRANSFER_PLUGIN]["unpack_config"].as_array_of_tables().unwrap();
+        let snapshotters: Vec<_> = unpack.iter().map(|t| t["snapshotter"].as_str().unwrap()).collect();
+        assert_eq!(snapshotters, ["overlayfs", "berth"], "the implicit default is kept beside berth");
+        assert!(unpack.iter().all(|t| t["platform"].as_str() == Some(platform().as_str())));
         assert_eq!(set_snapshotter(&out, "/run/berth/snapshotter.sock").unwrap(), out, "idempotent");
+
+        // An unpack_config of the operator's, as an inline array: berth is added, theirs kept.
+        let theirs = "version = 2\n[plugins.\"io.containerd.transfer.v1.local\"]\n  unpack_config = [{platform = \"linux/amd64\", snapshotter = \"zfs\"}]\n";
+        let out = set_snapshotter(theirs, "/s.sock").unwrap();
+        let doc: DocumentMut = out.parse().unwrap();
+        let list = doc["plugins"][TRANSFER_PLUGIN]["unpack_config"].as_array().unwrap();
+        let snapshotters: Vec<_> =
+            list.iter().map(|v| v.as_inline_table().unwrap()["snapshotter"].as_str().unwrap()).collect();
+        assert_eq!(snapshotters, ["zfs", "berth"]);
+        assert_eq!(unset_snapshotter(&out, theirs).unwrap(), theirs, "byte for byte");
 
         let v3 = "version = 3\n[plugins.'io.containerd.cri.v1.images']\n  snapshotter = 'overlayfs'\n  disable_snapshot_annotations = true\n";
         let doc: DocumentMut = set_snapshotter(v3, "/s.sock").unwrap().parse().unwrap();

@@ -8,6 +8,7 @@
 //! * compares OCI layouts / registry roots byte for byte.
 
 pub mod containerd;
+pub mod debian_root;
 pub mod pki;
 pub mod snapshotter;
 pub mod token;
