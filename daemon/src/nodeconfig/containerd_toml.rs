@@ -169,7 +169,7 @@ pub fn unset_snapshotter(text: &str, original: &str) -> Result<String, EditError
     for path in targets {
         let value =
             |doc: &DocumentMut, key: &str| lookup(doc.as_table(), path).and_then(|t| t.get(key)?.as_value().cloned());
-        if !value(&doc, "snapshotter").is_some_and(|v| v.as_str() == Some(SNAPSHOTTER)) {
+        if value(&doc, "snapshotter").is_none_or(|v| v.as_str() != Some(SNAPSHOTTER)) {
             continue;
         }
         if value(&doc, "disable_snapshot_annotations").is_some_and(|v| v.as_bool() == Some(false)) {
