@@ -157,11 +157,11 @@ fn workspace_binaries() -> (PathBuf, PathBuf) {
 // ---------------------------------------------------------------------------
 
 /// A tarball of the node's system root (see [`debian_root::root_tarball`]).
-fn node_root_tarball() -> PathBuf {
+fn node_root_tarball(suite: &str) -> PathBuf {
     debian_root::root_tarball(&debian_root::Recipe {
         name: "ansible-node",
         version: ROOT_RECIPE,
-        suite: SUITE,
+        suite,
         packages: PACKAGES,
     })
 }
@@ -204,7 +204,10 @@ impl Node {
         std::fs::write(root.join("etc/containerd/config.toml"), CONTAINERD_CONFIG).unwrap();
         std::fs::write(root.join("etc/hostname"), "berth-node\n").unwrap();
 
-        let machine = format!("berth-ansible-{}", std::process::id());
+        // Unique per node: two tests boot nodes at once.
+        static NODES: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = NODES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let machine = format!("berth-ansible-{}-{n}", std::process::id());
         let console = std::fs::File::create(dir.path().join("console.log")).unwrap();
         let mut cmd = Command::new(nspawn);
         cmd.args(["--quiet", "-b", "--private-network", "--register=no", "--console=pipe"])
@@ -704,7 +707,7 @@ fn ansible_rolls_out_berth_on_a_debian_node_and_removes_it_exactly() {
     std::fs::copy(berthd_built, &berthd).expect("copy berthd");
     let snapshotter = work.path().join("berth-snapshotter");
     std::fs::copy(snapshotter_built, &snapshotter).expect("copy berth-snapshotter");
-    let tarball = node_root_tarball();
+    let tarball = node_root_tarball(SUITE);
     let mut node = Node::boot(&tarball);
     node.start_seaweed();
     let inventory = work.path().join("inventory.yml");
@@ -989,6 +992,66 @@ fn ansible_rolls_out_berth_on_a_debian_node_and_removes_it_exactly() {
 
     node.shutdown();
     eprintln!("ansible: done in {}", elapsed(started));
+}
+
+/// Debian 13 (systemd 257, containerd 1.7, Python 3.13) boots under
+/// systemd-nspawn here too: the rollout with berth-snapshotter on, a pull
+/// run lazily through it, a second run that changes nothing, and a removal
+/// that gives containerd's configuration back byte for byte.
+#[test]
+fn ansible_rolls_out_berth_with_the_snapshotter_on_debian_13() {
+    assert!(is_root(), "the Ansible test needs root (it boots a node with systemd-nspawn)");
+    for tool in ["mmdebstrap", "systemd-nspawn", "nsenter", "unshare", "skopeo", "umoci", "weed", "tar", "timeout"] {
+        require_tool(tool);
+    }
+    let mut ansible = Ansible::new();
+    let work = tempfile::Builder::new().prefix("berth-ansible-work").tempdir_in("/var/tmp").unwrap();
+    let image =
+        crate::support_e2e::build_busybox_image_with(work.path(), "busybox", &[("etc/berth-test", b"trixie\n")]);
+    let (berthd_built, snapshotter_built) = workspace_binaries();
+    let berthd = work.path().join("berthd");
+    std::fs::copy(berthd_built, &berthd).expect("copy berthd");
+    let snapshotter = work.path().join("berth-snapshotter");
+    std::fs::copy(snapshotter_built, &snapshotter).expect("copy berth-snapshotter");
+    let mut node = Node::boot(&node_root_tarball("trixie"));
+    node.start_seaweed();
+    let inventory = work.path().join("inventory.yml");
+    write_inventory(&inventory, &node, &["node1"], &berthd, &snapshotter);
+    let containerd_before = tree(&node.path("/etc/containerd"));
+    let version = node.ok(&["containerd", "--version"]);
+    assert!(version.contains(" 1.7."), "Debian 13 ships containerd 1.7: {version}");
+
+    let on = ["-e", r#"{"berth_snapshotter": true}"#];
+    let first = ansible.ok("rollout on Debian 13", &inventory, &[&on[..], &["--diff"]].concat());
+    assert!(first.changed("node1") > 0, "{}", first.out);
+    for unit in ["berth", "berth-snapshotter", "containerd"] {
+        assert_eq!(node.unit(unit, "ActiveState"), "active", "{unit}: {}", node.journal(unit));
+    }
+    let (berth_pid, containerd_pid) = (node.unit("berth", "MainPID"), node.unit("containerd", "MainPID"));
+    node.push(&image.layout, "app:v1");
+    let (digest, out) = node.pull_and_run_with(
+        "app:v1",
+        "berth-trixie-1",
+        &["--snapshotter", "berth"],
+        &["sh", "-c", "echo hi && cat /etc/berth-test"],
+    );
+    assert_eq!(digest, image.manifest_digest, "containerd pulled what was pushed");
+    assert_eq!(out.trim(), "hi\ntrixie", "the container's output, from berth-snapshotter's snapshot");
+
+    let again = ansible.ok("second rollout on Debian 13", &inventory, &on);
+    assert_eq!(again.changed("node1"), 0, "second run changed:\n{}\n\n{}", again.changed_tasks(), again.out);
+    assert_eq!(node.unit("berth", "MainPID"), berth_pid, "the second run restarted berthd");
+    assert_eq!(node.unit("containerd", "MainPID"), containerd_pid, "the second run restarted containerd");
+
+    let absent = ansible.ok("removal on Debian 13", &inventory, &["-e", "berth_state=absent", "--diff"]);
+    assert!(absent.changed("node1") > 0, "{}", absent.out);
+    assert!(
+        tree(&node.path("/etc/containerd")) == containerd_before,
+        "/etc/containerd differs after removal; config.toml now:\n{}",
+        std::fs::read_to_string(node.path("/etc/containerd/config.toml")).unwrap_or_default()
+    );
+    assert_eq!(node.unit("containerd", "ActiveState"), "active", "{}", node.journal("containerd"));
+    assert_eq!(node.unit("berth", "LoadState"), "not-found");
 }
 
 fn is_root() -> bool {

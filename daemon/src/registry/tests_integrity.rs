@@ -66,17 +66,19 @@ async fn concurrent_finishes_and_cancels_give_upload_errors() {
     let dir = tempfile::tempdir().unwrap();
     let reg = fs_registry(dir.path());
     let r = repo("race/two");
-    for round in 0..20u8 {
-        let data = vec![round; 1000];
+    // Many rounds: the window in which a late request could find a
+    // half-removed upload (data moved, directory not yet gone) is small.
+    for round in 0..300u16 {
+        let data = round.to_le_bytes().repeat(500);
         let d = Digest::sha256_of(&data);
         let up = reg.start_upload(&r).await.unwrap();
         reg.append_chunk(&r, &up.id, None, body(data.clone())).await.unwrap();
         let mut tasks = Vec::new();
-        for i in 0..3 {
+        for i in 0..4 {
             let (reg, r, id, d) = (reg.clone(), r.clone(), up.id.clone(), d.clone());
             tasks.push(tokio::spawn(async move {
                 match i {
-                    2 => reg.cancel_upload(&r, &id).await.map(|_| ()),
+                    3 => reg.cancel_upload(&r, &id).await.map(|_| ()),
                     _ => reg.finish_upload(&r, &id, &d, None).await.map(|_| ()),
                 }
             }));
@@ -94,6 +96,68 @@ async fn concurrent_finishes_and_cancels_give_upload_errors() {
             assert_eq!(got, data);
         }
     }
+}
+
+/// The filesystem backend, with deletes that take a while: the moment
+/// between a finish moving an upload's data and removing its directory.
+struct SlowDeletes(FsDriver);
+
+#[async_trait::async_trait]
+impl crate::storage::StorageDriver for SlowDeletes {
+    fn name(&self) -> &'static str {
+        "slow-deletes"
+    }
+    async fn get_content(&self, path: &str) -> crate::storage::Result<Bytes> {
+        self.0.get_content(path).await
+    }
+    async fn put_content(&self, path: &str, content: Bytes) -> crate::storage::Result<()> {
+        self.0.put_content(path, content).await
+    }
+    async fn reader(&self, path: &str, offset: u64) -> crate::storage::Result<crate::storage::ByteStream> {
+        self.0.reader(path, offset).await
+    }
+    async fn writer(&self, path: &str, append: bool) -> crate::storage::Result<Box<dyn crate::storage::FileWriter>> {
+        self.0.writer(path, append).await
+    }
+    async fn stat(&self, path: &str) -> crate::storage::Result<crate::storage::FileInfo> {
+        self.0.stat(path).await
+    }
+    async fn list(&self, path: &str) -> crate::storage::Result<Vec<String>> {
+        self.0.list(path).await
+    }
+    async fn move_object(&self, source: &str, dest: &str) -> crate::storage::Result<()> {
+        self.0.move_object(source, dest).await
+    }
+    async fn delete(&self, path: &str) -> crate::storage::Result<()> {
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        self.0.delete(path).await
+    }
+}
+
+/// A request that arrives while a cancel (or finish) is removing an upload
+/// finds the upload gone: it neither finishes nor appends to an upload
+/// whose end already began.
+#[tokio::test]
+async fn a_request_during_the_end_of_an_upload_finds_it_gone() {
+    let dir = tempfile::tempdir().unwrap();
+    let reg = Registry::new(Arc::new(SlowDeletes(FsDriver::new(dir.path()))), Policy::default());
+    let r = repo("race/late");
+    let data = vec![7u8; 4096];
+    let d = Digest::sha256_of(&data);
+    let up = reg.start_upload(&r).await.unwrap();
+    reg.append_chunk(&r, &up.id, None, body(data.clone())).await.unwrap();
+    let cancel = {
+        let (reg, r, id) = (reg.clone(), r.clone(), up.id.clone());
+        tokio::spawn(async move { reg.cancel_upload(&r, &id).await })
+    };
+    // The cancel is removing the upload's directory.
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    let late = reg.finish_upload(&r, &up.id, &d, None).await;
+    assert!(matches!(late, Err(Error::BlobUploadUnknown(_))), "a finish after the cancel began: {late:?}");
+    let late = reg.append_chunk(&r, &up.id, None, body(vec![1; 10])).await;
+    assert!(matches!(late, Err(Error::BlobUploadUnknown(_))), "an append after the cancel began: {late:?}");
+    cancel.await.unwrap().unwrap();
+    assert!(matches!(reg.stat_blob(&r, &d).await, Err(Error::BlobUnknown(_))), "a cancelled upload stores nothing");
 }
 
 #[tokio::test]

@@ -259,17 +259,13 @@ impl Registry {
             _ => self.hash_object(&data_path, expected.algorithm()).await?,
         };
         if &actual != expected {
-            s.ended = true;
-            self.uploads.remove(id);
-            self.delete_if_exists(&paths::upload_dir(repo, id)).await?;
+            self.end_upload(&mut s, repo, id).await?;
             return Err(Error::DigestInvalid(format!(
                 "uploaded content has digest {actual} but the client said {expected}; the upload was discarded, push the blob again"
             )));
         }
         self.store_verified(repo, &data_path, expected, size).await?;
-        s.ended = true;
-        self.uploads.remove(id);
-        self.delete_if_exists(&paths::upload_dir(repo, id)).await?;
+        self.end_upload(&mut s, repo, id).await?;
         Ok(BlobInfo { digest: actual, size, stored: None })
     }
 
@@ -287,9 +283,21 @@ impl Registry {
     pub async fn cancel_upload(&self, repo: &RepoName, id: &str) -> Result<()> {
         self.ensure_writable()?;
         let mut s = self.lock_upload(repo, id).await?;
+        self.end_upload(&mut s, repo, id).await
+    }
+
+    /// Ends an upload whose lock `s` is held: marks it ended, removes its
+    /// directory, and only then forgets its lock. A request that arrives
+    /// meanwhile finds the same lock and, once it gets it, the upload ended
+    /// (`BLOB_UPLOAD_UNKNOWN`); forgetting the lock first would give it a
+    /// fresh one and a half-removed upload (its data already moved under
+    /// the digest) to append to or hash as empty. If the directory cannot
+    /// be removed, the ended lock stays, so the upload stays unknown.
+    async fn end_upload(&self, s: &mut Session, repo: &RepoName, id: &str) -> Result<()> {
         s.ended = true;
+        self.delete_if_exists(&paths::upload_dir(repo, id)).await?;
         self.uploads.remove(id);
-        self.delete_if_exists(&paths::upload_dir(repo, id)).await
+        Ok(())
     }
 
     /// Moves verified data under its digest and links it into the
