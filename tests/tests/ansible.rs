@@ -23,7 +23,9 @@
 //! leaves containerd's configuration as it was, byte for byte. Then the same
 //! node as a k3s agent (a stand-in `k3s-agent` unit): registries.yaml is
 //! edited, k3s-agent restarted, and both given back exactly. `ansible-lint`
-//! runs meanwhile. Secrets never appear in the play's output.
+//! runs meanwhile. Secrets never appear in the play's output. A second
+//! test rolls out berth-snapshotter on a Debian 13 node (systemd 257,
+//! containerd 1.7) and removes it again.
 //!
 //! Needs root, `bash tests/scripts/install-ansible.sh` (mmdebstrap,
 //! systemd-container, Ansible in /opt/berth-test/ansible) and the tools of
