@@ -171,8 +171,33 @@ fn readiness_is_notified_to_systemd() {
     assert_eq!(&buf[..n], b"READY=1");
     use std::io::{Read, Write};
     let mut conn = std::net::TcpStream::connect(&b.addr).expect("listening when it said so");
-    conn.write_all(b"GET /v2/ HTTP/1.1\r\nHost: berthd\r\nConnection: close\r\n\r\n").unwrap();
+    conn.write_all(b"GET /v2/ HTTP/1.1\r\nHost: berthd\r\nUser-Agent: berth-test/1.0\r\nConnection: close\r\n\r\n")
+        .unwrap();
     let mut answer = String::new();
     conn.read_to_string(&mut answer).unwrap();
     assert!(answer.starts_with("HTTP/1.1 200"), "serving when it said so: {answer}");
+
+    // The access log has registry:2's fields, and no colour codes in a log that is not a terminal.
+    let local = conn.local_addr().unwrap().to_string();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let line = loop {
+        let lines = b.log.lock().unwrap().clone();
+        if let Some(l) = lines.iter().find(|l| l.contains("berthd::access") && l.contains(&local)) {
+            break l.clone();
+        }
+        assert!(std::time::Instant::now() < deadline, "no access log line for {local}:\n{}", lines.join("\n"));
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    for field in [
+        format!("remote={local}"),
+        "user=-".into(),
+        "method=GET".into(),
+        "path=/v2/".into(),
+        "status=200".into(),
+        "bytes=2".into(),
+        "user_agent=berth-test/1.0".into(),
+    ] {
+        assert!(line.contains(&field), "{field} in: {line}");
+    }
+    assert!(!b.log.lock().unwrap().iter().any(|l| l.contains('\u{1b}')), "colour codes in berthd's log");
 }

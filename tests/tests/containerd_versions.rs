@@ -177,6 +177,9 @@ fn scenario(suite: &str, want_version: &str) {
     assert!(release.starts_with(want_version), "{suite} has containerd {release}: {version}");
     eprintln!("{suite}: containerd {release}");
     let v2 = release.starts_with('2');
+    for log in ["berthd", "snapshotter"] {
+        assert!(!node.log(log).contains('\u{1b}'), "colour codes in {log}'s log file:\n{}", node.log(log));
+    }
 
     let image = build_busybox_image(work.path(), "img");
     Skopeo::new().push(&image.layout, node.berthd_url.trim_start_matches("http://"), "app:v1", &[]);

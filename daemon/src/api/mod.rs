@@ -12,7 +12,7 @@ pub mod range;
 pub mod route;
 mod uploads;
 
-use crate::auth::{Access, Action, Gate, Refusal, Scope};
+use crate::auth::{Access, Action, Gate, Identity, Refusal, Scope};
 use crate::listen::PeerInfo;
 use crate::names::RepoName;
 use crate::registry::{Error, Registry};
@@ -61,6 +61,8 @@ async fn dispatch(State(state): State<Shared>, ConnectInfo(peer): ConnectInfo<Pe
     let req = Request::from_parts(parts, drain::drain_on_drop(body, state.body_timeout));
     let method = req.method().clone();
     let path = req.uri().path().to_string();
+    let user_agent = req.headers().get(header::USER_AGENT).and_then(|v| v.to_str().ok()).unwrap_or("-").to_string();
+    let mut user = "-".to_string();
     let mut label = "unknown";
     let mut resp = match route::parse(&path) {
         Ok(route) => {
@@ -68,7 +70,14 @@ async fn dispatch(State(state): State<Shared>, ConnectInfo(peer): ConnectInfo<Pe
             let authz = req.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).map(str::to_string);
             let needs = scopes(&route, req.method(), &req);
             match authorize(&state, authz, needs, &peer).await {
-                Ok(()) => handle(&state, route, req).await.unwrap_or_else(IntoResponse::into_response),
+                Ok(identity) => {
+                    user = match identity {
+                        Identity::Anonymous => "-".to_string(),
+                        Identity::User(name) => name,
+                        Identity::Token(t) => t.subject,
+                    };
+                    handle(&state, route, req).await.unwrap_or_else(IntoResponse::into_response)
+                }
                 Err(refusal) => refusal.into_response(),
             }
         }
@@ -90,12 +99,24 @@ async fn dispatch(State(state): State<Shared>, ConnectInfo(peer): ConnectInfo<Pe
     }
     crate::metrics::get().request(label, method.as_str(), resp.status().as_u16());
     if state.access_log {
+        // registry:2's fields; never a credential (the path carries none,
+        // the query and headers but the user agent are not logged).
+        use axum::body::HttpBody;
+        // The length the response declares (streams of unknown length: `-`).
+        let bytes = match resp.body().size_hint().exact() {
+            Some(n) => n.to_string(),
+            None => resp.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).unwrap_or("-").to_string(),
+        };
         tracing::info!(
             target: "berthd::access",
+            remote = %peer.addr,
+            user = %user,
             method = %method,
             path = %path,
             status = resp.status().as_u16(),
+            bytes = %bytes,
             ms = started.elapsed().as_millis() as u64,
+            user_agent = %user_agent,
             "request"
         );
     }
@@ -139,17 +160,14 @@ async fn authorize(
     authz: Option<String>,
     scopes: Vec<Scope>,
     peer: &PeerInfo,
-) -> Result<(), Refusal> {
+) -> Result<Identity, Refusal> {
     let authz = authz.as_deref();
     if state.gate.is_cheap(authz) {
-        return state
-            .gate
-            .check(&state.access, authz, peer.client_cert.as_deref(), peer.addr.ip(), &scopes)
-            .map(|_| ());
+        return state.gate.check(&state.access, authz, peer.client_cert.as_deref(), peer.addr.ip(), &scopes);
     }
     let (gate, policy, authz, cert, ip) =
         (state.gate.clone(), state.access, authz.map(str::to_string), peer.client_cert.clone(), peer.addr.ip());
-    tokio::task::spawn_blocking(move || gate.check(&policy, authz.as_deref(), cert.as_deref(), ip, &scopes).map(|_| ()))
+    tokio::task::spawn_blocking(move || gate.check(&policy, authz.as_deref(), cert.as_deref(), ip, &scopes))
         .await
         .unwrap_or_else(|e| Err(Refusal::Denied(format!("the credential check failed: {e}"))))
 }
