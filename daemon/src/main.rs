@@ -39,6 +39,18 @@ enum Command {
         #[arg(long)]
         repair: bool,
     },
+    /// Report what a garbage collection would free: every blob no manifest
+    /// reaches, as registry:2's `garbage-collect --dry-run` lists them.
+    /// Deleting is not built yet, so --dry-run is required.
+    Gc {
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        #[arg(conflicts_with = "config", value_name = "CONFIG")]
+        config_positional: Option<PathBuf>,
+        /// Report only; delete nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
     /// Integrate with the node's container runtime.
     Containerd {
         #[command(subcommand)]
@@ -118,6 +130,7 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Serve { config, config_positional } => serve(config.or(config_positional)),
         Command::Fsck { config, config_positional, repair } => fsck(config.or(config_positional), repair),
+        Command::Gc { config, config_positional, dry_run } => gc(config.or(config_positional), dry_run),
         Command::Containerd {
             command:
                 ContainerdCommand::Configure {
@@ -214,6 +227,38 @@ fn fsck(path: Option<PathBuf>, repair: bool) -> ExitCode {
         Ok(false) => ExitCode::FAILURE,
         Err(e) => {
             eprintln!("berthd fsck: {e}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn gc(path: Option<PathBuf>, dry_run: bool) -> ExitCode {
+    if !dry_run {
+        eprintln!(
+            "berthd gc: deleting is not built yet (it must stay safe while other nodes push); \
+             run `berthd gc --dry-run` to see what a collection would free"
+        );
+        return ExitCode::from(2);
+    }
+    let vars: Vec<(String, String)> = std::env::vars().collect();
+    let config = match berthd::config::load(path.as_deref(), &vars) {
+        Ok(l) => l.config,
+        Err(e) => {
+            eprintln!("berthd: {e}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("berthd: cannot start the async runtime: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    match rt.block_on(berthd::commands::gc::run(&config, &mut std::io::stdout())) {
+        Ok(_) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("berthd gc: {e}");
             ExitCode::from(2)
         }
     }

@@ -360,3 +360,80 @@ fn root_stays_usable_after_berthd_is_killed_mid_upload() {
     sk.push(&img.layout, &berthd.addr, "app:v2", &["--format", "v2s2"]);
     assert_eq!(tags_list(&berthd.url(), "app"), vec!["v1".to_string(), "v2".to_string()]);
 }
+
+/// `berthd gc --dry-run` finds the same garbage as Debian's
+/// `docker-registry garbage-collect --dry-run` on one root: a deleted
+/// image's manifest, config and layer, an uploaded blob no manifest names;
+/// nothing reachable (a multi-arch index and its children included).
+#[test]
+fn garbage_is_what_docker_registry_garbage_collect_finds() {
+    let work = tempfile::tempdir().unwrap();
+    let root_dir = tempfile::tempdir().unwrap();
+    let root = root_dir.path().join("registry");
+    let img = build_busybox_image(work.path(), "src");
+    let other = crate::support_e2e::build_busybox_image_with(work.path(), "other", &[("etc/other", b"other\n")]);
+    let (multi, _) = build_multiarch_index(work.path(), "multi", &img);
+    let sk = Skopeo::new();
+    let berthd = berthd_on(&root);
+    sk.push(&img.layout, &berthd.addr, "library/app:v1", &[]);
+    sk.push(&multi, &berthd.addr, "library/app:multi", &["--all"]);
+    sk.push(&other.layout, &berthd.addr, "team/other:v1", &[]);
+    // An upload that no manifest names.
+    let lone = b"a blob pushed on its own".to_vec();
+    let lone_digest = crate::common::sha256(&lone);
+    let put = http_with_body(
+        "POST",
+        &format!("{}/v2/team/other/blobs/uploads/?digest={lone_digest}", berthd.url()),
+        &[("Content-Type", "application/octet-stream")],
+        lone.clone(),
+    )
+    .unwrap();
+    assert_eq!(put.status, 201, "monolithic upload");
+    // The other image deleted by digest.
+    let del =
+        http("DELETE", &format!("{}/v2/team/other/manifests/{}", berthd.url(), other.manifest_digest), &[]).unwrap();
+    assert_eq!(del.status, 202, "delete");
+    let config = berthd.config_path();
+
+    let ours = std::process::Command::new(crate::common::berthd_bin())
+        .args(["gc", "--dry-run", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    let ours_text = String::from_utf8_lossy(&ours.stdout).to_string();
+    assert!(ours.status.success(), "berthd gc --dry-run: {ours_text}{}", String::from_utf8_lossy(&ours.stderr));
+    drop(berthd);
+    let registry2_config = work.path().join("registry2.yml");
+    std::fs::write(
+        &registry2_config,
+        format!("version: 0.1\nstorage:\n  filesystem:\n    rootdirectory: {}\n", root.display()),
+    )
+    .unwrap();
+    let theirs = std::process::Command::new(crate::common::require_tool("docker-registry"))
+        .args(["garbage-collect", "--dry-run"])
+        .arg(&registry2_config)
+        .output()
+        .unwrap();
+    let theirs_text = format!("{}{}", String::from_utf8_lossy(&theirs.stdout), String::from_utf8_lossy(&theirs.stderr));
+    assert!(theirs.status.success(), "docker-registry garbage-collect --dry-run: {theirs_text}");
+    let eligible = |text: &str| -> std::collections::BTreeSet<String> {
+        text.lines()
+            .filter_map(|l| l.split("blob eligible for deletion: ").nth(1))
+            .map(|d| d.trim().trim_matches('"').to_string())
+            .collect()
+    };
+    let (ours_set, theirs_set) = (eligible(&ours_text), eligible(&theirs_text));
+    assert_eq!(ours_set, theirs_set, "berthd:\n{ours_text}\ndocker-registry:\n{theirs_text}");
+    let other_manifest: serde_json::Value = serde_json::from_slice(&other.layout.blob(&other.manifest_digest)).unwrap();
+    let mut want = std::collections::BTreeSet::from([other.manifest_digest.clone(), lone_digest.clone()]);
+    want.insert(other_manifest["config"]["digest"].as_str().unwrap().to_string());
+    for l in other_manifest["layers"].as_array().unwrap() {
+        want.insert(l["digest"].as_str().unwrap().to_string());
+    }
+    assert_eq!(ours_set, want, "exactly the deleted image and the lone blob:\n{ours_text}");
+    assert!(ours_text.contains("dry run: nothing was deleted"), "{ours_text}");
+    // Nothing was deleted: docker-registry's dry run still lists the same after ours.
+    assert!(root
+        .join(format!("docker/registry/v2/blobs/sha256/{}/{}/data", &lone_digest[7..9], &lone_digest[7..]))
+        .is_file());
+}

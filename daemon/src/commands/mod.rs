@@ -4,4 +4,5 @@
 
 pub mod config_check;
 pub mod fsck;
+pub mod gc;
 mod progress;

@@ -9,6 +9,7 @@ pub mod paths;
 mod blobs;
 mod discovery;
 pub mod fsck;
+pub mod gc;
 mod integrity;
 mod lazy_layers;
 mod maintenance;

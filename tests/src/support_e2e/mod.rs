@@ -533,12 +533,25 @@ impl HttpResponse {
 
 /// One blocking HTTP request (`method url`, with `headers`).
 pub fn http(method: &str, url: &str, headers: &[(&str, &str)]) -> Result<HttpResponse, String> {
+    http_with_body(method, url, headers, Vec::new())
+}
+
+/// One blocking HTTP request with a body.
+pub fn http_with_body(
+    method: &str,
+    url: &str,
+    headers: &[(&str, &str)],
+    body: Vec<u8>,
+) -> Result<HttpResponse, String> {
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     rt.block_on(async {
         let client = reqwest::Client::builder().timeout(Duration::from_secs(30)).build().map_err(|e| e.to_string())?;
         let mut req = client.request(reqwest::Method::from_bytes(method.as_bytes()).unwrap(), url);
         for (k, v) in headers {
             req = req.header(*k, *v);
+        }
+        if !body.is_empty() {
+            req = req.body(body);
         }
         let resp = req.send().await.map_err(|e| format!("{method} {url}: {e}"))?;
         let status = resp.status().as_u16();
