@@ -27,6 +27,8 @@ pub enum Error {
     Auth(#[from] crate::auth::AuthError),
     #[error(transparent)]
     Mirror(#[from] crate::upstream::SetupError),
+    #[error("garbage collection: {0}")]
+    Gc(#[from] crate::registry::gc::GcError),
     #[error("server error: {0}")]
     Serve(#[source] std::io::Error),
 }

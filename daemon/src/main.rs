@@ -39,17 +39,22 @@ enum Command {
         #[arg(long)]
         repair: bool,
     },
-    /// Report what a garbage collection would free: every blob no manifest
-    /// reaches, as registry:2's `garbage-collect --dry-run` lists them.
-    /// Deleting is not built yet, so --dry-run is required.
+    /// One garbage collection while every node keeps serving: blobs no
+    /// manifest reaches go to the trash, and trash entries an earlier
+    /// collection left are deleted (see docs/operations.md). Exit status 0
+    /// done, 1 another collection is running, 2 cannot use config or storage.
     Gc {
         #[arg(long, short)]
         config: Option<PathBuf>,
         #[arg(conflicts_with = "config", value_name = "CONFIG")]
         config_positional: Option<PathBuf>,
-        /// Report only; delete nothing.
+        /// Report what would be done; change nothing.
         #[arg(long)]
         dry_run: bool,
+        /// Leave blobs written, and trash entries made, less than this long
+        /// ago (a Go duration: 1h, 30m, 0s).
+        #[arg(long, default_value = "1h", value_parser = parse_duration)]
+        delay: std::time::Duration,
     },
     /// Integrate with the node's container runtime.
     Containerd {
@@ -130,7 +135,7 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Serve { config, config_positional } => serve(config.or(config_positional)),
         Command::Fsck { config, config_positional, repair } => fsck(config.or(config_positional), repair),
-        Command::Gc { config, config_positional, dry_run } => gc(config.or(config_positional), dry_run),
+        Command::Gc { config, config_positional, dry_run, delay } => gc(config.or(config_positional), dry_run, delay),
         Command::Containerd {
             command:
                 ContainerdCommand::Configure {
@@ -232,14 +237,11 @@ fn fsck(path: Option<PathBuf>, repair: bool) -> ExitCode {
     }
 }
 
-fn gc(path: Option<PathBuf>, dry_run: bool) -> ExitCode {
-    if !dry_run {
-        eprintln!(
-            "berthd gc: deleting is not built yet (it must stay safe while other nodes push); \
-             run `berthd gc --dry-run` to see what a collection would free"
-        );
-        return ExitCode::from(2);
-    }
+fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+    berthd::config::values::parse_go_duration(s).ok_or_else(|| format!("{s:?} is not a duration such as 1h, 30m or 0s"))
+}
+
+fn gc(path: Option<PathBuf>, dry_run: bool, delay: std::time::Duration) -> ExitCode {
     let vars: Vec<(String, String)> = std::env::vars().collect();
     let config = match berthd::config::load(path.as_deref(), &vars) {
         Ok(l) => l.config,
@@ -255,8 +257,12 @@ fn gc(path: Option<PathBuf>, dry_run: bool) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    match rt.block_on(berthd::commands::gc::run(&config, &mut std::io::stdout())) {
+    match rt.block_on(berthd::commands::gc::run(&config, dry_run, delay, &mut std::io::stdout())) {
         Ok(_) => ExitCode::SUCCESS,
+        Err(e @ berthd::Error::Gc(berthd::registry::gc::GcError::Busy { .. })) => {
+            eprintln!("berthd gc: {e}");
+            ExitCode::FAILURE
+        }
         Err(e) => {
             eprintln!("berthd gc: {e}");
             ExitCode::from(2)

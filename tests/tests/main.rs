@@ -15,6 +15,7 @@ mod containerd;
 mod containerd_versions;
 mod deploy;
 mod faults;
+mod gc;
 mod mirror;
 mod registry2_compat;
 mod s3;

@@ -1,27 +1,41 @@
-//! `berthd gc --dry-run [--config FILE]`: reports what a garbage
-//! collection would free (see [`crate::registry::gc`]), in registry:2's
-//! words (`blob eligible for deletion: <digest>`), and deletes nothing.
-//! Exit status: 0 reported, 2 the configuration or the storage could not
-//! be used, or asked to delete (not built yet).
+//! `berthd gc [--config FILE] [--dry-run] [--delay DURATION]`: one garbage
+//! collection against the configured storage while every node keeps
+//! serving (see [`crate::registry::gc`]). Prints each blob no manifest
+//! reaches in registry:2's words (`blob eligible for deletion: <digest>`)
+//! and a summary. Exit status: 0 done, 1 another collection holds the
+//! lease, 2 the configuration or the storage could not be used.
 
 use super::progress::Bar;
 use crate::config::Config;
-use crate::registry::gc::GarbageReport;
+use crate::registry::gc::{GarbageReport, GcOptions};
 use std::io::Write;
+use std::time::Duration;
 
-/// Runs the mark against the configured storage (never through the node
-/// cache) and prints what is eligible.
-pub async fn run(config: &Config, out: &mut dyn Write) -> Result<GarbageReport, crate::Error> {
+/// Who this collector is, for the lease: host and process.
+pub fn holder() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_else(|_| "unknown-host".into());
+    format!("{} (pid {})", host.trim(), std::process::id())
+}
+
+/// Runs one collection (or, with `dry_run`, reports what it would do),
+/// never through the node cache.
+pub async fn run(
+    config: &Config,
+    dry_run: bool,
+    delay: Duration,
+    out: &mut dyn Write,
+) -> Result<GarbageReport, crate::Error> {
     let registry = crate::server::build_maintenance_registry(config).await?;
     let bar = Bar::new();
-    let report = registry.garbage(&bar).await;
+    let opts = GcOptions { dry_run, delay, holder: holder() };
+    let report = registry.collect(&opts, &bar).await;
     bar.finish();
     let report = report?;
-    print(&report, out).map_err(crate::Error::Serve)?;
+    print(&report, dry_run, delay, out).map_err(crate::Error::Serve)?;
     Ok(report)
 }
 
-fn print(r: &GarbageReport, out: &mut dyn Write) -> std::io::Result<()> {
+fn print(r: &GarbageReport, dry_run: bool, delay: Duration, out: &mut dyn Write) -> std::io::Result<()> {
     let mib = |n: u64| n as f64 / 1048576.0;
     for (digest, _) in &r.eligible {
         writeln!(out, "blob eligible for deletion: {digest}")?;
@@ -36,8 +50,24 @@ fn print(r: &GarbageReport, out: &mut dyn Write) -> std::io::Result<()> {
         r.eligible.len(),
         mib(r.eligible_bytes())
     )?;
+    let (would, verb) = if dry_run { ("would be ", "would be ") } else { ("", "") };
+    writeln!(
+        out,
+        "{} blobs ({:.1} MiB) {would}moved to the trash (written more than {}s ago); {} trash entries ({:.1} MiB) {verb}deleted, {} {verb}moved back",
+        r.trashed,
+        mib(r.trashed_bytes),
+        delay.as_secs(),
+        r.deleted,
+        mib(r.deleted_bytes),
+        r.restored
+    )?;
     for (phase, secs) in &r.timings {
         writeln!(out, "  {phase}: {secs:.1} s")?;
     }
-    writeln!(out, "dry run: nothing was deleted")
+    if dry_run {
+        writeln!(out, "dry run: nothing was changed")?;
+    } else if r.trashed > 0 {
+        writeln!(out, "trashed blobs are deleted by a collection that runs more than {}s from now", delay.as_secs())?;
+    }
+    Ok(())
 }

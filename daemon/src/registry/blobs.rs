@@ -29,9 +29,44 @@ impl Registry {
         if !self.blob_linked(repo, digest).await? {
             return Err(Error::BlobUnknown(digest.clone()));
         }
-        match self.driver.stat(&paths::blob_data(digest)).await {
-            Ok(st) => Ok(BlobInfo { digest: digest.clone(), size: st.size, stored: Some(st) }),
-            Err(e) if e.is_not_found() => Err(Error::BlobUnknown(digest.clone())),
+        let path = paths::blob_data(digest);
+        let st = match self.driver.stat(&path).await {
+            Ok(st) => st,
+            Err(e) if e.is_not_found() && self.restore_from_trash(digest).await? => self.driver.stat(&path).await?,
+            Err(e) if e.is_not_found() => return Err(Error::BlobUnknown(digest.clone())),
+            Err(e) => return Err(e.into()),
+        };
+        Ok(BlobInfo { digest: digest.clone(), size: st.size, stored: Some(st) })
+    }
+
+    /// Whether blob `digest`'s content is stored, asked of the storage
+    /// itself (never a node cache: other nodes must agree). Content a
+    /// garbage collection moved to its trash is moved back first: whoever
+    /// asks is about to reference it (see [`super::gc`]).
+    pub(super) async fn blob_stored(&self, digest: &Digest) -> Result<bool> {
+        match self.driver.stat_authoritative(&paths::blob_data(digest)).await {
+            Ok(_) => Ok(true),
+            Err(e) if e.is_not_found() => self.restore_from_trash(digest).await,
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Moves a blob a garbage collection trashed back into the blob store
+    /// (read-repair). `Ok(true)` when the blob is stored afterwards.
+    pub(super) async fn restore_from_trash(&self, digest: &Digest) -> Result<bool> {
+        let (trash, data) = (paths::trash_data(digest), paths::blob_data(digest));
+        match self.driver.move_object(&trash, &data).await {
+            Ok(()) => {
+                self.delete_if_exists(&paths::trashed_at(digest)).await?;
+                tracing::info!(%digest, "moved back from the garbage collector's trash: it is wanted again");
+                Ok(true)
+            }
+            // Not in the trash, or another request moved it back first.
+            Err(e) if e.is_not_found() => match self.driver.stat_authoritative(&data).await {
+                Ok(_) => Ok(true),
+                Err(e) if e.is_not_found() => Ok(false),
+                Err(e) => Err(e.into()),
+            },
             Err(e) => Err(e.into()),
         }
     }
@@ -41,8 +76,13 @@ impl Registry {
     /// [`super::integrity`]); a part cannot be, and is served as stored.
     pub async fn read_blob(&self, info: &BlobInfo, start: u64, len: u64) -> Result<ByteStream> {
         let digest = &info.digest;
-        let stream = match self.driver.reader(&paths::blob_data(digest), start).await {
+        let path = paths::blob_data(digest);
+        let stream = match self.driver.reader(&path, start).await {
             Ok(s) => s,
+            // Trashed since it was looked up: moved back, then read.
+            Err(e) if e.is_not_found() && self.restore_from_trash(digest).await? => {
+                self.driver.reader(&path, start).await?
+            }
             Err(e) if e.is_not_found() => return Err(Error::BlobUnknown(digest.clone())),
             Err(e) => return Err(e.into()),
         };
@@ -93,7 +133,7 @@ impl Registry {
     /// moving data. `Ok(false)` when `from` does not have it.
     pub async fn mount_blob(&self, repo: &RepoName, digest: &Digest, from: &RepoName) -> Result<bool> {
         self.ensure_writable()?;
-        if !self.exists(&paths::layer_link(from, digest)).await? || !self.exists(&paths::blob_data(digest)).await? {
+        if !self.exists(&paths::layer_link(from, digest)).await? || !self.blob_stored(digest).await? {
             return Ok(false);
         }
         self.write_link(&paths::layer_link(repo, digest), digest).await?;

@@ -48,8 +48,12 @@ impl Registry {
 
     pub async fn get_manifest(&self, repo: &RepoName, reference: &Reference) -> Result<StoredManifest> {
         let digest = self.resolve(repo, reference).await?;
-        let body = match self.driver.get_content(&paths::blob_data(&digest)).await {
+        let path = paths::blob_data(&digest);
+        let body = match self.driver.get_content(&path).await {
             Ok(b) => b,
+            Err(e) if e.is_not_found() && self.restore_from_trash(&digest).await? => {
+                self.driver.get_content(&path).await?
+            }
             Err(e) if e.is_not_found() => return Err(Error::ManifestUnknown(format!("{repo}@{digest}"))),
             Err(e) => return Err(e.into()),
         };
@@ -95,7 +99,7 @@ impl Registry {
             }
         }
         for blob in &manifest.blobs {
-            if !self.blob_linked(repo, &blob.digest).await? || !self.exists(&paths::blob_data(&blob.digest)).await? {
+            if !self.blob_linked(repo, &blob.digest).await? || !self.blob_stored(&blob.digest).await? {
                 return Err(Error::ManifestBlobUnknown(blob.digest.clone()));
             }
         }

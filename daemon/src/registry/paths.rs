@@ -21,6 +21,9 @@
 //!                                                   …/auth     its HMAC tag
 //! /berth/quarantine/<alg>/<hex>/<time>-<id>                 stored content that did not
 //!                                                           match its digest
+//! /berth/trash/<alg>/<hex>/{data,trashed-at}                a blob garbage collection
+//!                                                           took away, until the next agrees
+//! /berth/gc/lease                                           who is collecting, until when
 //! ```
 //!
 //! A link file holds the digest as text (`sha256:…`, no newline). The
@@ -69,6 +72,34 @@ pub fn layer_index_windows(d: &Digest) -> String {
 pub fn quarantine(d: &Digest) -> String {
     let stamp = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_secs();
     format!("{BERTH_ROOT}/quarantine/{}/{}/{stamp}-{}", d.algorithm().as_str(), d.hex(), uuid::Uuid::new_v4().simple())
+}
+
+/// Where garbage collection keeps a blob it took away until a later
+/// collection agrees it is garbage (see `registry::gc`); reads that miss
+/// the blob move it back from here.
+pub fn trash_dir(d: &Digest) -> String {
+    format!("{BERTH_ROOT}/trash/{}/{}", d.algorithm().as_str(), d.hex())
+}
+
+/// The trashed blob's content.
+pub fn trash_data(d: &Digest) -> String {
+    format!("{}/data", trash_dir(d))
+}
+
+/// Written when the blob was trashed; its modification time (the
+/// storage's clock) is when.
+pub fn trashed_at(d: &Digest) -> String {
+    format!("{}/trashed-at", trash_dir(d))
+}
+
+/// Every trashed blob, by algorithm.
+pub fn trash_root() -> String {
+    format!("{BERTH_ROOT}/trash")
+}
+
+/// The collection lease: who collects, and until when.
+pub fn gc_lease() -> String {
+    format!("{BERTH_ROOT}/gc/lease")
 }
 
 /// Where quarantined objects are kept.

@@ -53,6 +53,9 @@ impl StorageDriver for Instrumented {
     async fn stat(&self, path: &str) -> Result<FileInfo> {
         timed!(self.0.stat(path))
     }
+    async fn stat_authoritative(&self, path: &str) -> Result<FileInfo> {
+        timed!(self.0.stat_authoritative(path))
+    }
     async fn list(&self, path: &str) -> Result<Vec<String>> {
         timed!(self.0.list(path))
     }

@@ -126,6 +126,13 @@ pub trait StorageDriver: Send + Sync + 'static {
     async fn redirect_url(&self, _path: &str) -> Result<Option<String>> {
         Ok(None)
     }
+
+    /// Metadata from the storage itself, never from a cache in front of
+    /// it: for decisions every node must agree on (that what a manifest
+    /// references is stored, while a garbage collection may be moving it).
+    async fn stat_authoritative(&self, path: &str) -> Result<FileInfo> {
+        self.stat(path).await
+    }
 }
 
 /// The first `len` bytes of `s`.

@@ -135,6 +135,21 @@ impl Berthd {
         (out.status.success(), text)
     }
 
+    /// Runs `berthd gc` with `args` on this berthd's config: its exit
+    /// status and what it printed.
+    pub fn gc(&self, args: &[&str]) -> (Option<i32>, String) {
+        let out = Command::new(berthd_bin())
+            .arg("gc")
+            .arg("--config")
+            .arg(self.config_path())
+            .args(args)
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
+            .output()
+            .expect("run berthd gc");
+        let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        (out.status.code(), text)
+    }
+
     fn spawn(dir: tempfile::TempDir, root: PathBuf, env: Vec<(String, String)>) -> Berthd {
         let config = dir.path().join("config.yml");
         let mut cmd = Command::new(berthd_bin());

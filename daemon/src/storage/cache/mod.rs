@@ -482,6 +482,10 @@ impl StorageDriver for CachedDriver {
         self.shared.remembered.through(path, answer, |r, info| r.info(path, info.clone()), |(_, info)| info.clone())
     }
 
+    async fn stat_authoritative(&self, path: &str) -> Result<FileInfo> {
+        self.shared.inner.stat_authoritative(path).await
+    }
+
     async fn list(&self, path: &str) -> Result<Vec<String>> {
         self.shared.inner.list(path).await
     }

@@ -1,0 +1,110 @@
+//! Garbage collection with many nodes on one bucket (SeaweedFS): one node
+//! collects again and again, with no delay, while another pushes, deletes
+//! and pushes again; afterwards every image a push was told was accepted
+//! is whole through both nodes, and `berthd fsck` finds nothing wrong.
+
+use crate::common::*;
+use crate::support_e2e::*;
+use crate::support_s3::{node, Seaweed};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+#[test]
+fn collections_while_another_node_pushes_lose_nothing_accepted() {
+    let weed = Seaweed::start();
+    let (a, b) = (node(&weed, "1GiB"), node(&weed, "1GiB"));
+    let work = tempfile::tempdir().unwrap();
+    let images: Vec<BusyboxImage> = (0..5)
+        .map(|i| build_busybox_image_with(work.path(), &format!("img{i}"), &[("etc/n", format!("{i}\n").as_bytes())]))
+        .collect();
+    let sk = Skopeo::new();
+
+    // Garbage to start with: an image pushed and deleted.
+    sk.push(&images[0].layout, &a.addr, "gc/zero:v1", &[]);
+    let del = http("DELETE", &format!("{}/v2/gc/zero/manifests/{}", a.url(), images[0].manifest_digest), &[]).unwrap();
+    assert_eq!(del.status, 202);
+    // A collection moves its blobs to the trash; a HEAD through the
+    // repository that still links its layer brings that back.
+    let (code, text) = b.gc(&["--delay", "0s"]);
+    assert_eq!(code, Some(0), "{text}");
+    assert!(text.contains(&format!("blob eligible for deletion: {}", images[0].layer_digest)), "{text}");
+    let head = http("HEAD", &format!("{}/v2/gc/zero/blobs/{}", a.url(), images[0].layer_digest), &[]).unwrap();
+    assert_eq!(head.status, 200, "a trashed blob is moved back when asked for");
+    let restored = a.log.lock().unwrap().iter().any(|l| l.contains("moved back from the garbage collector's trash"));
+    assert!(restored, "node A moved the layer back from the trash");
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let collector = {
+        let stop = stop.clone();
+        let b_config = b.config_path();
+        let env: Vec<(String, String)> = Seaweed::env().iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        std::thread::spawn(move || {
+            let mut runs = 0;
+            while !stop.load(Ordering::Relaxed) || runs < 2 {
+                let out = std::process::Command::new(berthd_bin())
+                    .args(["gc", "--delay", "0s", "--config"])
+                    .arg(&b_config)
+                    .envs(env.iter().map(|(k, v)| (k, v)))
+                    .output()
+                    .unwrap();
+                let text = String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+                assert!(matches!(out.status.code(), Some(0) | Some(1)), "berthd gc failed: {text}");
+                runs += 1;
+            }
+            runs
+        })
+    };
+
+    // Meanwhile: pushes, the deleted image pushed again, another deleted.
+    let mut accepted = Vec::new();
+    for round in 0..3 {
+        for (i, img) in images.iter().enumerate() {
+            let reference = format!("gc/app{i}:r{round}");
+            let out = sk.output(&[
+                "copy",
+                "--dest-tls-verify=false",
+                &img.layout.oci_ref(),
+                &format!("docker://{}/{reference}", a.addr),
+            ]);
+            if out.status.success() {
+                accepted.push((reference, img));
+            } else {
+                // Refused is allowed (a blob the collector deleted first); untrue is not.
+                eprintln!("push {reference} refused: {}", String::from_utf8_lossy(&out.stderr));
+            }
+        }
+        sk.push(&images[0].layout, &a.addr, "gc/zero:v1", &[]);
+        accepted.push(("gc/zero:v1".to_string(), &images[0]));
+    }
+    stop.store(true, Ordering::Relaxed);
+    let runs = collector.join().unwrap();
+    assert!(runs >= 2, "the collector ran {runs} times");
+    // Two more, now that nothing pushes: what is left is garbage only.
+    for _ in 0..2 {
+        let (code, text) = b.gc(&["--delay", "0s"]);
+        assert_eq!(code, Some(0), "{text}");
+    }
+    assert!(accepted.len() >= 10, "most pushes were accepted: {}", accepted.len());
+
+    for (reference, img) in &accepted {
+        for node in [&a, &b] {
+            let dir = work.path().join(format!(
+                "pull-{}-{}",
+                reference.replace(['/', ':'], "_"),
+                node.addr.replace(':', "_")
+            ));
+            let pulled = sk.pull(&node.addr, reference, &dir, "v", &[]);
+            assert_eq!(
+                assert_same_image(&img.layout, &pulled),
+                img.manifest_digest,
+                "{reference} through {}",
+                node.addr
+            );
+        }
+    }
+    let (clean, report) = b.fsck(false);
+    assert!(clean, "fsck after the collections:\n{report}");
+    let (code, text) = b.gc(&["--dry-run", "--delay", "0s"]);
+    assert_eq!(code, Some(0), "{text}");
+    assert!(text.contains("0 eligible for deletion"), "nothing but reachable content is left:\n{text}");
+}
