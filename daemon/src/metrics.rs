@@ -31,6 +31,17 @@ pub struct Metrics {
     pub password_checks: AtomicU64,
     /// Stored layer indexes refused because their signature did not check out.
     pub index_auth_failures: AtomicU64,
+    /// Garbage collections run by this node (periodic), and those that failed.
+    pub gc_runs: AtomicU64,
+    pub gc_failures: AtomicU64,
+    /// When the last collection of this node finished well, and how long it took (µs).
+    pub gc_last_success_micros: AtomicU64,
+    pub gc_last_duration_micros: AtomicU64,
+    pub gc_trashed_blobs: AtomicU64,
+    pub gc_deleted_blobs: AtomicU64,
+    pub gc_deleted_bytes: AtomicU64,
+    /// Trashed blobs moved back because a request needed them.
+    pub gc_restored_blobs: AtomicU64,
 }
 
 /// The process-wide metrics.
@@ -55,7 +66,7 @@ impl Metrics {
                 "berth_http_requests_total{{route=\"{route}\",method=\"{method}\",status=\"{status}\"}} {n}"
             );
         }
-        let counters: [(&str, &str, &AtomicU64, &str); 14] = [
+        let counters: [(&str, &str, &AtomicU64, &str); 22] = [
             (
                 "berth_cache_hits_total",
                 "Blob and manifest reads served from the node cache.",
@@ -120,11 +131,49 @@ impl Metrics {
                 &self.index_auth_failures,
                 "counter",
             ),
+            (
+                "berth_gc_runs_total",
+                "Garbage collections this node ran (storage.gc.interval).",
+                &self.gc_runs,
+                "counter",
+            ),
+            ("berth_gc_failures_total", "Garbage collections of this node that failed.", &self.gc_failures, "counter"),
+            (
+                "berth_gc_last_success_timestamp_seconds",
+                "When this node's last garbage collection finished well (Unix time).",
+                &self.gc_last_success_micros,
+                "gauge",
+            ),
+            (
+                "berth_gc_last_duration_seconds",
+                "How long this node's last garbage collection took.",
+                &self.gc_last_duration_micros,
+                "gauge",
+            ),
+            (
+                "berth_gc_trashed_blobs_total",
+                "Blobs garbage collection moved to the trash.",
+                &self.gc_trashed_blobs,
+                "counter",
+            ),
+            (
+                "berth_gc_deleted_blobs_total",
+                "Trashed blobs garbage collection deleted.",
+                &self.gc_deleted_blobs,
+                "counter",
+            ),
+            ("berth_gc_deleted_bytes_total", "Bytes garbage collection freed.", &self.gc_deleted_bytes, "counter"),
+            (
+                "berth_gc_restored_blobs_total",
+                "Trashed blobs moved back because a request needed them.",
+                &self.gc_restored_blobs,
+                "counter",
+            ),
         ];
         for (name, help, v, kind) in counters {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
             let value = v.load(Relaxed);
-            if name.ends_with("_seconds_sum") {
+            if name.contains("_seconds") {
                 let _ = writeln!(out, "{name} {}", value as f64 / 1e6);
             } else {
                 let _ = writeln!(out, "{name} {value}");

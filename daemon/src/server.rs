@@ -245,6 +245,11 @@ pub async fn run(config: Config) -> Result<()> {
     if config.storage.upload_purging.enabled {
         tokio::spawn(purge_uploads_periodically(registry.clone(), config.storage.upload_purging.clone()));
     }
+    if !config.storage.gc.interval.is_zero() && !config.storage.read_only {
+        // Collections read the storage itself, never through this node's cache.
+        let collector = build_maintenance_registry(&config).await?;
+        tokio::spawn(collect_garbage_periodically(collector, config.storage.gc.clone()));
+    }
 
     if let Some(debug) = config.http.debug_addr {
         let listener = TcpListener::bind(debug).await.map_err(|source| Error::Bind { addr: debug, source })?;
@@ -296,6 +301,64 @@ async fn purge_uploads_periodically(registry: Arc<Registry>, cfg: crate::config:
             Ok(n) => tracing::info!("purged {n} abandoned uploads older than {:?}", cfg.age),
             Err(e) => tracing::warn!("upload purging failed: {e}"),
         }
+    }
+}
+
+/// `storage.gc`: every node looks now and then whether the cluster's last
+/// collection is older than the interval, and if so collects (the lease
+/// keeps it to one node at a time; the end marker, to one run per
+/// interval across the cluster).
+async fn collect_garbage_periodically(registry: Arc<Registry>, cfg: crate::config::GcSchedule) {
+    use crate::registry::gc::{GcError, GcOptions};
+    use std::sync::atomic::Ordering::Relaxed;
+    use std::time::{Duration, SystemTime};
+    // Nodes started together look at different moments.
+    let look_every = (cfg.interval / 4).clamp(Duration::from_secs(1), Duration::from_secs(3600));
+    let jitter = Duration::from_millis(u64::from(std::process::id()) * 7919 % look_every.as_millis().max(1) as u64);
+    // Not in the middle of start-up.
+    tokio::time::sleep(cfg.interval.min(Duration::from_secs(60)) + jitter).await;
+    // Dry runs leave no end marker in the storage: this node keeps its own.
+    let mut last_dry_run: Option<std::time::Instant> = None;
+    loop {
+        let due = match registry.last_collection().await {
+            _ if cfg.dry_run => last_dry_run.is_none_or(|t| t.elapsed() >= cfg.interval),
+            Ok(Some(at)) => SystemTime::now().duration_since(at).is_ok_and(|age| age >= cfg.interval),
+            Ok(None) => true,
+            Err(e) => {
+                tracing::warn!("garbage collection: cannot read when the last one ran: {e}");
+                false
+            }
+        };
+        if due {
+            last_dry_run = Some(std::time::Instant::now());
+            let opts =
+                GcOptions { dry_run: cfg.dry_run, delay: cfg.delay, holder: crate::registry::gc::this_collector() };
+            let m = crate::metrics::get();
+            m.gc_runs.fetch_add(1, Relaxed);
+            let started = std::time::Instant::now();
+            match registry.collect(&opts, &crate::registry::fsck::Quiet).await {
+                Ok(r) => {
+                    m.gc_last_duration_micros.store(started.elapsed().as_micros() as u64, Relaxed);
+                    let now = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
+                    m.gc_last_success_micros.store(now.as_micros() as u64, Relaxed);
+                    tracing::info!(
+                        eligible = r.eligible.len(),
+                        trashed = r.trashed,
+                        deleted = r.deleted,
+                        deleted_bytes = r.deleted_bytes,
+                        restored = r.restored,
+                        dry_run = cfg.dry_run,
+                        "garbage collection finished"
+                    );
+                }
+                Err(GcError::Busy { holder, .. }) => tracing::info!("garbage collection: {holder} is collecting"),
+                Err(e) => {
+                    m.gc_failures.fetch_add(1, Relaxed);
+                    tracing::warn!("garbage collection failed: {e}");
+                }
+            }
+        }
+        tokio::time::sleep(look_every).await;
     }
 }
 

@@ -108,3 +108,28 @@ fn collections_while_another_node_pushes_lose_nothing_accepted() {
     assert_eq!(code, Some(0), "{text}");
     assert!(text.contains("0 eligible for deletion"), "nothing but reachable content is left:\n{text}");
 }
+
+/// `storage.gc.interval`: a node collects on its own, once per interval
+/// across the cluster, and says so in its metrics.
+#[test]
+fn nodes_collect_on_their_own_schedule() {
+    let b = Berthd::start("  delete:\n    enabled: true\n  gc:\n    interval: 2s\n    delay: 0s\n");
+    let work = tempfile::tempdir().unwrap();
+    let kept = build_busybox_image(work.path(), "kept");
+    let gone = build_busybox_image_with(work.path(), "gone", &[("etc/gone", b"gone\n")]);
+    let sk = Skopeo::new();
+    sk.push(&kept.layout, &b.addr, "auto/kept:v1", &[]);
+    sk.push(&gone.layout, &b.addr, "auto/gone:v1", &[]);
+    let del = http("DELETE", &format!("{}/v2/auto/gone/manifests/{}", b.url(), gone.manifest_digest), &[]).unwrap();
+    assert_eq!(del.status, 202);
+    let layer = |d: &str| b.root.join(format!("docker/registry/v2/blobs/sha256/{}/{}/data", &d[7..9], &d[7..]));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while layer(&gone.layer_digest).exists() || b.metric("berth_gc_deleted_blobs_total") < 3.0 {
+        assert!(std::time::Instant::now() < deadline, "no collection deleted the garbage:\n{}", b.metrics());
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    assert!(layer(&kept.layer_digest).exists(), "the reachable image stays");
+    assert!(b.metric("berth_gc_runs_total") >= 2.0 && b.metric("berth_gc_last_success_timestamp_seconds") > 0.0);
+    let pulled = sk.pull(&b.addr, "auto/kept:v1", &work.path().join("pulled"), "v1", &[]);
+    assert_eq!(assert_same_image(&kept.layout, &pulled), kept.manifest_digest);
+}

@@ -11,12 +11,6 @@ use crate::registry::gc::{GarbageReport, GcOptions};
 use std::io::Write;
 use std::time::Duration;
 
-/// Who this collector is, for the lease: host and process.
-pub fn holder() -> String {
-    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_else(|_| "unknown-host".into());
-    format!("{} (pid {})", host.trim(), std::process::id())
-}
-
 /// Runs one collection (or, with `dry_run`, reports what it would do),
 /// never through the node cache.
 pub async fn run(
@@ -27,7 +21,7 @@ pub async fn run(
 ) -> Result<GarbageReport, crate::Error> {
     let registry = crate::server::build_maintenance_registry(config).await?;
     let bar = Bar::new();
-    let opts = GcOptions { dry_run, delay, holder: holder() };
+    let opts = GcOptions { dry_run, delay, holder: crate::registry::gc::this_collector() };
     let report = registry.collect(&opts, &bar).await;
     bar.finish();
     let report = report?;

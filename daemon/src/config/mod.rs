@@ -78,6 +78,19 @@ pub struct StorageConfig {
     /// backends that can redirect.
     pub redirect_disable: bool,
     pub upload_purging: UploadPurging,
+    pub gc: GcSchedule,
+}
+
+/// `storage.gc`: the cluster's garbage collection, run by whichever node
+/// finds it due (one at a time, through the lease in the storage).
+#[derive(Debug, Clone)]
+pub struct GcSchedule {
+    /// How often the cluster collects; zero: never on its own.
+    pub interval: Duration,
+    /// See `berthd gc --delay`.
+    pub delay: Duration,
+    /// Report in the log only; change nothing.
+    pub dry_run: bool,
 }
 
 /// `storage.maintenance.uploadpurging`: registry:2's defaults are kept.

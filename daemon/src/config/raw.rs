@@ -55,6 +55,16 @@ pub struct Storage {
     pub delete: Enabled,
     pub maintenance: Maintenance,
     pub redirect: Redirect,
+    pub gc: Gc,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+pub struct Gc {
+    pub interval: Option<GoDuration>,
+    pub delay: Option<GoDuration>,
+    pub dryrun: Option<Flag>,
+    pub deleteuntagged: Option<Flag>,
 }
 
 #[derive(Deserialize, Default)]

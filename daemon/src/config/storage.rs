@@ -3,13 +3,21 @@
 
 use super::raw;
 use super::values::{flag, Text};
-use super::{default_root, invalid, Backend, CacheConfig, ConfigError, Secret, StorageConfig, UploadPurging};
+use super::{
+    default_root, invalid, Backend, CacheConfig, ConfigError, GcSchedule, Secret, StorageConfig, UploadPurging,
+};
 use crate::storage::s3::{S3Config, MIN_CHUNK_SIZE};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 /// Chunk size of S3 multipart uploads when `storage.s3.chunksize` is unset.
 const DEFAULT_CHUNK_SIZE: u64 = 10 * 1024 * 1024;
+
+/// How often the cluster collects garbage unless `storage.gc.interval` says.
+const DEFAULT_GC_INTERVAL: Duration = Duration::from_secs(24 * 3600);
+
+/// `storage.gc.delay` unless set (see `berthd gc --delay`).
+const DEFAULT_GC_DELAY: Duration = Duration::from_secs(3600);
 
 /// Size of the node cache when `cache.maxsize` is unset.
 const DEFAULT_CACHE_SIZE: u64 = 10 * 1024 * 1024 * 1024;
@@ -40,6 +48,17 @@ pub(super) fn storage(
     if upload_purging.interval.is_zero() {
         return Err(invalid("storage.maintenance.uploadpurging.interval", "must be greater than zero"));
     }
+    if flag(raw.gc.deleteuntagged, false) {
+        return Err(invalid(
+            "storage.gc.deleteuntagged",
+            "is not supported yet: collections keep every manifest of a repository; delete unwanted ones through the API",
+        ));
+    }
+    let gc = GcSchedule {
+        interval: raw.gc.interval.map_or(DEFAULT_GC_INTERVAL, |d| d.0),
+        delay: raw.gc.delay.map_or(DEFAULT_GC_DELAY, |d| d.0),
+        dry_run: flag(raw.gc.dryrun, false),
+    };
     Ok(StorageConfig {
         backend,
         root_configured: configured_root.is_some(),
@@ -48,6 +67,7 @@ pub(super) fn storage(
         read_only: flag(raw.maintenance.readonly.enabled, false),
         redirect_disable: flag(raw.redirect.disable, true),
         upload_purging,
+        gc,
     })
 }
 

@@ -213,6 +213,11 @@ storage:
       dryrun: false
   redirect:
     disable: true
+  gc:
+    interval: 24h
+    delay: 1h
+    dryrun: false
+    deleteuntagged: false
 http:
   addr: 127.0.0.1:5000
   net: tcp
@@ -303,6 +308,8 @@ fn wrong_kinds_name_their_key() {
         ("layerindex:\n  keyfile: rel\n", "layerindex.keyfile"),
         ("storage:\n  azure: {}\n", "storage.azure"),
         ("http:\n  net: unix\n", "http.net"),
+        ("storage:\n  gc:\n    deleteuntagged: true\n", "storage.gc.deleteuntagged"),
+        ("storage:\n  gc:\n    interval: daily\n", "storage.gc.interval"),
         ("tls:\n  cacerts: {a: 1}\n", "tls.cacerts"),
     ] {
         let e = load_str(yaml, &[]).unwrap_err();

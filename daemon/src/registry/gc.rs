@@ -60,6 +60,8 @@ pub const LEASE_TTL: Duration = Duration::from_secs(120);
 pub enum GcError {
     #[error("a garbage collection is running: {holder} holds the lease since {since} (it expires {expires_in}s after its holder stops renewing it); try again later")]
     Busy { holder: String, since: String, expires_in: u64 },
+    #[error("the storage is read-only (storage.maintenance.readonly): a collection would write; run it when writes are allowed")]
+    ReadOnly,
     #[error(transparent)]
     Registry(#[from] super::Error),
 }
@@ -71,6 +73,12 @@ struct Lease {
     /// Seconds since the epoch (the holder's clock; renewed every
     /// minute, so skew within a minute is harmless).
     expires: u64,
+}
+
+/// Who this collector is, for the lease: host and process.
+pub fn this_collector() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_else(|_| "unknown-host".into());
+    format!("{} (pid {})", host.trim(), std::process::id())
 }
 
 fn epoch_secs(t: SystemTime) -> u64 {
@@ -108,6 +116,16 @@ impl GarbageReport {
 }
 
 impl Registry {
+    /// When the last collection of any node finished (the storage's time),
+    /// if one did.
+    pub async fn last_collection(&self) -> Result<Option<SystemTime>> {
+        match self.driver.stat(&paths::gc_last()).await {
+            Ok(st) => Ok(Some(st.modified)),
+            Err(e) if e.is_not_found() => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
     /// Marks what the manifests reach and lists the blobs they do not,
     /// changing nothing.
     pub async fn garbage(&self, progress: &dyn Progress) -> Result<GarbageReport> {
@@ -115,12 +133,15 @@ impl Registry {
         // A dry run takes no lease, so it is never busy.
         self.collect(&opts, progress).await.map_err(|e| match e {
             GcError::Registry(e) => e,
-            busy @ GcError::Busy { .. } => super::Error::Upstream(busy.to_string()),
+            other => super::Error::Upstream(other.to_string()),
         })
     }
 
     /// One collection (see the module's documentation).
     pub async fn collect(&self, opts: &GcOptions, progress: &dyn Progress) -> Result<GarbageReport, GcError> {
+        if !opts.dry_run && self.policy.read_only {
+            return Err(GcError::ReadOnly);
+        }
         let (mark_start, renew) = if opts.dry_run {
             (SystemTime::now(), None)
         } else {
@@ -138,6 +159,19 @@ impl Registry {
             (start, Some(renew))
         };
         let res = self.collect_leased(opts, mark_start, progress).await;
+        if let (Ok(r), false) = (&res, opts.dry_run) {
+            use std::sync::atomic::Ordering::Relaxed;
+            let m = crate::metrics::get();
+            m.gc_trashed_blobs.fetch_add(r.trashed, Relaxed);
+            m.gc_deleted_blobs.fetch_add(r.deleted, Relaxed);
+            m.gc_deleted_bytes.fetch_add(r.deleted_bytes, Relaxed);
+            // When the cluster last collected, for every node's schedule.
+            let done = serde_json::json!({ "holder": opts.holder, "finished": berth_wire::time::rfc3339(SystemTime::now()),
+                "trashed": r.trashed, "deleted": r.deleted, "deleted_bytes": r.deleted_bytes });
+            if let Err(e) = self.driver.put_content(&paths::gc_last(), Bytes::from(done.to_string())).await {
+                tracing::warn!("cannot record the garbage collection's end: {e}");
+            }
+        }
         if let Some(renew) = renew {
             renew.abort();
             if let Err(e) = self.delete_if_exists(&paths::gc_lease()).await {

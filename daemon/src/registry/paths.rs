@@ -23,7 +23,8 @@
 //!                                                           match its digest
 //! /berth/trash/<alg>/<hex>/{data,trashed-at}                a blob garbage collection
 //!                                                           took away, until the next agrees
-//! /berth/gc/lease                                           who is collecting, until when
+//! /berth/gc/{lease,last}                                    who is collecting, until when;
+//!                                                           when the last collection ended
 //! ```
 //!
 //! A link file holds the digest as text (`sha256:…`, no newline). The
@@ -95,6 +96,12 @@ pub fn trashed_at(d: &Digest) -> String {
 /// Every trashed blob, by algorithm.
 pub fn trash_root() -> String {
     format!("{BERTH_ROOT}/trash")
+}
+
+/// Written when a collection ends: when (its modification time) and what
+/// it freed; every node's schedule reads it.
+pub fn gc_last() -> String {
+    format!("{BERTH_ROOT}/gc/last")
 }
 
 /// The collection lease: who collects, and until when.
