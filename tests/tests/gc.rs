@@ -133,3 +133,46 @@ fn nodes_collect_on_their_own_schedule() {
     let pulled = sk.pull(&b.addr, "auto/kept:v1", &work.path().join("pulled"), "v1", &[]);
     assert_eq!(assert_same_image(&kept.layout, &pulled), kept.manifest_digest);
 }
+
+/// A collector killed (`kill -9`) in the middle of its work: the next
+/// collection takes over at once (the dead holder's lease is stale), and
+/// nothing reachable is missing afterwards.
+#[test]
+fn a_collector_killed_midway_leaves_nothing_reachable_missing() {
+    let weed = Seaweed::start();
+    let a = node(&weed, "1GiB");
+    let work = tempfile::tempdir().unwrap();
+    let kept = build_busybox_image(work.path(), "kept");
+    let sk = Skopeo::new();
+    sk.push(&kept.layout, &a.addr, "kill/kept:v1", &[]);
+    for i in 0..150u32 {
+        let data = format!("garbage blob {i}").into_bytes();
+        let d = sha256(&data);
+        let url = format!("{}/v2/kill/garbage/blobs/uploads/?digest={d}", a.url());
+        assert_eq!(http_with_body("POST", &url, &[], data).unwrap().status, 201);
+    }
+    for wait_ms in [150u64, 400, 900] {
+        let mut child = std::process::Command::new(berthd_bin())
+            .args(["gc", "--delay", "0s", "--config"])
+            .arg(a.config_path())
+            .envs(Seaweed::env())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(wait_ms));
+        let _ = child.kill();
+        let _ = child.wait();
+        // The next collection is not held up by the dead one's lease.
+        let (code, text) = a.gc(&["--delay", "0s"]);
+        assert_eq!(code, Some(0), "after a collector killed at {wait_ms} ms: {text}");
+        let pulled = sk.pull(&a.addr, "kill/kept:v1", &work.path().join(format!("p{wait_ms}")), "v1", &[]);
+        assert_eq!(assert_same_image(&kept.layout, &pulled), kept.manifest_digest);
+    }
+    let (code, text) = a.gc(&["--delay", "0s"]);
+    assert_eq!(code, Some(0), "{text}");
+    let (clean, report) = a.fsck(false);
+    assert!(clean, "{report}");
+    let (_, text) = a.gc(&["--dry-run", "--delay", "0s"]);
+    assert!(text.contains("0 eligible for deletion"), "{text}");
+}

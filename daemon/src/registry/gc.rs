@@ -66,7 +66,7 @@ pub enum GcError {
     Registry(#[from] super::Error),
 }
 
-#[derive(serde::Serialize, serde::Deserialize)]
+#[derive(serde::Serialize, serde::Deserialize, Clone)]
 struct Lease {
     holder: String,
     since: String,
@@ -79,6 +79,18 @@ struct Lease {
 pub fn this_collector() -> String {
     let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_else(|_| "unknown-host".into());
     format!("{} (pid {})", host.trim(), std::process::id())
+}
+
+/// Whether `held_by` is a collector on this host (`me` names the host the
+/// same way) whose process is gone: killed collectors free the lease at
+/// once for the next run on the same host, not only when it expires.
+fn holder_is_dead(held_by: &str, me: &str) -> bool {
+    let host = |h: &str| h.rsplit_once(" (pid ").map(|(host, _)| host.to_string());
+    let pid = held_by.rsplit_once(" (pid ").and_then(|(_, p)| p.trim_end_matches(')').parse::<u32>().ok());
+    match (host(held_by), host(me), pid) {
+        (Some(a), Some(b), Some(pid)) if a == b => !std::path::Path::new(&format!("/proc/{pid}")).exists(),
+        _ => false,
+    }
 }
 
 fn epoch_secs(t: SystemTime) -> u64 {
@@ -200,7 +212,7 @@ impl Registry {
             Ok(body) => {
                 if let Ok(l) = serde_json::from_slice::<Lease>(&body) {
                     let now = epoch_secs(SystemTime::now());
-                    if l.expires > now && l.holder != holder {
+                    if l.expires > now && l.holder != holder && !holder_is_dead(&l.holder, holder) {
                         return Err(GcError::Busy { holder: l.holder, since: l.since, expires_in: l.expires - now });
                     }
                 }
@@ -368,7 +380,7 @@ impl Registry {
         let mut layer_links = Vec::new();
         let prefix = format!("{}/", paths::repositories());
         for (dir, children) in self.repository_tree().await? {
-            if !children.iter().any(|c| c.ends_with("/_manifests")) {
+            if !children.iter().any(|c| c.ends_with("/_manifests") || c.ends_with("/_layers")) {
                 continue;
             }
             let Some(repo) = dir.strip_prefix(&prefix).and_then(|r| RepoName::parse(r).ok()) else { continue };
@@ -537,6 +549,10 @@ mod tests {
         let busy = reg.collect(&opts(false), &Quiet).await.unwrap_err();
         assert!(busy.to_string().contains("node-2 (pid 7)"), "{busy}");
         assert!(reg.collect(&opts(true), &Quiet).await.is_ok(), "a dry run needs no lease");
+        // A collector on this host that is gone (killed) frees it at once.
+        let dead = Lease { holder: "test (pid 4194304)".into(), ..held.clone() };
+        reg.driver.put_content(&paths::gc_lease(), Bytes::from(serde_json::to_vec(&dead).unwrap())).await.unwrap();
+        reg.collect(&opts(false), &Quiet).await.unwrap();
         let expired = Lease { expires: epoch_secs(SystemTime::now()) - 1, ..held };
         reg.driver.put_content(&paths::gc_lease(), Bytes::from(serde_json::to_vec(&expired).unwrap())).await.unwrap();
         reg.collect(&opts(false), &Quiet).await.unwrap();
