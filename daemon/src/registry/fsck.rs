@@ -90,22 +90,13 @@ impl Registry {
         Ok(report)
     }
 
-    /// Lists a directory; a missing one is empty.
-    async fn children(&self, dir: &str) -> Result<Vec<String>> {
-        match self.driver.list(dir).await {
-            Ok(c) => Ok(c),
-            Err(e) if e.is_not_found() => Ok(Vec::new()),
-            Err(e) => Err(e.into()),
-        }
-    }
-
     async fn fsck_blobs(&self, repair: bool, progress: &dyn Progress, report: &mut Report) -> Result<HashSet<Digest>> {
         progress.phase("blobs", None);
         let mut good = HashSet::new();
         let root = format!("{}/blobs", paths::ROOT);
-        for alg_dir in self.children(&root).await? {
-            for prefix in self.children(&alg_dir).await? {
-                for blob_dir in self.children(&prefix).await? {
+        for alg_dir in self.list_or_empty(&root).await? {
+            for prefix in self.list_or_empty(&alg_dir).await? {
+                for blob_dir in self.list_or_empty(&prefix).await? {
                     let data = format!("{blob_dir}/data");
                     let Some(digest) = paths::content_digest(&data) else {
                         progress.problem(&format!("{blob_dir} is not named after a digest; ignored"));
@@ -168,7 +159,7 @@ impl Registry {
                     continue;
                 }
                 if !is_link(&path) {
-                    stack.extend(self.children(&path).await?);
+                    stack.extend(self.list_or_empty(&path).await?);
                     continue;
                 }
                 report.links += 1;
@@ -207,8 +198,8 @@ impl Registry {
         report: &mut Report,
     ) -> Result<()> {
         let revisions = format!("{}/_manifests/revisions", paths::repo_dir(repo));
-        for alg_dir in self.children(&revisions).await? {
-            for entry in self.children(&alg_dir).await? {
+        for alg_dir in self.list_or_empty(&revisions).await? {
+            for entry in self.list_or_empty(&alg_dir).await? {
                 let Ok(Some(digest)) = self.read_link(&format!("{entry}/link")).await else { continue };
                 if !good.contains(&digest) {
                     continue; // reported as a dangling link

@@ -360,14 +360,6 @@ impl Registry {
         Ok(())
     }
 
-    async fn list_or_empty(&self, dir: &str) -> Result<Vec<String>> {
-        match self.driver.list(dir).await {
-            Ok(c) => Ok(c),
-            Err(e) if e.is_not_found() => Ok(Vec::new()),
-            Err(e) => Err(e.into()),
-        }
-    }
-
     /// Every manifest revision and what it references; also every layer
     /// link of every repository (those to garbage go with it).
     async fn mark(

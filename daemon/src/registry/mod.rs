@@ -166,6 +166,15 @@ impl Registry {
         }
     }
 
+    /// Lists a directory; a missing one is empty.
+    pub(super) async fn list_or_empty(&self, dir: &str) -> Result<Vec<String>> {
+        match self.driver.list(dir).await {
+            Ok(c) => Ok(c),
+            Err(e) if e.is_not_found() => Ok(Vec::new()),
+            Err(e) => Err(e.into()),
+        }
+    }
+
     /// Walks the directories under `repositories/` (skipping `_`-prefixed
     /// ones, as registry:2 does) and returns each with its children's paths.
     async fn repository_tree(&self) -> Result<Vec<(String, Vec<String>)>> {
