@@ -17,7 +17,7 @@ pub async fn get(reg: &Registry, ns: &Namespace, repo: &RepoName, digest: &Diges
     } else {
         match reg.blob(ns, repo, digest).await? {
             BlobSource::Stored(info) => info,
-            BlobSource::Downloading(d) => return downloading(digest, &d, req),
+            BlobSource::Downloading(d) => return downloading(digest, &d, req).await,
         }
     };
     let etag = format!("\"{digest}\"");
@@ -62,8 +62,11 @@ pub async fn get(reg: &Registry, ns: &Namespace, repo: &RepoName, digest: &Diges
 }
 
 /// The first pull of a mirrored blob: bytes as they arrive from upstream
-/// (a range too, once the size is known).
-fn downloading(digest: &Digest, d: &Download, req: &Parts) -> ApiResult {
+/// (a range too, once the size is known). The response waits for the
+/// first bytes: a download that failed before it began (a digest that did
+/// not match, a stalled upstream) is a 502, not a 200 cut short.
+async fn downloading(digest: &Digest, d: &Download, req: &Parts) -> ApiResult {
+    use futures_util::StreamExt;
     let range_header = req.headers.get(header::RANGE).and_then(|v| v.to_str().ok());
     let (status, start, len) = match d.size.map(|size| (size, parse_range(range_header, size))) {
         None | Some((_, RangeRequest::Whole)) => (StatusCode::OK, 0, d.size),
@@ -71,9 +74,14 @@ fn downloading(digest: &Digest, d: &Download, req: &Parts) -> ApiResult {
         Some((size, RangeRequest::Unsatisfiable)) => return Err(Error::RangeNotSatisfiable { size }.into()),
     };
     let stream = d.stream_from(start);
-    let stream = match len {
+    let mut stream = match len {
         Some(n) if status == StatusCode::PARTIAL_CONTENT => crate::registry::take(stream, n),
         _ => stream,
+    };
+    let stream = match stream.next().await {
+        Some(Err(e)) => return Err(Error::Upstream(format!("the download of {digest} failed: {e}")).into()),
+        Some(Ok(first)) => futures_util::stream::once(async move { Ok(first) }).chain(stream).boxed(),
+        None => stream,
     };
     let mut r = Response::new(Body::from_stream(stream));
     *r.status_mut() = status;
