@@ -22,6 +22,8 @@ export BENCH_OUT=$out
 cargo bench --locked -p berth-tests --bench registry
 cargo bench --locked -p berth-tests --bench s3_cache | tee "$out/s3.txt"
 grep '^|' "$out/s3.txt" > "$out/s3.md"
+cargo bench --locked -p berth-tests --bench gc | tee "$out/gc.txt"
+grep '^|' "$out/gc.txt" > "$out/gc.md"
 bash tests/bench/lazy.sh --no-docs
 # The lazy section's hand-written notes survive the rewrite below.
 cp docs/benchmarks.md "$out/benchmarks.prev.md"
@@ -46,6 +48,13 @@ cpu=$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//')
   echo "## S3 storage and the node cache (SeaweedFS)"
   echo
   cat "$out/s3.md"
+  echo
+  echo "## Garbage collection (S3, SeaweedFS)"
+  echo
+  echo "\`berthd gc\` over ${BENCH_GC_BLOBS:-10000} blobs of 1 KiB and ${BENCH_GC_MANIFESTS:-1000} manifests in 50 repositories,"
+  echo "every other manifest deleted; each run against the bucket (no node cache), one after the other."
+  echo
+  cat "$out/gc.md"
   echo
   cat docs/benchmarks-notes.md
 } > docs/benchmarks.md

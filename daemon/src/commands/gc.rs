@@ -58,6 +58,15 @@ fn print(r: &GarbageReport, dry_run: bool, delay: Duration, out: &mut dyn Write)
     for (phase, secs) in &r.timings {
         writeln!(out, "  {phase}: {secs:.1} s")?;
     }
+    // What the run cost: storage requests (S3 calls on S3) and memory.
+    let requests = crate::metrics::get().storage_requests.load(std::sync::atomic::Ordering::Relaxed);
+    let peak_kib = std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines().find_map(|l| l.strip_prefix("VmHWM:")?.trim().strip_suffix("kB")?.trim().parse::<u64>().ok())
+        })
+        .unwrap_or(0);
+    writeln!(out, "  storage requests: {requests}; peak memory: {:.1} MiB", peak_kib as f64 / 1024.0)?;
     if dry_run {
         writeln!(out, "dry run: nothing was changed")?;
     } else if r.trashed > 0 {
