@@ -180,6 +180,24 @@ const EXIT_CONFIG: u8 = 2;
 /// `containerd configure --detailed-exitcode`: files changed.
 const EXIT_CHANGED: u8 = 3;
 
+/// The config with the environment's `REGISTRY_*` overrides; a bad one
+/// is reported and exits with [`EXIT_CONFIG`].
+fn load_config(path: Option<&std::path::Path>) -> Result<berthd::config::Loaded, ExitCode> {
+    let vars: Vec<(String, String)> = std::env::vars().collect();
+    berthd::config::load(path, &vars).map_err(|e| {
+        eprintln!("berthd: {e}");
+        ExitCode::from(EXIT_CONFIG)
+    })
+}
+
+/// The async runtime; if it cannot start, says so and exits with `status`.
+fn runtime(status: ExitCode) -> Result<tokio::runtime::Runtime, ExitCode> {
+    tokio::runtime::Builder::new_multi_thread().enable_all().build().map_err(|e| {
+        eprintln!("berthd: cannot start the async runtime: {e}");
+        status
+    })
+}
+
 fn config_check(path: Option<PathBuf>) -> ExitCode {
     let vars: Vec<(String, String)> = std::env::vars().collect();
     match berthd::commands::config_check::run(path.as_deref(), &vars, &mut std::io::stdout()) {
@@ -193,13 +211,9 @@ fn config_check(path: Option<PathBuf>) -> ExitCode {
 }
 
 fn configure(path: Option<PathBuf>, opts: &berthd::nodeconfig::Options, detailed: bool) -> ExitCode {
-    let vars: Vec<(String, String)> = std::env::vars().collect();
-    let config = match berthd::config::load(path.as_deref(), &vars) {
+    let config = match load_config(path.as_deref()) {
         Ok(l) => l.config,
-        Err(e) => {
-            eprintln!("berthd: {e}");
-            return ExitCode::from(EXIT_CONFIG);
-        }
+        Err(code) => return code,
     };
     match berthd::nodeconfig::run(opts, &config, &mut std::io::stdout()) {
         Ok(true) if detailed => ExitCode::from(EXIT_CHANGED),
@@ -212,20 +226,13 @@ fn configure(path: Option<PathBuf>, opts: &berthd::nodeconfig::Options, detailed
 }
 
 fn fsck(path: Option<PathBuf>, repair: bool) -> ExitCode {
-    let vars: Vec<(String, String)> = std::env::vars().collect();
-    let config = match berthd::config::load(path.as_deref(), &vars) {
+    let config = match load_config(path.as_deref()) {
         Ok(l) => l.config,
-        Err(e) => {
-            eprintln!("berthd: {e}");
-            return ExitCode::from(EXIT_CONFIG);
-        }
+        Err(code) => return code,
     };
-    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let rt = match runtime(ExitCode::from(2)) {
         Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("berthd: cannot start the async runtime: {e}");
-            return ExitCode::from(2);
-        }
+        Err(code) => return code,
     };
     match rt.block_on(berthd::commands::fsck::run(&config, repair, &mut std::io::stdout())) {
         Ok(true) => ExitCode::SUCCESS,
@@ -242,20 +249,13 @@ fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
 }
 
 fn gc(path: Option<PathBuf>, dry_run: bool, delay: std::time::Duration) -> ExitCode {
-    let vars: Vec<(String, String)> = std::env::vars().collect();
-    let config = match berthd::config::load(path.as_deref(), &vars) {
+    let config = match load_config(path.as_deref()) {
         Ok(l) => l.config,
-        Err(e) => {
-            eprintln!("berthd: {e}");
-            return ExitCode::from(EXIT_CONFIG);
-        }
+        Err(code) => return code,
     };
-    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let rt = match runtime(ExitCode::from(2)) {
         Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("berthd: cannot start the async runtime: {e}");
-            return ExitCode::from(2);
-        }
+        Err(code) => return code,
     };
     match rt.block_on(berthd::commands::gc::run(&config, dry_run, delay, &mut std::io::stdout())) {
         Ok(_) => ExitCode::SUCCESS,
@@ -271,13 +271,9 @@ fn gc(path: Option<PathBuf>, dry_run: bool, delay: std::time::Duration) -> ExitC
 }
 
 fn serve(path: Option<PathBuf>) -> ExitCode {
-    let vars: Vec<(String, String)> = std::env::vars().collect();
-    let loaded = match berthd::config::load(path.as_deref(), &vars) {
+    let loaded = match load_config(path.as_deref()) {
         Ok(l) => l,
-        Err(e) => {
-            eprintln!("berthd: {e}");
-            return ExitCode::from(EXIT_CONFIG);
-        }
+        Err(code) => return code,
     };
     let config = loaded.config;
     berthd::logging::init(&config.log);
@@ -291,12 +287,9 @@ fn serve(path: Option<PathBuf>) -> ExitCode {
     for w in &loaded.warnings {
         tracing::warn!("{w}");
     }
-    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let rt = match runtime(ExitCode::FAILURE) {
         Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("berthd: cannot start the async runtime: {e}");
-            return ExitCode::FAILURE;
-        }
+        Err(code) => return code,
     };
     match rt.block_on(berthd::server::run(config)) {
         Ok(()) => ExitCode::SUCCESS,

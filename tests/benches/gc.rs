@@ -10,7 +10,7 @@
 //! Markdown table for docs/benchmarks.md.
 
 use berth_tests::common::{self, Berthd};
-use berth_tests::support_s3::Seaweed;
+use berth_tests::support_s3::{uncached_node, Seaweed};
 use futures_util::StreamExt;
 use std::time::Instant;
 
@@ -19,16 +19,6 @@ const BLOBS_PER_MANIFEST: usize = 8;
 
 fn env_num(name: &str, default: usize) -> usize {
     std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
-}
-
-fn node(weed: &Seaweed) -> Berthd {
-    let dir = tempfile::tempdir().unwrap();
-    let cache = dir.path().join("cache");
-    let yaml = weed
-        .berthd_yaml(&cache, "4GiB")
-        .replace("level: info", "level: info\n  accesslog:\n    disabled: true")
-        .replace("cache:\n", "cache:\n  enabled: false\n");
-    Berthd::start_config(dir, cache, &yaml, &Seaweed::env())
 }
 
 /// (seconds, the summary lines) of one `berthd gc` run.
@@ -52,7 +42,7 @@ fn field(summary: &str, after: &str) -> String {
 fn main() {
     let (blobs, manifests) = (env_num("BENCH_GC_BLOBS", 10_000), env_num("BENCH_GC_MANIFESTS", 1_000));
     let weed = Seaweed::start();
-    let b = node(&weed);
+    let b = uncached_node(&weed);
     let client = reqwest::Client::new();
     let rt = tokio::runtime::Runtime::new().unwrap();
     let t = Instant::now();

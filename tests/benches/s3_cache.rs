@@ -14,7 +14,7 @@ use berth_tests::support_s3;
 use common::Berthd;
 use std::process::Command;
 use support_e2e::DockerRegistry;
-use support_s3::{Seaweed, ACCESS_KEY, BUCKET, SECRET_KEY};
+use support_s3::{uncached_node, Seaweed, ACCESS_KEY, BUCKET, SECRET_KEY};
 
 fn env_num(name: &str, default: usize) -> usize {
     std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
@@ -46,17 +46,6 @@ fn node(weed: &Seaweed) -> Berthd {
     let dir = tempfile::tempdir().unwrap();
     let cache = dir.path().join("cache");
     let yaml = weed.berthd_yaml(&cache, "4GiB").replace("level: info", "level: info\n  accesslog:\n    disabled: true");
-    Berthd::start_config(dir, cache, &yaml, &Seaweed::env())
-}
-
-/// A node without a cache: every read is proxied from S3.
-fn uncached_node(weed: &Seaweed) -> Berthd {
-    let dir = tempfile::tempdir().unwrap();
-    let cache = dir.path().join("cache");
-    let yaml = weed
-        .berthd_yaml(&cache, "4GiB")
-        .replace("level: info", "level: info\n  accesslog:\n    disabled: true")
-        .replace("cache:\n", "cache:\n  enabled: false\n");
     Berthd::start_config(dir, cache, &yaml, &Seaweed::env())
 }
 

@@ -43,7 +43,7 @@ use std::process::{Child, Command, Output, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use crate::common::{berthd_bin, require_tool, run, workspace_root};
+use crate::common::{berthd_bin, output_text as sh_out, require_tool, run, workspace_root};
 use crate::support_e2e::snapshotter::snapshotter_bin;
 use crate::support_e2e::{build_busybox_image, debian_root, Layout, Skopeo};
 
@@ -91,10 +91,6 @@ const K3S_AGENT_UNIT: &str =
 
 fn elapsed(t: Instant) -> String {
     format!("{:.1}s", t.elapsed().as_secs_f64())
-}
-
-fn sh_out(o: &Output) -> String {
-    format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
 }
 
 /// The berthd and berth-snapshotter binaries to roll out: the workspace's,

@@ -2,6 +2,7 @@
 //! `containerd configure`'s edge cases, `config check`, the exit statuses
 //! systemd and the role rely on, and readiness through sd_notify.
 
+use crate::common::output_text as text;
 use crate::common::*;
 use std::path::Path;
 use std::process::{Command, Output};
@@ -10,21 +11,8 @@ fn berthd(args: &[&str]) -> Output {
     Command::new(berthd_bin()).args(args).output().expect("run berthd")
 }
 
-fn text(o: &Output) -> String {
-    format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
-}
-
 fn configure(dir: &Path, cfg: &Path, extra: &[&str]) -> Output {
-    Command::new(berthd_bin())
-        .args(["containerd", "configure", "--config"])
-        .arg(cfg)
-        .arg("--certs-d")
-        .arg(dir.join("certs.d"))
-        .arg("--containerd-config")
-        .arg(dir.join("config.toml"))
-        .args(extra)
-        .output()
-        .expect("run configure")
+    crate::support_e2e::configure_command(dir, cfg, extra).output().expect("run configure")
 }
 
 #[test]

@@ -15,7 +15,7 @@
 
 use crate::common::*;
 use crate::support_e2e::debian_root::{output_text, root_tarball, Recipe, Rootfs};
-use crate::support_e2e::snapshotter::snapshotter_bin;
+use crate::support_e2e::snapshotter::{cri_pull_on, snapshotter_bin};
 use crate::support_e2e::{build_busybox_image, free_port, Skopeo};
 use std::process::Child;
 use std::time::{Duration, Instant};
@@ -124,20 +124,10 @@ impl Node {
     }
 
     fn cri_pull(&self, image: &str) {
-        use k8s_cri::v1::image_service_client::ImageServiceClient;
         let sock = self.fs.host_path("/run/containerd/containerd.sock");
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-        rt.block_on(async {
-            let channel = containerd_client::connect(&sock).await.unwrap();
-            let mut images = ImageServiceClient::new(channel);
-            let req = k8s_cri::v1::PullImageRequest {
-                image: Some(k8s_cri::v1::ImageSpec { image: image.to_string(), ..Default::default() }),
-                auth: None,
-                sandbox_config: None,
-            };
-            let r = images.pull_image(req).await;
-            assert!(r.is_ok(), "CRI PullImage {image}: {r:?}\ncontainerd log:\n{}", self.log("containerd"));
-        });
+        let r = cri_pull_on(&sock, &rt, image);
+        assert!(r.is_ok(), "CRI PullImage {image}: {r:?}\ncontainerd log:\n{}", self.log("containerd"));
     }
 }
 

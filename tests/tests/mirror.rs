@@ -190,14 +190,7 @@ fn containerd_pulls_through_the_mirror_once_per_cluster() {
 }
 
 fn configure_in(dir: &Path, cfg: &Path, extra: &[&str]) -> String {
-    run(Command::new(berthd_bin())
-        .args(["containerd", "configure", "--config"])
-        .arg(cfg)
-        .arg("--certs-d")
-        .arg(dir.join("certs.d"))
-        .arg("--containerd-config")
-        .arg(dir.join("config.toml"))
-        .args(extra))
+    run(&mut configure_command(dir, cfg, extra))
 }
 
 #[test]

@@ -138,17 +138,6 @@ impl Registry {
         }
     }
 
-    /// Marks what the manifests reach and lists the blobs they do not,
-    /// changing nothing.
-    pub async fn garbage(&self, progress: &dyn Progress) -> Result<GarbageReport> {
-        let opts = GcOptions { dry_run: true, delay: Duration::ZERO, holder: String::new() };
-        // A dry run takes no lease, so it is never busy.
-        self.collect(&opts, progress).await.map_err(|e| match e {
-            GcError::Registry(e) => e,
-            other => super::Error::Upstream(other.to_string()),
-        })
-    }
-
     /// One collection (see the module's documentation).
     pub async fn collect(&self, opts: &GcOptions, progress: &dyn Progress) -> Result<GarbageReport, GcError> {
         if !opts.dry_run && self.policy.read_only {
@@ -351,7 +340,6 @@ impl Registry {
                 report.deleted += 1;
                 report.deleted_bytes += data.size;
                 if !opts.dry_run {
-                    self.delete_if_exists(&paths::trash_data(&digest)).await?;
                     self.delete_if_exists(&paths::trash_dir(&digest)).await?;
                     tracing::info!(%digest, "garbage collection: deleted");
                 }
@@ -460,7 +448,7 @@ mod tests {
         let lone = push_blob(&reg, &r, b"an upload no manifest names").await;
         reg.delete_manifest(&r, &crate::names::Reference::Digest(gone.clone())).await.unwrap();
 
-        let report = reg.garbage(&Quiet).await.unwrap();
+        let report = reg.collect(&opts(true), &Quiet).await.unwrap();
         let eligible: HashSet<Digest> = report.eligible.iter().map(|(d, _)| d.clone()).collect();
         assert_eq!(eligible, HashSet::from([gone, gone_config, gone_layer, lone]));
         for live in [&kept, &kept_config, &kept_layer] {
@@ -470,7 +458,7 @@ mod tests {
         assert_eq!(report.eligible_bytes(), report.eligible.iter().map(|(_, n)| n).sum::<u64>());
         // A report changes nothing: the image is whole.
         assert!(reg.fsck(false, &Quiet).await.unwrap().is_clean());
-        assert_eq!(reg.garbage(&Quiet).await.unwrap().eligible.len(), 4);
+        assert_eq!(reg.collect(&opts(true), &Quiet).await.unwrap().eligible.len(), 4);
     }
 
     fn opts(dry_run: bool) -> GcOptions {

@@ -258,6 +258,11 @@ fn parse_listen_addr(line: &str) -> Option<String> {
 }
 
 /// Runs a command, panicking with its output when it fails.
+/// What a finished command printed, stdout then stderr.
+pub fn output_text(o: &std::process::Output) -> String {
+    format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
+}
+
 pub fn run(cmd: &mut Command) -> String {
     let out = cmd.output().unwrap_or_else(|e| panic!("spawn {cmd:?}: {e}"));
     if !out.status.success() {

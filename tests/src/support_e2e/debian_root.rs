@@ -6,6 +6,7 @@
 //! host's network. Killing the namespace's holder ends every process in it
 //! and takes its mounts with it; the extracted root is a temp dir.
 
+pub use crate::common::output_text;
 use crate::common::{require_tool, sha256};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -110,10 +111,6 @@ pub fn root_tarball(r: &Recipe) -> PathBuf {
     std::fs::rename(&tmp, &path).unwrap();
     eprintln!("{}: root built in {:.0?} -> {}", r.name, t.elapsed(), path.display());
     path
-}
-
-pub fn output_text(o: &Output) -> String {
-    format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
 }
 
 /// A root extracted into a temp dir and entered: a mount + PID namespace

@@ -600,6 +600,20 @@ pub fn paginate(base_url: &str, path: &str) -> Vec<serde_json::Value> {
     pages
 }
 
+/// `berthd containerd configure --config CFG` on the containerd files of
+/// `dir` (`certs.d/`, `config.toml`), with `extra` arguments.
+pub fn configure_command(dir: &Path, cfg: &Path, extra: &[&str]) -> Command {
+    let mut c = Command::new(crate::common::berthd_bin());
+    c.args(["containerd", "configure", "--config"])
+        .arg(cfg)
+        .arg("--certs-d")
+        .arg(dir.join("certs.d"))
+        .arg("--containerd-config")
+        .arg(dir.join("config.toml"))
+        .args(extra);
+    c
+}
+
 /// A port on 127.0.0.1 that was free a moment ago.
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()

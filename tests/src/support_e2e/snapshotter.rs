@@ -138,23 +138,29 @@ pub fn cri_config(work: &Path, snap: &SnapshotterProc, berthd_addr: &str) -> Str
     )
 }
 
-/// PullImage through containerd's CRI image service, as kubelet does.
-pub fn cri_pull(ctd: &Containerd, rt: &tokio::runtime::Runtime, image: &str, snap: &SnapshotterProc) {
+/// PullImage through the CRI image service of the containerd listening on
+/// `sock`, as kubelet does.
+pub fn cri_pull_on(sock: &Path, rt: &tokio::runtime::Runtime, image: &str) -> Result<(), String> {
     use k8s_cri::v1::image_service_client::ImageServiceClient;
     rt.block_on(async {
-        let channel = containerd_client::connect(&ctd.sock).await.unwrap();
+        let channel = containerd_client::connect(sock).await.unwrap();
         let mut images = ImageServiceClient::new(channel);
         let req = k8s_cri::v1::PullImageRequest {
             image: Some(k8s_cri::v1::ImageSpec { image: image.to_string(), ..Default::default() }),
             auth: None,
             sandbox_config: None,
         };
-        let r = images.pull_image(req).await;
-        assert!(
-            r.is_ok(),
-            "CRI PullImage {image}: {r:?}\nsnapshotter log:\n{}\ncontainerd log:\n{}",
-            snap.log_text(),
-            ctd.log_text().lines().rev().take(20).collect::<Vec<_>>().join("\n")
-        );
-    });
+        images.pull_image(req).await.map(|_| ()).map_err(|status| format!("{status:?}"))
+    })
+}
+
+/// [`cri_pull_on`] the test's containerd; on failure, both logs.
+pub fn cri_pull(ctd: &Containerd, rt: &tokio::runtime::Runtime, image: &str, snap: &SnapshotterProc) {
+    let r = cri_pull_on(&ctd.sock, rt, image);
+    assert!(
+        r.is_ok(),
+        "CRI PullImage {image}: {r:?}\nsnapshotter log:\n{}\ncontainerd log:\n{}",
+        snap.log_text(),
+        ctd.log_text().lines().rev().take(20).collect::<Vec<_>>().join("\n")
+    );
 }

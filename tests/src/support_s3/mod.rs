@@ -278,6 +278,18 @@ pub fn node(weed: &Seaweed, cache_max: &str) -> crate::common::Berthd {
     crate::common::Berthd::start_config(dir, cache, &yaml, &Seaweed::env())
 }
 
+/// A node on this bucket without a node cache (every read goes to S3) and
+/// without an access log: what the benchmarks measure.
+pub fn uncached_node(weed: &Seaweed) -> crate::common::Berthd {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = dir.path().join("cache");
+    let yaml = weed
+        .berthd_yaml(&cache, "4GiB")
+        .replace("level: info", "level: info\n  accesslog:\n    disabled: true")
+        .replace("cache:\n", "cache:\n  enabled: false\n");
+    crate::common::Berthd::start_config(dir, cache, &yaml, &Seaweed::env())
+}
+
 impl Drop for Seaweed {
     fn drop(&mut self) {
         if let Some(mut c) = self.child.take() {
