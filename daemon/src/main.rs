@@ -39,9 +39,10 @@ enum Command {
         #[arg(long)]
         repair: bool,
     },
-    /// One garbage collection while every node keeps serving: blobs no
-    /// manifest reaches go to the trash, and trash entries an earlier
-    /// collection left are deleted (see docs/operations.md). Exit status 0
+    /// One garbage collection while every node keeps serving: tags
+    /// retention removes and manifests and blobs nothing reaches go to the
+    /// trash, and trash entries an earlier collection left are deleted (see
+    /// docs/operations.md). Exit status 0
     /// done, 1 another collection is running, 2 cannot use config or storage.
     Gc {
         #[arg(long, short)]
@@ -51,10 +52,16 @@ enum Command {
         /// Report what would be done; change nothing.
         #[arg(long)]
         dry_run: bool,
-        /// Leave blobs written, and trash entries made, less than this long
-        /// ago (a Go duration: 1h, 30m, 0s).
-        #[arg(long, default_value = "1h", value_parser = parse_duration)]
-        delay: std::time::Duration,
+        /// Leave blobs and manifests written, and trash entries made, less
+        /// than this long ago (a Go duration: 1h, 30m, 0s) [default:
+        /// storage.gc.delay, else 1h].
+        #[arg(long, value_parser = parse_duration)]
+        delay: Option<std::time::Duration>,
+        /// Also remove manifests no tag reaches (an index's children and
+        /// the referrers of what stays are reached) [default:
+        /// storage.gc.deleteuntagged].
+        #[arg(long)]
+        delete_untagged: bool,
     },
     /// Integrate with the node's container runtime.
     Containerd {
@@ -135,7 +142,9 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Serve { config, config_positional } => serve(config.or(config_positional)),
         Command::Fsck { config, config_positional, repair } => fsck(config.or(config_positional), repair),
-        Command::Gc { config, config_positional, dry_run, delay } => gc(config.or(config_positional), dry_run, delay),
+        Command::Gc { config, config_positional, dry_run, delay, delete_untagged } => {
+            gc(config.or(config_positional), berthd::commands::gc::Flags { dry_run, delay, delete_untagged })
+        }
         Command::Containerd {
             command:
                 ContainerdCommand::Configure {
@@ -248,7 +257,7 @@ fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
     berthd::config::values::parse_go_duration(s).ok_or_else(|| format!("{s:?} is not a duration such as 1h, 30m or 0s"))
 }
 
-fn gc(path: Option<PathBuf>, dry_run: bool, delay: std::time::Duration) -> ExitCode {
+fn gc(path: Option<PathBuf>, flags: berthd::commands::gc::Flags) -> ExitCode {
     let config = match load_config(path.as_deref()) {
         Ok(l) => l.config,
         Err(code) => return code,
@@ -257,7 +266,7 @@ fn gc(path: Option<PathBuf>, dry_run: bool, delay: std::time::Duration) -> ExitC
         Ok(rt) => rt,
         Err(code) => return code,
     };
-    match rt.block_on(berthd::commands::gc::run(&config, dry_run, delay, &mut std::io::stdout())) {
+    match rt.block_on(berthd::commands::gc::run(&config, &flags, &mut std::io::stdout())) {
         Ok(_) => ExitCode::SUCCESS,
         Err(e @ berthd::Error::Gc(berthd::registry::gc::GcError::Busy { .. })) => {
             eprintln!("berthd gc: {e}");

@@ -42,6 +42,11 @@ pub struct Metrics {
     pub gc_deleted_bytes: AtomicU64,
     /// Trashed blobs moved back because a request needed them.
     pub gc_restored_blobs: AtomicU64,
+    pub gc_removed_tags: AtomicU64,
+    pub gc_removed_manifests: AtomicU64,
+    pub gc_restored_manifests: AtomicU64,
+    /// The lease holder while this node collects (`berth_gc_lease_held`).
+    pub gc_lease_holder: Mutex<Option<String>>,
 }
 
 /// The process-wide metrics.
@@ -66,7 +71,7 @@ impl Metrics {
                 "berth_http_requests_total{{route=\"{route}\",method=\"{method}\",status=\"{status}\"}} {n}"
             );
         }
-        let counters: [(&str, &str, &AtomicU64, &str); 22] = [
+        let counters: [(&str, &str, &AtomicU64, &str); 25] = [
             (
                 "berth_cache_hits_total",
                 "Blob and manifest reads served from the node cache.",
@@ -169,6 +174,24 @@ impl Metrics {
                 &self.gc_restored_blobs,
                 "counter",
             ),
+            (
+                "berth_gc_removed_tags_total",
+                "Tags retention policies removed (storage.retention).",
+                &self.gc_removed_tags,
+                "counter",
+            ),
+            (
+                "berth_gc_removed_manifests_total",
+                "Manifests garbage collection removed: untagged, or referrers whose subject is gone.",
+                &self.gc_removed_manifests,
+                "counter",
+            ),
+            (
+                "berth_gc_restored_manifests_total",
+                "Trashed manifests moved back because a request needed them.",
+                &self.gc_restored_manifests,
+                "counter",
+            ),
         ];
         for (name, help, v, kind) in counters {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
@@ -177,6 +200,19 @@ impl Metrics {
                 let _ = writeln!(out, "{name} {}", value as f64 / 1e6);
             } else {
                 let _ = writeln!(out, "{name} {value}");
+            }
+        }
+        let _ = writeln!(
+            out,
+            "# HELP berth_gc_lease_held 1 while this node holds the garbage collection lease, labelled with the holder.\n# TYPE berth_gc_lease_held gauge"
+        );
+        match &*self.gc_lease_holder.lock().unwrap() {
+            Some(h) => {
+                let h = h.replace('\\', "\\\\").replace('"', "\\\"");
+                let _ = writeln!(out, "berth_gc_lease_held{{holder=\"{h}\"}} 1");
+            }
+            None => {
+                let _ = writeln!(out, "berth_gc_lease_held 0");
             }
         }
         out

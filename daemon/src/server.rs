@@ -248,7 +248,11 @@ pub async fn run(config: Config) -> Result<()> {
     if !config.storage.gc.interval.is_zero() && !config.storage.read_only {
         // Collections read the storage itself, never through this node's cache.
         let collector = build_maintenance_registry(&config).await?;
-        tokio::spawn(collect_garbage_periodically(collector, config.storage.gc.clone()));
+        tokio::spawn(collect_garbage_periodically(
+            collector,
+            config.storage.gc.clone(),
+            config.storage.retention.clone(),
+        ));
     }
 
     if let Some(debug) = config.http.debug_addr {
@@ -263,6 +267,17 @@ pub async fn run(config: Config) -> Result<()> {
         });
     }
 
+    // Pull times, for retention: in batches, never a write per pull.
+    let flusher = registry.clone();
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(PULL_FLUSH_INTERVAL).await;
+            if let Err(e) = flusher.flush_pulls().await {
+                tracing::warn!("cannot store pull times (kept for the next try): {e}");
+            }
+        }
+    });
+
     crate::notify::ready();
     tokio::spawn(async move {
         shutdown_signal().await;
@@ -276,9 +291,15 @@ pub async fn run(config: Config) -> Result<()> {
             Err(e) => return Err(Error::Serve(std::io::Error::other(e))),
         }
     }
+    if let Err(e) = registry.flush_pulls().await {
+        tracing::warn!("cannot store the last pull times: {e}");
+    }
     tracing::info!("shut down: in-flight requests finished");
     Ok(())
 }
+
+/// How often a node leaves the pulls it served in the storage.
+const PULL_FLUSH_INTERVAL: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// Resolves once `rx` turns true.
 async fn wait_for(mut rx: tokio::sync::watch::Receiver<bool>) {
@@ -308,7 +329,11 @@ async fn purge_uploads_periodically(registry: Arc<Registry>, cfg: crate::config:
 /// collection is older than the interval, and if so collects (the lease
 /// keeps it to one node at a time; the end marker, to one run per
 /// interval across the cluster).
-async fn collect_garbage_periodically(registry: Arc<Registry>, cfg: crate::config::GcSchedule) {
+async fn collect_garbage_periodically(
+    registry: Arc<Registry>,
+    cfg: crate::config::GcSchedule,
+    retention: Arc<crate::registry::retention::Retention>,
+) {
     use crate::registry::gc::{GcError, GcOptions};
     use std::sync::atomic::Ordering::Relaxed;
     use std::time::{Duration, SystemTime};
@@ -331,8 +356,13 @@ async fn collect_garbage_periodically(registry: Arc<Registry>, cfg: crate::confi
         };
         if due {
             last_dry_run = Some(std::time::Instant::now());
-            let opts =
-                GcOptions { dry_run: cfg.dry_run, delay: cfg.delay, holder: crate::registry::gc::this_collector() };
+            let opts = GcOptions {
+                dry_run: cfg.dry_run,
+                delay: cfg.delay,
+                holder: crate::registry::gc::this_collector(),
+                delete_untagged: cfg.delete_untagged,
+                retention: retention.clone(),
+            };
             let m = crate::metrics::get();
             m.gc_runs.fetch_add(1, Relaxed);
             let started = std::time::Instant::now();
@@ -347,6 +377,8 @@ async fn collect_garbage_periodically(registry: Arc<Registry>, cfg: crate::confi
                         deleted = r.deleted,
                         deleted_bytes = r.deleted_bytes,
                         restored = r.restored,
+                        tags_removed = r.tags_removed.len(),
+                        manifests_removed = r.manifests_removed.len(),
                         dry_run = cfg.dry_run,
                         "garbage collection finished"
                     );

@@ -114,7 +114,8 @@ fn main() {
     ];
     for (name, args) in runs {
         let (secs, summary) = gc(&b, args);
-        let line = summary.lines().find(|l| l.contains("moved to the trash")).unwrap_or_default();
+        let line =
+            summary.lines().find(|l| l.contains(" blobs (") && l.contains("moved to the trash")).unwrap_or_default();
         // "N blobs (… MiB) moved to the trash (written more than …); M trash entries (… MiB) deleted, K moved back"
         let (trashed, rest) = line.split_once(" (written").unwrap_or((line, ""));
         let rest = rest.split_once("; ").map_or("", |(_, r)| r);

@@ -1,7 +1,9 @@
 //! Garbage collection with many nodes on one bucket (SeaweedFS): one node
-//! collects again and again, with no delay, while another pushes, deletes
-//! and pushes again; afterwards every image a push was told was accepted
-//! is whole through both nodes, and `berthd fsck` finds nothing wrong.
+//! collects again and again, with no delay and `--delete-untagged`, while
+//! another pushes (two-platform images too, whose children are untagged
+//! until their index lands), deletes and pushes again; afterwards every
+//! image a push was told was accepted is whole through both nodes, and
+//! `berthd fsck` finds nothing wrong.
 
 use crate::common::*;
 use crate::support_e2e::*;
@@ -19,7 +21,9 @@ fn collections_while_another_node_pushes_lose_nothing_accepted() {
         .collect();
     let sk = Skopeo::new();
 
-    // Garbage to start with: an image pushed and deleted.
+    // Garbage to start with: an image pushed and deleted (in a repository
+    // that is not left empty, which would go with its links).
+    sk.push(&images[4].layout, &a.addr, "gc/zero:stays", &[]);
     sk.push(&images[0].layout, &a.addr, "gc/zero:v1", &[]);
     let del = http("DELETE", &format!("{}/v2/gc/zero/manifests/{}", a.url(), images[0].manifest_digest), &[]).unwrap();
     assert_eq!(del.status, 202);
@@ -42,7 +46,7 @@ fn collections_while_another_node_pushes_lose_nothing_accepted() {
             let mut runs = 0;
             while !stop.load(Ordering::Relaxed) || runs < 2 {
                 let out = std::process::Command::new(berthd_bin())
-                    .args(["gc", "--delay", "0s", "--config"])
+                    .args(["gc", "--delay", "0s", "--delete-untagged", "--config"])
                     .arg(&b_config)
                     .envs(env.iter().map(|(k, v)| (k, v)))
                     .output()
@@ -56,8 +60,23 @@ fn collections_while_another_node_pushes_lose_nothing_accepted() {
     };
 
     // Meanwhile: pushes, the deleted image pushed again, another deleted.
+    let (multi, multi_digest) = build_multiarch_index(work.path(), "multi", &images[1]);
     let mut accepted = Vec::new();
+    let mut accepted_multi = Vec::new();
     for round in 0..3 {
+        let reference = format!("gc/multi:r{round}");
+        let out = sk.output(&[
+            "copy",
+            "--all",
+            "--dest-tls-verify=false",
+            &multi.oci_ref(),
+            &format!("docker://{}/{reference}", a.addr),
+        ]);
+        if out.status.success() {
+            accepted_multi.push(reference);
+        } else {
+            eprintln!("push {reference} refused: {}", String::from_utf8_lossy(&out.stderr));
+        }
         for (i, img) in images.iter().enumerate() {
             let reference = format!("gc/app{i}:r{round}");
             let out = sk.output(&[
@@ -100,6 +119,18 @@ fn collections_while_another_node_pushes_lose_nothing_accepted() {
                 "{reference} through {}",
                 node.addr
             );
+        }
+    }
+    assert!(!accepted_multi.is_empty(), "a two-platform push was accepted");
+    for reference in &accepted_multi {
+        for node in [&a, &b] {
+            let dir = work.path().join(format!(
+                "multi-{}-{}",
+                reference.replace(['/', ':'], "_"),
+                node.addr.replace(':', "_")
+            ));
+            sk.copy(&["--all"], &format!("docker://{}/{reference}", node.addr), &format!("oci:{}:v", dir.display()));
+            assert_eq!(layout_ref_digest(&dir, "v"), multi_digest, "{reference} through {}", node.addr);
         }
     }
     let (clean, report) = b.fsck(false);
@@ -153,7 +184,7 @@ fn a_collector_killed_midway_leaves_nothing_reachable_missing() {
     }
     for wait_ms in [150u64, 400, 900] {
         let mut child = std::process::Command::new(berthd_bin())
-            .args(["gc", "--delay", "0s", "--config"])
+            .args(["gc", "--delay", "0s", "--delete-untagged", "--config"])
             .arg(a.config_path())
             .envs(Seaweed::env())
             .stdout(std::process::Stdio::null())

@@ -18,6 +18,7 @@ mod faults;
 mod gc;
 mod mirror;
 mod registry2_compat;
+mod retention;
 mod s3;
 mod skopeo;
 mod snapshotter;

@@ -49,6 +49,8 @@ pub async fn get(reg: &Registry, ns: &Namespace, repo: &RepoName, reference: &Re
     } else if req.method == Method::HEAD {
         StatusCode::OK.into_response()
     } else {
+        // A pull, for retention's pull times (a HEAD only asks).
+        reg.record_pull(ns, repo, &m.digest);
         Response::new(Body::from(m.body))
     };
     let h = resp.headers_mut();

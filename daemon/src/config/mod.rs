@@ -79,6 +79,8 @@ pub struct StorageConfig {
     pub redirect_disable: bool,
     pub upload_purging: UploadPurging,
     pub gc: GcSchedule,
+    /// `storage.retention`: which tags collections keep.
+    pub retention: std::sync::Arc<crate::registry::retention::Retention>,
 }
 
 /// `storage.gc`: the cluster's garbage collection, run by whichever node
@@ -91,6 +93,8 @@ pub struct GcSchedule {
     pub delay: Duration,
     /// Report in the log only; change nothing.
     pub dry_run: bool,
+    /// Remove manifests no tag reaches (`berthd gc --delete-untagged`).
+    pub delete_untagged: bool,
 }
 
 /// `storage.maintenance.uploadpurging`: registry:2's defaults are kept.

@@ -56,6 +56,32 @@ pub struct Storage {
     pub maintenance: Maintenance,
     pub redirect: Redirect,
     pub gc: Gc,
+    pub retention: Retention,
+}
+
+/// `storage.retention`: zot's tag retention policies.
+#[derive(Deserialize, Default)]
+#[serde(default)]
+pub struct Retention {
+    pub policies: Vec<RetentionPolicy>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+pub struct RetentionPolicy {
+    pub repositories: Option<List>,
+    pub deletereferrers: Option<Flag>,
+    pub keeptags: Option<Vec<KeepTags>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+pub struct KeepTags {
+    pub patterns: Option<List>,
+    pub mostrecentlypushedcount: Option<u64>,
+    pub mostrecentlypulledcount: Option<u64>,
+    pub pushedwithin: Option<GoDuration>,
+    pub pulledwithin: Option<GoDuration>,
 }
 
 #[derive(Deserialize, Default)]

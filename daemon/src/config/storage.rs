@@ -6,6 +6,7 @@ use super::values::{flag, Text};
 use super::{
     default_root, invalid, Backend, CacheConfig, ConfigError, GcSchedule, Secret, StorageConfig, UploadPurging,
 };
+use crate::registry::retention::{KeepRule, Policy as RetentionPolicy, Retention};
 use crate::storage::s3::{S3Config, MIN_CHUNK_SIZE};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -48,16 +49,11 @@ pub(super) fn storage(
     if upload_purging.interval.is_zero() {
         return Err(invalid("storage.maintenance.uploadpurging.interval", "must be greater than zero"));
     }
-    if flag(raw.gc.deleteuntagged, false) {
-        return Err(invalid(
-            "storage.gc.deleteuntagged",
-            "is not supported yet: collections keep every manifest of a repository; delete unwanted ones through the API",
-        ));
-    }
     let gc = GcSchedule {
         interval: raw.gc.interval.map_or(DEFAULT_GC_INTERVAL, |d| d.0),
         delay: raw.gc.delay.map_or(DEFAULT_GC_DELAY, |d| d.0),
         dry_run: flag(raw.gc.dryrun, false),
+        delete_untagged: flag(raw.gc.deleteuntagged, false),
     };
     Ok(StorageConfig {
         backend,
@@ -68,7 +64,51 @@ pub(super) fn storage(
         redirect_disable: flag(raw.redirect.disable, true),
         upload_purging,
         gc,
+        retention: std::sync::Arc::new(retention(&raw.retention)?),
     })
+}
+
+/// `storage.retention.policies`, checked: every policy names repositories,
+/// every pattern compiles.
+fn retention(raw: &raw::Retention) -> Result<Retention, ConfigError> {
+    let mut policies = Vec::new();
+    for (i, p) in raw.policies.iter().enumerate() {
+        let at = |key: &str| format!("storage.retention.policies[{i}].{key}");
+        let repositories = p.repositories.as_ref().map(|l| l.0.clone()).unwrap_or_default();
+        if repositories.is_empty() {
+            return Err(invalid(
+                &at("repositories"),
+                "is required: the repositories the policy applies to, as globs (\"**\" for every one)",
+            ));
+        }
+        let keep_tags = match &p.keeptags {
+            None => None,
+            Some(rules) => {
+                let mut out = Vec::new();
+                for (j, r) in rules.iter().enumerate() {
+                    let mut patterns = Vec::new();
+                    for pat in r.patterns.iter().flat_map(|l| l.0.iter()) {
+                        patterns.push(regex_lite::Regex::new(pat).map_err(|e| {
+                            invalid(
+                                &at(&format!("keeptags[{j}].patterns")),
+                                format!("{pat:?} is not a regular expression: {e}"),
+                            )
+                        })?);
+                    }
+                    out.push(KeepRule {
+                        patterns,
+                        most_recently_pushed: r.mostrecentlypushedcount.map(|n| n as usize),
+                        most_recently_pulled: r.mostrecentlypulledcount.map(|n| n as usize),
+                        pushed_within: r.pushedwithin.map(|d| d.0),
+                        pulled_within: r.pulledwithin.map(|d| d.0),
+                    });
+                }
+                Some(out)
+            }
+        };
+        policies.push(RetentionPolicy { repositories, delete_referrers: flag(p.deletereferrers, true), keep_tags });
+    }
+    Ok(Retention { policies })
 }
 
 fn s3_config(raw: &raw::S3, warnings: &mut Vec<String>) -> Result<S3Config, ConfigError> {

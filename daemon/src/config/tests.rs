@@ -218,6 +218,16 @@ storage:
     delay: 1h
     dryrun: false
     deleteuntagged: false
+  retention:
+    policies:
+      - repositories: ["**"]
+        deletereferrers: true
+        keeptags:
+          - patterns: ["v.*"]
+            mostrecentlypushedcount: 5
+            mostrecentlypulledcount: 5
+            pushedwithin: 720h
+            pulledwithin: 720h
 http:
   addr: 127.0.0.1:5000
   net: tcp
@@ -308,7 +318,12 @@ fn wrong_kinds_name_their_key() {
         ("layerindex:\n  keyfile: rel\n", "layerindex.keyfile"),
         ("storage:\n  azure: {}\n", "storage.azure"),
         ("http:\n  net: unix\n", "http.net"),
-        ("storage:\n  gc:\n    deleteuntagged: true\n", "storage.gc.deleteuntagged"),
+        ("storage:\n  retention:\n    policies:\n    - keeptags: []\n", "storage.retention.policies[0].repositories"),
+        (
+            "storage:\n  retention:\n    policies:\n    - repositories: ['**']\n      keeptags:\n      - patterns: ['v(']\n",
+            "storage.retention.policies[0].keeptags[0].patterns",
+        ),
+        ("storage:\n  retention:\n    policies:\n    - repositories: ['**']\n      keeptags:\n      - pulledwithin: 7d\n", "storage.retention.policies[0].keeptags[0].pulledwithin"),
         ("storage:\n  gc:\n    interval: daily\n", "storage.gc.interval"),
         ("tls:\n  cacerts: {a: 1}\n", "tls.cacerts"),
     ] {
@@ -366,4 +381,23 @@ mod properties {
             }
         }
     }
+}
+
+#[test]
+fn the_retention_example_in_the_docs_loads_as_it_reads() {
+    let doc = include_str!("../../../docs/operations.md");
+    let start = doc.find("```yaml\nstorage:\n  retention:").expect("the example is in docs/operations.md") + 8;
+    let yaml = &doc[start..start + doc[start..].find("```").unwrap()];
+    let c = load_str(yaml, &[]).unwrap().config;
+    let r = &c.storage.retention;
+    let p = r.policy_for("apps/web/frontend").unwrap();
+    assert!(p.delete_referrers);
+    let rules = p.keep_tags.as_ref().unwrap();
+    assert_eq!(rules.len(), 3);
+    assert_eq!(rules[0].most_recently_pushed, Some(10));
+    assert!(rules[0].patterns[0].is_match("v1.2"));
+    assert_eq!(rules[2].pulled_within, Some(std::time::Duration::from_secs(720 * 3600)));
+    assert!(r.policy_for("infra/db").is_some() && r.policy_for("infra/db/x").is_none());
+    assert_eq!(r.policy_for("docker.io/library/alpine").unwrap().keep_tags.as_ref().unwrap().len(), 1);
+    assert!(!c.storage.gc.delete_untagged);
 }

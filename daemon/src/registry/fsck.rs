@@ -155,7 +155,7 @@ impl Registry {
             let mut stack: Vec<String> =
                 children.iter().filter(|c| c.rsplit('/').next().is_some_and(|n| n.starts_with('_'))).cloned().collect();
             while let Some(path) = stack.pop() {
-                if path.ends_with("/_uploads") {
+                if path.ends_with("/_uploads") || path.ends_with("/_trash") {
                     continue;
                 }
                 if !is_link(&path) {
@@ -166,6 +166,8 @@ impl Registry {
                 progress.advance(1);
                 match self.read_link(&path).await {
                     Ok(Some(d)) if good.contains(&d) => {}
+                    // Garbage collection's trash: a request moves it back.
+                    Ok(Some(d)) if self.exists(&paths::trash_data(&d)).await? => {}
                     Ok(Some(d)) => {
                         progress.problem(&format!("{path} names {d}, which is missing or damaged; push it again"));
                         report.dangling_links.push(path);
@@ -184,9 +186,28 @@ impl Registry {
                     }
                 }
             }
-            self.fsck_manifests(&repo, good, progress, report).await?;
+            self.fsck_manifests(&repo, good, repair, progress, report).await?;
         }
         Ok(())
+    }
+
+    /// Whether `path` (a blob in the trash, or with `repo` a trashed
+    /// revision) exists; with `repair`, it is moved back.
+    async fn exists_or_restore(&self, path: &str, repair: bool, d: &Digest, repo: Option<&RepoName>) -> Result<bool> {
+        if !self.exists(path).await? {
+            return Ok(false);
+        }
+        if repair {
+            match repo {
+                Some(repo) => self.revision_present(repo, d).await?,
+                None => self.restore_from_trash(d).await?,
+            };
+        }
+        Ok(true)
+    }
+
+    async fn in_trash(&self, d: &Digest, repair: bool) -> Result<bool> {
+        self.exists_or_restore(&paths::trash_data(d), repair, d, None).await
     }
 
     /// Checks what each manifest revision of `repo` references.
@@ -194,6 +215,7 @@ impl Registry {
         &self,
         repo: &RepoName,
         good: &HashSet<Digest>,
+        repair: bool,
         progress: &dyn Progress,
         report: &mut Report,
     ) -> Result<()> {
@@ -212,14 +234,20 @@ impl Registry {
                     continue;
                 };
                 let mut missing = Vec::new();
+                // What a collection trashed but a manifest still names is
+                // there to be moved back (by the next request, or here).
                 for b in &m.blobs {
                     let linked = self.blob_linked(repo, &b.digest).await?;
-                    if !linked || !good.contains(&b.digest) {
+                    if !linked || !(good.contains(&b.digest) || self.in_trash(&b.digest, repair).await?) {
                         missing.push(b.digest.to_string());
                     }
                 }
                 for c in &m.children {
-                    if !self.exists(&paths::revision_link(repo, &c.digest)).await? || !good.contains(&c.digest) {
+                    let revision = self.exists(&paths::revision_link(repo, &c.digest)).await?
+                        || self
+                            .exists_or_restore(&paths::trashed_revision(repo, &c.digest), repair, &c.digest, Some(repo))
+                            .await?;
+                    if !revision || !(good.contains(&c.digest) || self.in_trash(&c.digest, repair).await?) {
                         missing.push(c.digest.to_string());
                     }
                 }

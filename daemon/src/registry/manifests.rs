@@ -33,10 +33,29 @@ impl Registry {
                 None => return Err(self.unknown_manifest(repo, reference).await),
             },
         };
-        if !self.exists(&paths::revision_link(repo, &digest)).await? {
+        if !self.revision_present(repo, &digest).await? {
             return Err(self.unknown_manifest(repo, reference).await);
         }
         Ok(digest)
+    }
+
+    /// Whether manifest `digest` is a revision of `repo`. One a garbage
+    /// collection moved to the repository's trash is moved back first:
+    /// whoever asks is about to use or reference it (see [`super::gc`]).
+    pub(super) async fn revision_present(&self, repo: &RepoName, digest: &Digest) -> Result<bool> {
+        let link = paths::revision_link(repo, digest);
+        if self.exists(&link).await? {
+            return Ok(true);
+        }
+        let trashed = paths::trashed_revision(repo, digest);
+        if self.read_link(&trashed).await?.as_ref() != Some(digest) {
+            return Ok(false);
+        }
+        self.write_link(&link, digest).await?;
+        self.delete_if_exists(&trashed).await?;
+        crate::metrics::get().gc_restored_manifests.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        tracing::info!(repository = %repo, %digest, "manifest moved back from the garbage collector's trash: it is wanted again");
+        Ok(true)
     }
 
     async fn unknown_manifest(&self, repo: &RepoName, reference: &Reference) -> Error {
@@ -104,7 +123,7 @@ impl Registry {
             }
         }
         for child in &manifest.children {
-            if !self.exists(&paths::revision_link(repo, &child.digest)).await? {
+            if !self.revision_present(repo, &child.digest).await? {
                 return Err(Error::ManifestBlobUnknown(child.digest.clone()));
             }
         }

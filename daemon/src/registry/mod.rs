@@ -16,6 +16,8 @@ mod maintenance;
 mod manifests;
 pub mod mirror;
 mod namespace;
+pub mod pulls;
+pub mod retention;
 mod uploads;
 
 /// Storage failures are part of the registry's errors ([`Error::Storage`]); the
@@ -58,6 +60,8 @@ pub struct Registry {
     /// The cluster's key for layer indexes (`layerindex.keyfile`): without
     /// one, no index is built or served and lazy pulls fall back.
     index_key: Option<crate::layerindex::signing::IndexKey>,
+    /// Pulls this node served since it last left them in the storage.
+    pulls: pulls::PullLog,
     /// This registry, for background work that outlives a request.
     me: std::sync::Weak<Registry>,
 }
@@ -87,6 +91,7 @@ impl Registry {
             mirrors,
             indexer: lazy_layers::Indexer::new(),
             index_key,
+            pulls: pulls::PullLog::default(),
             me: me.clone(),
         })
     }
@@ -106,6 +111,19 @@ impl Registry {
             Err(e) if e.is_not_found() => Ok(()),
             Err(e) => Err(e.into()),
         }
+    }
+
+    /// Remembers that manifest `digest` of `repo` (as `ns` names it) was
+    /// pulled, for retention; stored in batches by [`Registry::flush_pulls`].
+    pub fn record_pull(&self, ns: &Namespace, repo: &RepoName, digest: &Digest) {
+        if let Ok(stored) = self.stored_repo(ns, repo) {
+            self.pulls.record(&stored, digest);
+        }
+    }
+
+    /// Leaves the pulls recorded since the last flush in the storage.
+    pub async fn flush_pulls(&self) -> Result<usize> {
+        self.pulls.flush(&*self.driver).await
     }
 
     fn ensure_writable(&self) -> Result<()> {

@@ -11,6 +11,9 @@
 //!     _manifests/tags/<tag>/index/<alg>/<hex>/link          every digest the tag had
 //!     _uploads/<uuid>/{data,startedat}                      uploads in progress
 //!     _referrers/<alg>/<hex>/<alg>/<hex>/link               Berth's referrers index
+//!     _trash/revisions/<alg>/<hex>/link                     a revision garbage collection
+//!                                                           took away (untagged, or a
+//!                                                           referrer whose subject is gone)
 //! ```
 //!
 //! Beside it, Berth's own derived data, which registry:2 never reads:
@@ -25,6 +28,8 @@
 //!                                                           took away, until the next agrees
 //! /berth/gc/{lease,last}                                    who is collecting, until when;
 //!                                                           when the last collection ended
+//! /berth/gc/pulls.json                                      last pull of each manifest, merged
+//! /berth/pulls/<node>-<time>-<id>.json                      pulls a node saw, one batch each
 //! ```
 //!
 //! A link file holds the digest as text (`sha256:…`, no newline). The
@@ -109,6 +114,22 @@ pub fn gc_lease() -> String {
     format!("{BERTH_ROOT}/gc/lease")
 }
 
+/// When each manifest was last pulled, merged from every node's batches
+/// by the last collection.
+pub fn gc_pulls() -> String {
+    format!("{BERTH_ROOT}/gc/pulls.json")
+}
+
+/// Where nodes leave their batches of pull times.
+pub fn pull_batches() -> String {
+    format!("{BERTH_ROOT}/pulls")
+}
+
+/// One batch of pull times; `name` is the node's own unique file name.
+pub fn pull_batch(name: &str) -> String {
+    format!("{}/{name}", pull_batches())
+}
+
 /// Where quarantined objects are kept.
 pub fn quarantine_root() -> String {
     format!("{BERTH_ROOT}/quarantine")
@@ -149,6 +170,17 @@ pub fn layer_link(name: &RepoName, d: &Digest) -> String {
 
 pub fn revision_link(name: &RepoName, d: &Digest) -> String {
     format!("{}/_manifests/revisions/{}/{}/link", repo(name), d.algorithm().as_str(), d.hex())
+}
+
+/// Where garbage collection keeps a revision link it took away, until a
+/// later collection agrees; a request for the manifest moves it back.
+pub fn trashed_revision(name: &RepoName, d: &Digest) -> String {
+    format!("{}/_trash/revisions/{}/{}/link", repo(name), d.algorithm().as_str(), d.hex())
+}
+
+/// Every trashed revision of a repository, by algorithm.
+pub fn revision_trash(name: &RepoName) -> String {
+    format!("{}/_trash/revisions", repo(name))
 }
 
 pub fn tags_dir(name: &RepoName) -> String {

@@ -65,6 +65,9 @@ impl StorageDriver for Instrumented {
     async fn delete(&self, path: &str) -> Result<()> {
         timed!(self.0.delete(path))
     }
+    async fn delete_objects(&self, paths: &[String]) -> Result<()> {
+        timed!(self.0.delete_objects(paths))
+    }
     async fn redirect_url(&self, path: &str) -> Result<Option<String>> {
         self.0.redirect_url(path).await
     }

@@ -120,6 +120,20 @@ pub trait StorageDriver: Send + Sync + 'static {
     /// Deletes an object or, recursively, everything under a directory.
     async fn delete(&self, path: &str) -> Result<()>;
 
+    /// Deletes the objects at `paths` (objects, not directories); those
+    /// already gone are not an error. Backends that can delete many in one
+    /// request do (S3: `DeleteObjects`, 1000 keys each): a garbage
+    /// collection deletes thousands.
+    async fn delete_objects(&self, paths: &[String]) -> Result<()> {
+        for p in paths {
+            match self.delete(p).await {
+                Err(e) if !e.is_not_found() => return Err(e),
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
     /// A URL a client may fetch the object from directly (S3: presigned),
     /// for `storage.redirect.disable: false`. Backends that cannot
     /// redirect return `None` and the registry proxies the bytes.

@@ -23,6 +23,7 @@ pub async fn run_all(d: &dyn StorageDriver) {
     stat_and_list(d).await;
     move_replaces_destination(d).await;
     delete_is_recursive(d).await;
+    delete_objects_in_batches(d).await;
     invalid_paths_are_refused(d).await;
 }
 
@@ -142,6 +143,22 @@ async fn delete_is_recursive(d: &dyn StorageDriver) {
     assert_eq!(d.list("/del").await.unwrap(), vec!["/del/keep"]);
     d.delete("/del/keep").await.unwrap();
     assert!(d.get_content("/del/keep").await.unwrap_err().is_not_found());
+}
+
+async fn delete_objects_in_batches(d: &dyn StorageDriver) {
+    // More than one S3 batch, some already gone, one left alone.
+    let paths: Vec<String> = (0..1005).map(|i| format!("/many/{}/{i}", i % 7)).collect();
+    for p in paths.iter().step_by(2) {
+        d.put_content(p, Bytes::from_static(b"x")).await.unwrap();
+    }
+    d.put_content("/many/keep", Bytes::from_static(b"k")).await.unwrap();
+    d.delete_objects(&paths).await.unwrap();
+    for p in paths.iter().step_by(50) {
+        assert!(d.stat(p).await.unwrap_err().is_not_found(), "{p} is deleted");
+    }
+    assert_eq!(&d.get_content("/many/keep").await.unwrap()[..], b"k");
+    d.delete_objects(&[]).await.unwrap();
+    d.delete("/many").await.unwrap();
 }
 
 async fn invalid_paths_are_refused(d: &dyn StorageDriver) {

@@ -116,6 +116,21 @@ impl Berthd {
         Self::spawn(dir, root, env)
     }
 
+    /// Stops this berthd as systemd does (SIGTERM: in-flight requests
+    /// finish, pull times are stored) and starts it again on the same
+    /// config and data.
+    pub fn restart(mut self) -> Berthd {
+        let _ = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status();
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while !matches!(self.child.try_wait(), Ok(Some(_))) {
+            assert!(std::time::Instant::now() < deadline, "berthd did not stop on SIGTERM:\n{}", self.log_text());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let dir = std::mem::replace(&mut self.dir, tempfile::tempdir().expect("tempdir"));
+        let (root, env) = (self.root.clone(), self.env.clone());
+        Self::spawn(dir, root, env)
+    }
+
     /// The config file this berthd runs with.
     pub fn config_path(&self) -> PathBuf {
         self.dir.path().join("config.yml")

@@ -508,6 +508,15 @@ impl StorageDriver for CachedDriver {
         self.drop_cached(path);
         res
     }
+
+    async fn delete_objects(&self, paths: &[String]) -> Result<()> {
+        let res = self.shared.inner.delete_objects(paths).await;
+        for p in paths {
+            self.shared.remembered.forget(p);
+            self.drop_cached(p);
+        }
+        res
+    }
 }
 
 impl CachedDriver {

@@ -495,19 +495,58 @@ impl StorageDriver for S3Driver {
         if keys.is_empty() {
             return if had_open { Ok(()) } else { Err(StorageError::NotFound(path.to_string())) };
         }
+        self.delete_keys(path, &keys).await
+    }
+
+    async fn delete_objects(&self, paths: &[String]) -> Result<()> {
+        let keys = paths.iter().map(|p| self.key(p)).collect::<Result<Vec<String>>>()?;
+        {
+            // Uploads still open at these paths are abandoned with them.
+            let open: Vec<Arc<tokio::sync::Mutex<Multipart>>> = {
+                let mut map = self.open.lock().unwrap();
+                paths.iter().filter_map(|p| map.remove(p)).collect()
+            };
+            for (p, state) in paths.iter().zip(open) {
+                self.abort(p, &*state.lock().await).await;
+            }
+        }
+        match paths.first() {
+            Some(first) => self.delete_keys(first, &keys).await,
+            None => Ok(()),
+        }
+    }
+}
+
+impl S3Driver {
+    /// Deletes `keys` with `DeleteObjects`, 1000 per request; a key the
+    /// bucket refused to delete is an error (`path` names the request).
+    async fn delete_keys(&self, path: &str, keys: &[String]) -> Result<()> {
         for batch in keys.chunks(1000) {
             let objects: Vec<ObjectIdentifier> =
                 batch.iter().filter_map(|k| ObjectIdentifier::builder().key(k).build().ok()).collect();
             let delete = Delete::builder().set_objects(Some(objects)).quiet(true).build().map_err(|e| {
                 StorageError::Io { path: path.to_string(), source: std::io::Error::other(e.to_string()) }
             })?;
-            self.client
+            let out = self
+                .client
                 .delete_objects()
                 .bucket(&self.bucket)
                 .delete(delete)
                 .send()
                 .await
                 .map_err(|e| self.err(path, e))?;
+            if let Some(failed) = out.errors().first() {
+                return Err(StorageError::Io {
+                    path: self.path_of(failed.key().unwrap_or_default()),
+                    source: std::io::Error::other(format!(
+                        "S3 refused to delete it: {} {} ({} of {} keys in the batch failed)",
+                        failed.code().unwrap_or_default(),
+                        failed.message().unwrap_or_default(),
+                        out.errors().len(),
+                        batch.len()
+                    )),
+                });
+            }
         }
         Ok(())
     }
