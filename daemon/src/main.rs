@@ -49,8 +49,8 @@ enum Command {
         config: Option<PathBuf>,
         #[arg(conflicts_with = "config", value_name = "CONFIG")]
         config_positional: Option<PathBuf>,
-        /// Report what would be done; change nothing.
-        #[arg(long)]
+        /// Report what would be done; change nothing (registry:2's `-d`).
+        #[arg(long, short = 'd')]
         dry_run: bool,
         /// Leave blobs and manifests written, and trash entries made, less
         /// than this long ago (a Go duration: 1h, 30m, 0s) [default:
@@ -59,8 +59,8 @@ enum Command {
         delay: Option<std::time::Duration>,
         /// Also remove manifests no tag reaches (an index's children and
         /// the referrers of what stays are reached) [default:
-        /// storage.gc.deleteuntagged].
-        #[arg(long)]
+        /// storage.gc.deleteuntagged] (registry:2's `-m`).
+        #[arg(long, short = 'm')]
         delete_untagged: bool,
     },
     /// Integrate with the node's container runtime.

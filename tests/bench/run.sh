@@ -16,6 +16,10 @@ command -v nginx >/dev/null || DEBIAN_FRONTEND=noninteractive apt-get install -y
 
 cargo build --release --locked -p berthd
 export BERTHD_BIN="$PWD/target/release/berthd"
+# Release binaries as shipped (static), for their sizes per architecture.
+RUSTFLAGS="-C target-feature=+crt-static" \
+  cargo build --release --locked --target x86_64-unknown-linux-gnu -p berthd -p berth-snapshotter
+bash tests/scripts/build-arm64.sh
 out=$PWD/target/bench
 mkdir -p "$out"
 export BENCH_OUT=$out
@@ -55,6 +59,19 @@ cpu=$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//')
   echo "every other manifest deleted; each run against the bucket (no node cache), one after the other."
   echo
   cat "$out/gc.md"
+  echo
+  echo "## Binary sizes"
+  echo
+  echo "| binary | linux/amd64 | linux/arm64 |"
+  echo "|---|---|---|"
+  for b in berthd berth-snapshotter; do
+    amd=$(stat -c %s "target/x86_64-unknown-linux-gnu/release/$b")
+    arm=$(stat -c %s "target/aarch64-unknown-linux-gnu/release/$b")
+    awk -v b="$b" -v a="$amd" -v r="$arm" 'BEGIN { printf "| %s | %.1f MiB | %.1f MiB |\n", b, a / 1048576, r / 1048576 }'
+  done
+  echo
+  echo "Static (\`+crt-static\`) release builds, as shipped; amd64 built on this machine, arm64 cross-built by"
+  echo "\`tests/scripts/build-arm64.sh\` with Debian unstable's rustc."
   echo
   cat docs/benchmarks-notes.md
 } > docs/benchmarks.md

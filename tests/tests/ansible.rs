@@ -161,6 +161,7 @@ fn node_root_tarball(suite: &str) -> PathBuf {
         version: ROOT_RECIPE,
         suite,
         packages: PACKAGES,
+        arch: None,
     })
 }
 
@@ -622,9 +623,14 @@ impl Ansible {
 
     /// `ansible-playbook site.yml -i <inventory> <args>`.
     fn playbook(&mut self, what: &str, inventory: &Path, args: &[&str]) -> Play {
+        self.run_playbook(what, Path::new("site.yml"), inventory, args)
+    }
+
+    /// `ansible-playbook <playbook> -i <inventory> <args>`.
+    fn run_playbook(&mut self, what: &str, playbook: &Path, inventory: &Path, args: &[&str]) -> Play {
         let t = Instant::now();
         let mut c = self.cmd("ansible-playbook");
-        c.arg("site.yml").arg("-i").arg(inventory).args(args);
+        c.arg(playbook).arg("-i").arg(inventory).args(args);
         let o = c.output().expect("spawn ansible-playbook");
         let out = sh_out(&o);
         self.transcript.push_str(&out);
@@ -1054,4 +1060,50 @@ fn ansible_rolls_out_berth_with_the_snapshotter_on_debian_13() {
 
 fn is_root() -> bool {
     Command::new("id").arg("-u").output().map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0").unwrap_or(false)
+}
+
+/// The role picks berthd for the node's architecture from a mapping. On an
+/// arm64 node (Debian 12 arm64, run through qemu-user, reached like the
+/// other node with nsenter) it installs the real arm64 build, after checking
+/// that it runs there (`--version`); a second run changes nothing.
+#[test]
+fn the_role_installs_the_arm64_berthd_on_an_aarch64_node() {
+    use crate::support_e2e::arm64::{arm64_binaries, debian12_arm64_root};
+    assert!(is_root(), "the arm64 Ansible test needs root (it enters a system root)");
+    let (arm64, _) = arm64_binaries();
+    let node = debian_root::Rootfs::enter(&debian12_arm64_root());
+    let mut ansible = Ansible::new();
+    let work = tempfile::Builder::new().prefix("berth-ansible-arm64").tempdir().unwrap();
+    let inventory = work.path().join("inventory.json");
+    let hosts = serde_json::json!({
+        "berth": {
+            "hosts": {"pi": {"ansible_nsenter_pid": node.pid}},
+            "vars": {
+                "ansible_connection": "community.docker.nsenter",
+                "ansible_python_interpreter": "/usr/bin/python3",
+                "ansible_become": false,
+                "berth_berthd_src": {"amd64": berthd_bin(), "arm64": arm64},
+            },
+        },
+    });
+    std::fs::write(&inventory, serde_json::to_vec_pretty(&hosts).unwrap()).unwrap();
+    let playbook = work.path().join("binary.yml");
+    std::fs::write(
+        &playbook,
+        "- name: Install berthd only\n  hosts: berth\n  tasks:\n    - name: The role's binary tasks\n      ansible.builtin.include_role:\n        name: berth\n        tasks_from: binary\n",
+    )
+    .unwrap();
+    let first = ansible.run_playbook("arm64 binary", &playbook, &inventory, &[]);
+    assert!(first.ok, "installing berthd on the arm64 node failed:\n{}", first.out);
+    assert!(first.out.contains("Choose the berthd binary for arm64"), "{}", first.out);
+    let installed = node.host_path("/usr/local/bin/berthd");
+    assert_eq!(
+        crate::common::sha256(&std::fs::read(&installed).unwrap()),
+        crate::common::sha256(&std::fs::read(&arm64).unwrap()),
+        "the arm64 build is what the node got"
+    );
+    assert_eq!(node.ok("/usr/local/bin/berthd", &["--version"]).trim(), format!("berthd {}", berthd::VERSION));
+    let again = ansible.run_playbook("arm64 binary again", &playbook, &inventory, &[]);
+    assert!(again.ok, "{}", again.out);
+    assert_eq!(again.changed("pi"), 0, "the second run changes nothing:\n{}", again.changed_tasks());
 }

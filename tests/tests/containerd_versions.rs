@@ -34,7 +34,8 @@ struct Node {
 
 impl Node {
     fn start(suite: &str) -> Node {
-        let tar = root_tarball(&Recipe { name: "containerd-node", version: RECIPE, suite, packages: PACKAGES });
+        let tar =
+            root_tarball(&Recipe { name: "containerd-node", version: RECIPE, suite, packages: PACKAGES, arch: None });
         let fs = Rootfs::enter(&tar);
         let opt = fs.host_path("/opt/berth");
         std::fs::create_dir_all(&opt).unwrap();

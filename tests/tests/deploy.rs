@@ -583,6 +583,59 @@ fn memory_cgroup(pid: u32) -> (u64, u64) {
     }
 }
 
+/// Unpacks the image manifest `digest` of `layout` (the arm64 entry) into a
+/// directory and runs its berthd from there — its own files, its user, its
+/// environment — through qemu-user: `--version`, then `serve` answering
+/// `/v2/`.
+fn arm64_entry_serves_from_its_own_files(layout: &Layout, digest: &str, work: &Path) {
+    use crate::support_e2e::arm64::{elf_machine, require_arm64_emulation};
+    require_arm64_emulation();
+    let manifest: Value = serde_json::from_slice(&layout.blob(digest)).unwrap();
+    let layer = blob_path(&layout.dir, manifest["layers"][0]["digest"].as_str().unwrap());
+    let rootfs = work.join("arm64-rootfs");
+    std::fs::create_dir_all(&rootfs).unwrap();
+    run(Command::new("tar").arg("-xzf").arg(&layer).arg("-C").arg(&rootfs).arg("--same-owner"));
+    assert_eq!(elf_machine(&rootfs.join("usr/local/bin/berthd")), 183, "the arm64 entry holds an AArch64 berthd");
+    let version = run(Command::new("chroot").arg(&rootfs).args(["/usr/local/bin/berthd", "--version"]));
+    assert_eq!(version.trim(), format!("berthd {}", berthd::VERSION));
+    for d in ["proc", "dev"] {
+        std::fs::create_dir_all(rootfs.join(d)).unwrap();
+    }
+    let port = free_port();
+    let r = rootfs.display();
+    // A private mount + PID namespace: killing it ends berthd and takes the mounts.
+    let script = format!(
+        "mount -t proc proc {r}/proc && mount --rbind /dev {r}/dev && exec chroot --userspec={BERTH_UID}:{BERTH_UID} {r} /usr/local/bin/berthd serve"
+    );
+    let log = work.join("arm64-serve.log");
+    let mut server = Command::new(require_tool("unshare"))
+        .args(["--mount", "--pid", "--fork", "--kill-child", "--", "sh", "-c", &script])
+        .env_clear()
+        .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+        .env("XDG_DATA_HOME", "/var/lib")
+        .env("REGISTRY_HTTP_ADDR", format!("127.0.0.1:{port}"))
+        .stdout(std::fs::File::create(&log).unwrap())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let status = loop {
+        match http("GET", &format!("http://127.0.0.1:{port}/v2/"), &[]) {
+            Ok(r) => break r.status,
+            Err(e) => {
+                let exited = server.try_wait().unwrap();
+                let text = || std::fs::read_to_string(&log).unwrap_or_default();
+                assert!(exited.is_none(), "the image's arm64 berthd exited ({exited:?}):\n{}", text());
+                assert!(Instant::now() < deadline, "the image's arm64 berthd does not answer: {e}\n{}", text());
+                std::thread::sleep(Duration::from_millis(200));
+            }
+        }
+    };
+    let _ = server.kill();
+    let _ = server.wait();
+    assert_eq!(status, 200, "the image's arm64 berthd serves /v2/");
+}
+
 #[test]
 fn image_builds_offline_and_runs_under_containerd() {
     require_tool("umoci");
@@ -590,8 +643,8 @@ fn image_builds_offline_and_runs_under_containerd() {
     let curl = require_tool("curl");
     let work = tempfile::tempdir().unwrap();
     let bin = berthd_bin().display().to_string();
-    let arm64 = work.path().join("berthd-arm64");
-    write_executable(&arm64, &fake_elf(183, false));
+    // The real arm64 build (tests/scripts/build-arm64.sh), run below from the image's files.
+    let (arm64, _) = crate::support_e2e::arm64::arm64_binaries();
     let arm64 = arm64.display().to_string();
 
     // build.sh refuses binaries it cannot package.
@@ -649,6 +702,7 @@ fn image_builds_offline_and_runs_under_containerd() {
     assert_eq!(platforms, ["linux/amd64", "linux/arm64/v8"]);
     assert_eq!(manifests[0]["digest"], digest.as_str(), "the amd64 image is the single-platform one");
     check_image_manifest(&multi, manifests[1]["digest"].as_str().unwrap(), "arm64");
+    arm64_entry_serves_from_its_own_files(&multi, manifests[1]["digest"].as_str().unwrap(), work.path());
 
     // A berthd to push to: plain HTTP for skopeo and containerd, and a TLS
     // listener (test CA) as the upstream of the containerized berthd below.

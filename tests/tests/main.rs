@@ -8,6 +8,7 @@ use berth_tests::{common, support_e2e, support_s3};
 
 mod adversarial;
 mod ansible;
+mod arm64;
 mod auth;
 mod cli;
 mod conformance;

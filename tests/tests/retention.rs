@@ -185,14 +185,24 @@ fn untagged_manifests_and_orphaned_referrers_go_while_indexes_keep_their_childre
     let kept_sig = push_referrer(&url, "team/app", &next.manifest_digest, "signature of next");
     let orphan_sig = push_referrer(&url, "team/app", &base.manifest_digest, "signature of base");
 
-    let (code, text) = node.gc(&["--delay", "0s"]);
-    assert_eq!(code, Some(0), "{text}");
-    let removed: Vec<&str> = text.lines().filter_map(|l| l.strip_prefix("manifest eligible for deletion: ")).collect();
+    let removed = |text: &str| {
+        let mut r: Vec<String> = text
+            .lines()
+            .filter_map(|l| l.strip_prefix("manifest eligible for deletion: "))
+            .map(str::to_string)
+            .collect();
+        r.sort();
+        r
+    };
     let mut want = [format!("team/app@{}", base.manifest_digest), format!("team/app@{orphan_sig}")];
     want.sort();
-    let mut removed: Vec<String> = removed.into_iter().map(str::to_string).collect();
-    removed.sort();
-    assert_eq!(removed, want, "{text}");
+    // registry:2's short flags: -d (dry run), -m (delete untagged).
+    let (code, dry) = node.gc(&["-d", "-m", "--delay", "0s"]);
+    assert_eq!((code, removed(&dry)), (Some(0), want.to_vec()), "{dry}");
+    assert_eq!(referrer_count(&url, "team/app", &base.manifest_digest), 1, "a dry run removes nothing");
+    let (code, text) = node.gc(&["--delay", "0s"]);
+    assert_eq!(code, Some(0), "{text}");
+    assert_eq!(removed(&text), want, "{text}");
     assert_eq!(referrer_count(&url, "team/app", &next.manifest_digest), 1, "the signature of what stays stays");
     assert_eq!(referrer_count(&url, "team/app", &base.manifest_digest), 0);
     let gone = http("GET", &format!("{url}/v2/team/app/manifests/{orphan_sig}"), &[]).unwrap();

@@ -43,14 +43,17 @@ pub async fn get(reg: &Registry, ns: &Namespace, repo: &RepoName, reference: &Re
     }
     let etag = format!("\"{}\"", m.digest);
     let len = m.body.len();
+    if req.method == Method::GET {
+        // A pull (also one the client already holds: 304), for retention's
+        // pull times; a HEAD only asks.
+        reg.record_pull(ns, repo, &m.digest);
+    }
     let not_modified = super::etag_matches(&req.headers, &etag);
     let mut resp = if not_modified {
         StatusCode::NOT_MODIFIED.into_response()
     } else if req.method == Method::HEAD {
         StatusCode::OK.into_response()
     } else {
-        // A pull, for retention's pull times (a HEAD only asks).
-        reg.record_pull(ns, repo, &m.digest);
         Response::new(Body::from(m.body))
     };
     let h = resp.headers_mut();

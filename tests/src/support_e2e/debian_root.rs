@@ -61,6 +61,10 @@ pub struct Recipe<'a> {
     pub version: &'a str,
     pub suite: &'a str,
     pub packages: &'a [&'a str],
+    /// Debian's name for the root's architecture (`arm64`); `None`: this
+    /// host's. A foreign root runs its programs through qemu-user (binfmt,
+    /// `tests/scripts/install-qemu.sh`).
+    pub arch: Option<&'a str>,
 }
 
 /// A tarball of the root: built once with mmdebstrap, then taken from the
@@ -68,9 +72,21 @@ pub struct Recipe<'a> {
 /// the archive signed earlier than this clock says, hence
 /// `Check-Valid-Until "false"`.
 pub fn root_tarball(r: &Recipe) -> PathBuf {
-    let arch = std::env::consts::ARCH;
+    let arch = r.arch.unwrap_or(std::env::consts::ARCH);
     let key = sha256(format!("{}|{}|{arch}|minbase|{}", r.version, r.suite, r.packages.join(",")).as_bytes());
     let path = Path::new(CACHE_DIR).join(format!("{}-{}-{arch}-{}.tar", r.name, r.suite, &key[7..23]));
+    // Tests of one binary that want the same root wait for one build
+    // (different roots build side by side).
+    type Locks = std::collections::HashMap<PathBuf, std::sync::Arc<std::sync::Mutex<()>>>;
+    static BUILDING: std::sync::Mutex<Option<Locks>> = std::sync::Mutex::new(None);
+    let this_root = BUILDING
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .get_or_insert_default()
+        .entry(path.clone())
+        .or_default()
+        .clone();
+    let _one_at_a_time = this_root.lock().unwrap_or_else(|e| e.into_inner());
     if path.is_file() {
         eprintln!("{}: root from the cache: {}", r.name, path.display());
         return path;
@@ -85,6 +101,9 @@ pub fn root_tarball(r: &Recipe) -> PathBuf {
     cmd.args(["--quiet", "--mode=root", "--variant=minbase", "--format=tar"])
         .arg(format!("--include={}", r.packages.join(",")))
         .arg("--aptopt=Acquire::Check-Valid-Until \"false\"");
+    if let Some(foreign) = r.arch {
+        cmd.arg(format!("--architectures={foreign}"));
+    }
     // dpkg without fsync: a third faster, and a half-built root is thrown away anyway.
     let eatmydata = Path::new("/usr/share/mmdebstrap/hooks/eatmydata");
     if eatmydata.is_dir() && Path::new("/usr/bin/eatmydata").is_file() {

@@ -7,6 +7,7 @@
 //! * runs Debian's `docker-registry` (distribution 2.8) as a reference peer;
 //! * compares OCI layouts / registry roots byte for byte.
 
+pub mod arm64;
 pub mod containerd;
 pub mod debian_root;
 pub mod pki;
