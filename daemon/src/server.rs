@@ -236,6 +236,7 @@ pub async fn run(config: Config) -> Result<()> {
             gate: gate.clone(),
             access: l.access,
             body_timeout: config.http.timeouts.body,
+            listener: local.to_string(),
         });
         let app = api::router(state);
         let stop = wait_for(shutdown_rx.clone());
@@ -335,7 +336,6 @@ async fn collect_garbage_periodically(
     retention: Arc<crate::registry::retention::Retention>,
 ) {
     use crate::registry::gc::{GcError, GcOptions};
-    use std::sync::atomic::Ordering::Relaxed;
     use std::time::{Duration, SystemTime};
     // Nodes started together look at different moments.
     let look_every = (cfg.interval / 4).clamp(Duration::from_secs(1), Duration::from_secs(3600));
@@ -364,13 +364,13 @@ async fn collect_garbage_periodically(
                 retention: retention.clone(),
             };
             let m = crate::metrics::get();
-            m.gc_runs.fetch_add(1, Relaxed);
+            m.gc_runs.inc();
             let started = std::time::Instant::now();
             match registry.collect(&opts, &crate::registry::fsck::Quiet).await {
                 Ok(r) => {
-                    m.gc_last_duration_micros.store(started.elapsed().as_micros() as u64, Relaxed);
+                    m.gc_last_duration.set(started.elapsed().as_secs_f64());
                     let now = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
-                    m.gc_last_success_micros.store(now.as_micros() as u64, Relaxed);
+                    m.gc_last_success.set(now.as_secs_f64());
                     tracing::info!(
                         eligible = r.eligible.len(),
                         trashed = r.trashed,
@@ -385,7 +385,7 @@ async fn collect_garbage_periodically(
                 }
                 Err(GcError::Busy { holder, .. }) => tracing::info!("garbage collection: {holder} is collecting"),
                 Err(e) => {
-                    m.gc_failures.fetch_add(1, Relaxed);
+                    m.gc_failures.inc();
                     tracing::warn!("garbage collection failed: {e}");
                 }
             }

@@ -17,6 +17,7 @@ mod containerd_versions;
 mod deploy;
 mod faults;
 mod gc;
+mod metrics;
 mod mirror;
 mod registry2_compat;
 mod retention;

@@ -23,7 +23,10 @@ use axum::http::request::Parts;
 use axum::http::{header, HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Router;
+use bytes::Bytes;
 use error::ApiError;
+use http_body_util::BodyExt;
+use hyper::body::Frame;
 use route::{Route, RouteError};
 use std::sync::Arc;
 use std::time::Instant;
@@ -43,6 +46,8 @@ pub struct AppState {
     pub access: Access,
     /// Longest pause while a request body is read (`http.timeouts.body`).
     pub body_timeout: std::time::Duration,
+    /// This listener's address, for its metrics.
+    pub listener: String,
 }
 
 pub type Shared = Arc<AppState>;
@@ -57,6 +62,7 @@ pub fn router(state: Shared) -> Router {
 
 async fn dispatch(State(state): State<Shared>, ConnectInfo(peer): ConnectInfo<PeerInfo>, req: Request) -> Response {
     let started = Instant::now();
+    crate::metrics::get().http_in_flight.inc();
     let (parts, body) = req.into_parts();
     let req = Request::from_parts(parts, drain::drain_on_drop(body, state.body_timeout));
     let method = req.method().clone();
@@ -76,9 +82,18 @@ async fn dispatch(State(state): State<Shared>, ConnectInfo(peer): ConnectInfo<Pe
                         Identity::User(name) => name,
                         Identity::Token(t) => t.subject,
                     };
+                    let received = crate::metrics::get()
+                        .http_bytes_in
+                        .get_or_create(&crate::metrics::RouteLabels { route: label })
+                        .clone();
+                    let req = req.map(|b| Body::new(b.map_frame(move |f| count(&received, f))));
                     handle(&state, route, req).await.unwrap_or_else(IntoResponse::into_response)
                 }
-                Err(refusal) => refusal.into_response(),
+                Err(refusal) => {
+                    let listener = crate::metrics::ListenerLabels { listener: state.listener.clone() };
+                    crate::metrics::get().auth_failures.get_or_create(&listener).inc();
+                    refusal.into_response()
+                }
             }
         }
         Err(RouteError::NotFound) => {
@@ -97,30 +112,75 @@ async fn dispatch(State(state): State<Shared>, ConnectInfo(peer): ConnectInfo<Pe
     for (name, value) in &state.headers {
         h.append(name.clone(), value.clone());
     }
-    crate::metrics::get().request(label, method.as_str(), resp.status().as_u16());
-    if state.access_log {
-        // registry:2's fields; never a credential (the path carries none,
-        // the query and headers but the user agent are not logged).
-        use axum::body::HttpBody;
-        // The length the response declares (streams of unknown length: `-`).
-        let bytes = match resp.body().size_hint().exact() {
-            Some(n) => n.to_string(),
-            None => resp.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).unwrap_or("-").to_string(),
-        };
-        tracing::info!(
-            target: "berthd::access",
-            remote = %peer.addr,
-            user = %user,
-            method = %method,
-            path = %path,
-            status = resp.status().as_u16(),
-            bytes = %bytes,
-            ms = started.elapsed().as_millis() as u64,
-            user_agent = %user_agent,
-            "request"
-        );
+    // Counted, timed and logged when the response body ends (or the client goes).
+    let labels =
+        crate::metrics::RequestLabels { route: label, method: method.to_string(), status: resp.status().as_u16() };
+    let m = crate::metrics::get();
+    m.http_requests.get_or_create(&labels).inc();
+    let sent = m.http_bytes_out.get_or_create(&crate::metrics::RouteLabels { route: label }).clone();
+    // registry:2's fields; never a credential (the path carries none, the
+    // query and headers but the user agent are not logged).
+    let access = state.access_log.then(|| AccessEntry { remote: peer.addr.to_string(), user, path, user_agent });
+    let mut done = Finished { labels, started, bytes: 0, access };
+    resp.map(|b| {
+        Body::new(b.map_frame(move |f| {
+            // The whole guard moves in (not only its counter): it drops
+            // with the body.
+            let done = &mut done;
+            if let Some(data) = f.data_ref() {
+                done.bytes += data.len() as u64;
+            }
+            count(&sent, f)
+        }))
+    })
+}
+
+/// Adds a data frame's length to `counter`.
+fn count(counter: &prometheus_client::metrics::counter::Counter, frame: Frame<Bytes>) -> Frame<Bytes> {
+    if let Some(data) = frame.data_ref() {
+        counter.inc_by(data.len() as u64);
     }
-    resp
+    frame
+}
+
+/// A request whose response body is being sent; dropped when it ended.
+struct Finished {
+    labels: crate::metrics::RequestLabels,
+    started: Instant,
+    /// Body bytes sent so far.
+    bytes: u64,
+    access: Option<AccessEntry>,
+}
+
+/// What the access log says of a request besides its metrics labels.
+struct AccessEntry {
+    remote: String,
+    user: String,
+    path: String,
+    user_agent: String,
+}
+
+impl Drop for Finished {
+    fn drop(&mut self) {
+        let m = crate::metrics::get();
+        m.http_in_flight.dec();
+        let elapsed = self.started.elapsed();
+        m.http_duration.get_or_create(&self.labels).observe(elapsed.as_secs_f64());
+        if let Some(a) = &self.access {
+            tracing::info!(
+                target: "berthd::access",
+                remote = %a.remote,
+                user = %a.user,
+                method = %self.labels.method,
+                path = %a.path,
+                status = self.labels.status,
+                bytes = self.bytes,
+                ms = elapsed.as_millis() as u64,
+                user_agent = %a.user_agent,
+                "request"
+            );
+        }
+    }
 }
 
 /// What a request needs from the listener's policy.
@@ -268,7 +328,7 @@ pub(crate) fn query_param<'a>(q: &'a [(String, String)], key: &str) -> Option<&'
 /// The request body as a stream for the registry.
 pub(crate) fn body_stream(body: Body) -> crate::registry::BodyStream {
     use futures_util::TryStreamExt;
-    Box::pin(body.into_data_stream().map_err(std::io::Error::other))
+    Box::pin(TryStreamExt::map_err(body.into_data_stream(), std::io::Error::other))
 }
 
 /// The `http.debug.addr` endpoint: `/debug/health` (and `/healthz`) answer
@@ -280,7 +340,7 @@ pub fn debug_router(registry: Arc<Registry>) -> Router {
             match req.uri().path() {
                 "/metrics" => {
                     let mut r = crate::metrics::get().render().into_response();
-                    set(r.headers_mut(), header::CONTENT_TYPE, "text/plain; version=0.0.4");
+                    set(r.headers_mut(), header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE);
                     r
                 }
                 "/debug/health" | "/healthz" => match registry.check_storage().await {

@@ -134,7 +134,7 @@ impl Htpasswd {
         }
         let hash = self.users.read().unwrap().0.get(user).cloned();
         let known = hash.is_some();
-        crate::metrics::get().password_checks.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        crate::metrics::get().password_checks.inc();
         let ok = bcrypt::verify(password, hash.as_deref().unwrap_or(&self.dummy)).unwrap_or(false);
         if known && ok {
             let mut remembered = self.remembered.lock().unwrap();

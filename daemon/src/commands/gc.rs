@@ -88,7 +88,7 @@ fn print(r: &GarbageReport, opts: &GcOptions, out: &mut dyn Write) -> std::io::R
         writeln!(out, "  {phase}: {secs:.1} s")?;
     }
     // What the run cost: storage requests (S3 calls on S3) and memory.
-    let requests = crate::metrics::get().storage_requests.load(std::sync::atomic::Ordering::Relaxed);
+    let requests = crate::metrics::get().storage_requests_all.get();
     let peak_kib = std::fs::read_to_string("/proc/self/status")
         .ok()
         .and_then(|s| {

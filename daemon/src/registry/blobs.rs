@@ -58,7 +58,7 @@ impl Registry {
         match self.driver.move_object(&trash, &data).await {
             Ok(()) => {
                 self.delete_if_exists(&paths::trashed_at(digest)).await?;
-                crate::metrics::get().gc_restored_blobs.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                crate::metrics::get().gc_restored_blobs.inc();
                 tracing::info!(%digest, "moved back from the garbage collector's trash: it is wanted again");
                 Ok(true)
             }

@@ -151,7 +151,7 @@ impl Registry {
         let dest = paths::quarantine(digest);
         match self.driver.move_object(&path, &dest).await {
             Ok(()) => {
-                crate::metrics::get().quarantined.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                crate::metrics::get().quarantined.inc();
                 tracing::error!(%digest, quarantined_to = %dest, "stored content does not match its digest: {why}; quarantined, push it again");
             }
             Err(e) => {

@@ -176,7 +176,7 @@ impl Registry {
                     Err(e) => return Err(e.into()),
                 };
                 if !key.verify(digest, &bytes, &tag) {
-                    crate::metrics::get().index_auth_failures.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    crate::metrics::get().index_auth_failures.inc();
                     tracing::error!(%digest, "the stored seek index does not carry this cluster's signature: it was changed in storage, or built by a node with another layerindex key; refusing it (delete it to rebuild)");
                     return Err(Error::IndexUnavailable(format!(
                         "the index of {digest} is not authenticated by this cluster's layer index key; pull normally"
@@ -316,13 +316,17 @@ impl Registry {
             }
             .await;
             match result {
-                Ok(Built::Stored) => tracing::info!(digest = %digest, "built layer seek index"),
+                Ok(Built::Stored) => {
+                    crate::metrics::get().index_builds.inc();
+                    tracing::info!(digest = %digest, "built layer seek index")
+                }
                 Ok(Built::AlreadyStored) => tracing::debug!(digest = %digest, "layer is indexed already"),
                 Ok(Built::NotALayer) => {
                     tracing::debug!(digest = %digest, "not a layer: no seek index");
                     me.indexer.remember_unindexable(&digest, "not a gzip, zstd or tar layer".into());
                 }
                 Err(e) => {
+                    crate::metrics::get().index_build_failures.inc();
                     tracing::warn!(digest = %digest, error = %e, "no seek index for layer; lazy pulls of it fall back to full pulls");
                     // Storage trouble is retried on the next request; a
                     // blob that cannot be indexed is not.

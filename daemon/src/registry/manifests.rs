@@ -53,7 +53,7 @@ impl Registry {
         }
         self.write_link(&link, digest).await?;
         self.delete_if_exists(&trashed).await?;
-        crate::metrics::get().gc_restored_manifests.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        crate::metrics::get().gc_restored_manifests.inc();
         tracing::info!(repository = %repo, %digest, "manifest moved back from the garbage collector's trash: it is wanted again");
         Ok(true)
     }

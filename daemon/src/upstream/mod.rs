@@ -275,6 +275,18 @@ impl Upstream {
         UpstreamError::TooManyRequests { name: self.cfg.name.clone(), retry_after: wait }
     }
 
+    /// Counts an upstream request for the metrics: its time to the
+    /// response headers, and whether it failed (no answer, 429, 5xx).
+    fn observe(&self, started: Instant, res: &Result<reqwest::Response, UpstreamError>) {
+        let m = crate::metrics::get();
+        let mirror = crate::metrics::MirrorLabels { mirror: self.cfg.name.clone() };
+        m.upstream_requests.get_or_create(&mirror).inc();
+        m.upstream_duration.get_or_create(&mirror).observe(started.elapsed().as_secs_f64());
+        if res.as_ref().map_or(true, |r| r.status().is_server_error()) {
+            m.upstream_errors.get_or_create(&mirror).inc();
+        }
+    }
+
     /// Sends a request for `repo` within the mirror's deadline, answering
     /// an auth challenge once.
     async fn send(
@@ -304,12 +316,15 @@ impl Upstream {
                 r = r.header(AUTHORIZATION, a);
             }
             async move {
-                match tokio::time::timeout_at(deadline.into(), r.send()).await {
+                let started = Instant::now();
+                let res = match tokio::time::timeout_at(deadline.into(), r.send()).await {
                     Err(_) => Err(self.timeout(path)),
                     Ok(Err(e)) => Err(self.unreachable(crate::error_chain::chain(&e))),
                     Ok(Ok(resp)) if resp.status() == StatusCode::TOO_MANY_REQUESTS => Err(self.paused(&resp)),
                     Ok(Ok(resp)) => Ok(resp),
-                }
+                };
+                self.observe(started, &res);
+                res
             }
         };
         let first = send(first_auth).await?;

@@ -168,7 +168,10 @@ impl Registry {
             (SystemTime::now(), None)
         } else {
             let start = self.take_lease(&opts.holder).await?;
-            *crate::metrics::get().gc_lease_holder.lock().unwrap() = Some(opts.holder.clone());
+            crate::metrics::get()
+                .gc_lease_held
+                .get_or_create(&crate::metrics::HolderLabels { holder: opts.holder.clone() })
+                .set(1);
             let me = self.self_arc();
             let holder = opts.holder.clone();
             let renew = tokio::spawn(async move {
@@ -183,13 +186,12 @@ impl Registry {
         };
         let res = self.collect_leased(opts, mark_start, progress).await;
         if let (Ok(r), false) = (&res, opts.dry_run) {
-            use std::sync::atomic::Ordering::Relaxed;
             let m = crate::metrics::get();
-            m.gc_trashed_blobs.fetch_add(r.trashed, Relaxed);
-            m.gc_deleted_blobs.fetch_add(r.deleted, Relaxed);
-            m.gc_deleted_bytes.fetch_add(r.deleted_bytes, Relaxed);
-            m.gc_removed_tags.fetch_add(r.tags_removed.len() as u64, Relaxed);
-            m.gc_removed_manifests.fetch_add(r.manifests_removed.len() as u64, Relaxed);
+            m.gc_trashed_blobs.inc_by(r.trashed);
+            m.gc_deleted_blobs.inc_by(r.deleted);
+            m.gc_deleted_bytes.inc_by(r.deleted_bytes);
+            m.gc_removed_tags.inc_by(r.tags_removed.len() as u64);
+            m.gc_removed_manifests.inc_by(r.manifests_removed.len() as u64);
             // When the cluster last collected, for every node's schedule.
             let done = serde_json::json!({ "holder": opts.holder, "finished": berth_wire::time::rfc3339(SystemTime::now()),
                 "trashed": r.trashed, "deleted": r.deleted, "deleted_bytes": r.deleted_bytes,
@@ -200,7 +202,7 @@ impl Registry {
         }
         if let Some(renew) = renew {
             renew.abort();
-            *crate::metrics::get().gc_lease_holder.lock().unwrap() = None;
+            crate::metrics::get().gc_lease_held.remove(&crate::metrics::HolderLabels { holder: opts.holder.clone() });
             if let Err(e) = self.delete_if_exists(&paths::gc_lease()).await {
                 tracing::warn!("cannot release the garbage collection lease: {e}");
             }

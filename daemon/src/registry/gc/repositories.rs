@@ -104,7 +104,10 @@ impl Registry {
         // Children an index names but the repository lacks keep their content.
         run.marked.extend(live.iter().cloned());
 
-        let trash_left = self.sweep_revision_trash(repo, &trashed, &revisions, run).await?;
+        // (Entries the walk reached were moved back above; in a dry run they
+        // would have been.)
+        let unreached: HashSet<Digest> = trashed.difference(&live).cloned().collect();
+        let trash_left = self.sweep_revision_trash(repo, &unreached, &revisions, run).await?;
         // Trashed revisions may come back, and need the layer links.
         if kept == 0 && removed == 0 && tagged.is_empty() && !trash_left {
             run.empty.push(repo.clone());

@@ -148,7 +148,7 @@ impl CachedDriver {
             remembered: Remembered::default(),
         });
         shared.evict();
-        metrics::get().cache_size_bytes.store(shared.index.lock().unwrap().total, Relaxed);
+        metrics::get().cache_size_bytes.set(shared.index.lock().unwrap().total as i64);
         Ok(CachedDriver { shared, key_of })
     }
 
@@ -182,7 +182,7 @@ impl CachedDriver {
         let tmp = self.shared.dir.join("tmp").join(uuid::Uuid::new_v4().simple().to_string());
         let (fill, producer) = Fill::new(tmp.clone(), Some(cache_path(&self.shared.dir, d)));
         fills.insert(d.clone(), fill.clone());
-        metrics::get().cache_fills.fetch_add(1, Relaxed);
+        metrics::get().cache_fills.inc();
         let shared = self.shared.clone();
         let (d, path) = (d.clone(), path.to_string());
         tokio::spawn(async move {
@@ -204,8 +204,8 @@ impl CachedDriver {
             return Some(Err(std::io::Error::other("offset beyond end")));
         }
         let m = metrics::get();
-        m.cache_hits.fetch_add(1, Relaxed);
-        m.cache_hit_bytes.fetch_add(size - offset, Relaxed);
+        m.cache_hits.inc();
+        m.cache_hit_bytes.inc_by(size - offset);
         let mut file = tokio::fs::File::from_std(file);
         Some(Ok(async_stream_from(async move {
             file.seek(std::io::SeekFrom::Start(offset)).await?;
@@ -307,8 +307,8 @@ impl Shared {
             let _ = std::fs::remove_file(cache_path(&self.dir, &victim));
             tracing::debug!(digest = %victim, "evicted from cache to make room");
             let m = metrics::get();
-            m.cache_evictions.fetch_add(1, Relaxed);
-            m.cache_size_bytes.store(self.index.lock().unwrap().total, Relaxed);
+            m.cache_evictions.inc();
+            m.cache_size_bytes.set(self.index.lock().unwrap().total as i64);
         }
     }
 
@@ -335,7 +335,7 @@ impl Shared {
         .await;
         self.reserved.fetch_sub(size, Relaxed);
         res?;
-        metrics::get().cache_fill_bytes.fetch_add(size, Relaxed);
+        metrics::get().cache_fill_bytes.inc_by(size);
         self.index.lock().unwrap().insert(d.clone(), size);
         self.evict();
         Ok(())
@@ -352,8 +352,8 @@ impl Shared {
             tracing::debug!(digest = %d, "evicted from cache");
         }
         let m = metrics::get();
-        m.cache_evictions.fetch_add(victims.len() as u64, Relaxed);
-        m.cache_size_bytes.store(total, Relaxed);
+        m.cache_evictions.inc_by(victims.len() as u64);
+        m.cache_size_bytes.set(total as i64);
     }
 
     /// Stores verified content (a manifest read or pushed through this
@@ -397,12 +397,12 @@ impl StorageDriver for CachedDriver {
         if let Some(size) = self.lookup(&d) {
             if let Ok(b) = tokio::fs::read(cache_path(&self.shared.dir, &d)).await {
                 let m = metrics::get();
-                m.cache_hits.fetch_add(1, Relaxed);
-                m.cache_hit_bytes.fetch_add(size, Relaxed);
+                m.cache_hits.inc();
+                m.cache_hit_bytes.inc_by(size);
                 return Ok(Bytes::from(b));
             }
         }
-        metrics::get().cache_misses.fetch_add(1, Relaxed);
+        metrics::get().cache_misses.inc();
         let content = self.shared.inner.get_content(path).await?;
         if Digest::of(d.algorithm(), &content) != d {
             return Err(StorageError::Io {
@@ -451,7 +451,7 @@ impl StorageDriver for CachedDriver {
                 }
             }
             let Some(fill) = self.fill_for(&d, path) else { continue };
-            metrics::get().cache_misses.fetch_add(1, Relaxed);
+            metrics::get().cache_misses.inc();
             // Wait until the size is known, to check the offset and learn
             // whether the object bypasses the cache.
             let p = fill.started().await;

@@ -7,7 +7,6 @@ use crate::metrics;
 use crate::storage::{FileInfo, Result, StorageError};
 use bytes::Bytes;
 use std::collections::HashMap;
-use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Mutex;
 
 /// Bound on remembered paths (past it the memory starts over).
@@ -63,7 +62,7 @@ impl Remembered {
                 let stale = self.map.lock().unwrap().get(path).and_then(pick);
                 match stale {
                     Some(v) => {
-                        metrics::get().cache_stale_served.fetch_add(1, Relaxed);
+                        metrics::get().cache_stale_served.inc();
                         Ok(v)
                     }
                     None => Err(e),
