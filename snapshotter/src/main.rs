@@ -99,7 +99,10 @@ fn main() -> ExitCode {
         Command::Pull { containerd, namespace, snapshotter, berthd, plain_http, reference } => {
             let opts = berth_snapshotter::pull::Options { containerd, namespace, snapshotter, berthd, plain_http };
             let rt = tokio::runtime::Runtime::new().expect("tokio runtime");
-            match rt.block_on(berth_snapshotter::pull::pull(&opts, &reference)) {
+            let bar = LayerBar::new();
+            let pulled = rt.block_on(berth_snapshotter::pull::pull(&opts, &reference, &bar));
+            bar.bar.finish_and_clear();
+            match pulled {
                 Ok(s) => {
                     println!(
                         "{} {}: {} layer(s) mounted lazily, {} unpacked, {} already present",
@@ -116,6 +119,45 @@ fn main() -> ExitCode {
                 Err(e) => fail(&e),
             }
         }
+    }
+}
+
+/// `pull`'s progress on a terminal: layers done of all, and the one in
+/// hand (indicatif hides it when stderr is not a terminal; the summary line
+/// is printed either way).
+struct LayerBar {
+    bar: indicatif::ProgressBar,
+}
+
+impl LayerBar {
+    fn new() -> LayerBar {
+        let bar = indicatif::ProgressBar::new(0);
+        if let Ok(style) = indicatif::ProgressStyle::with_template("{spinner} {pos}/{len} layers {wide_bar} {msg}") {
+            bar.set_style(style);
+        }
+        bar.enable_steady_tick(std::time::Duration::from_millis(120));
+        LayerBar { bar }
+    }
+}
+
+impl berth_snapshotter::pull::PullProgress for LayerBar {
+    fn start(&self, total: usize) {
+        self.bar.set_length(total as u64);
+    }
+
+    fn layer(&self, digest: &str) {
+        self.bar.set_message(format!("{}…", &digest[..digest.len().min(19)]));
+    }
+
+    fn done(&self, digest: &str, outcome: berth_snapshotter::pull::LayerOutcome) {
+        use berth_snapshotter::pull::LayerOutcome::*;
+        let how = match outcome {
+            Lazy => "mounted lazily",
+            Unpacked => "unpacked",
+            Present => "already present",
+        };
+        self.bar.println(format!("{}  {how}", &digest[..digest.len().min(19)]));
+        self.bar.inc(1);
     }
 }
 

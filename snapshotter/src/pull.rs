@@ -203,6 +203,33 @@ pub struct Summary {
     pub present: usize,
 }
 
+/// How a layer came to be in the snapshotter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LayerOutcome {
+    /// Mounted lazily: the container may start now.
+    Lazy,
+    /// Downloaded and unpacked the usual way.
+    Unpacked,
+    /// There already.
+    Present,
+}
+
+/// What [`pull`] reports as it goes (`berth-snapshotter pull` draws it on
+/// a terminal); the defaults say nothing.
+pub trait PullProgress: Sync {
+    /// The image has `total` layers.
+    fn start(&self, _total: usize) {}
+    /// Layer `digest` is being prepared (lazily if it can be).
+    fn layer(&self, _digest: &str) {}
+    /// It is done.
+    fn done(&self, _digest: &str, _outcome: LayerOutcome) {}
+}
+
+/// Reports nothing.
+pub struct Quiet;
+
+impl PullProgress for Quiet {}
+
 struct Source {
     http: Berthd,
     ns: Option<String>,
@@ -423,7 +450,7 @@ impl Upload {
 }
 
 /// Pulls `reference` into containerd.
-pub async fn pull(opts: &Options, reference: &str) -> Result<Summary, PullError> {
+pub async fn pull(opts: &Options, reference: &str, progress: &dyn PullProgress) -> Result<Summary, PullError> {
     let image = ImageRef::parse(reference)?;
     let source = if opts.plain_http {
         Source { http: Berthd::parse(&format!("http://{}", image.host))?, ns: None, repo: image.repo.clone() }
@@ -486,7 +513,9 @@ pub async fn pull(opts: &Options, reference: &str) -> Result<Summary, PullError>
     };
     leases.create(ctd.req(create)).await.map_err(PullError::containerd("cannot take a containerd lease"))?;
     ctd.lease = Some(lease_id.clone());
-    let result = pull_layers(&ctd, &source, opts, &image, &manifest, &manifest_digest, &chain).await;
+    progress.start(manifest.layers.len());
+    let layers = ImageLayers { manifest: &manifest, manifest_digest: &manifest_digest, chain: &chain };
+    let result = pull_layers(&ctd, &source, opts, &image, layers, progress).await;
     let mut summary = match result {
         Ok(s) => s,
         Err(e) => {
@@ -539,15 +568,23 @@ pub async fn pull(opts: &Options, reference: &str) -> Result<Summary, PullError>
     Ok(summary)
 }
 
+/// The image's layers: its manifest, that manifest's digest, and the chain
+/// id of each layer.
+struct ImageLayers<'a> {
+    manifest: &'a Manifest,
+    manifest_digest: &'a str,
+    chain: &'a [String],
+}
+
 async fn pull_layers(
     ctd: &Ctd,
     source: &Source,
     opts: &Options,
     image: &ImageRef,
-    manifest: &Manifest,
-    manifest_digest: &str,
-    chain: &[String],
+    layers: ImageLayers<'_>,
+    progress: &dyn PullProgress,
 ) -> Result<Summary, PullError> {
+    let ImageLayers { manifest, manifest_digest, chain } = layers;
     let mut snaps = snap::snapshots_client::SnapshotsClient::new(ctd.channel.clone());
     let mut summary = Summary::default();
     let all_layers: Vec<&str> = manifest.layers.iter().map(|l| l.digest.as_str()).collect();
@@ -555,8 +592,10 @@ async fn pull_layers(
         let chain_id = &chain[i];
         let parent = if i == 0 { String::new() } else { chain[i - 1].clone() };
         let stat = snap::StatSnapshotRequest { snapshotter: opts.snapshotter.clone(), key: chain_id.clone() };
+        progress.layer(&layer.digest);
         if snaps.stat(ctd.req(stat)).await.is_ok() {
             summary.present += 1;
+            progress.done(&layer.digest, LayerOutcome::Present);
             continue;
         }
         let key = format!("extract-{}-{chain_id}", std::process::id());
@@ -572,6 +611,7 @@ async fn pull_layers(
         let mounts = match snaps.prepare(ctd.req(prepare)).await {
             Err(e) if e.code() == Code::AlreadyExists => {
                 summary.lazy += 1;
+                progress.done(&layer.digest, LayerOutcome::Lazy);
                 continue;
             }
             Err(e) => {
@@ -614,6 +654,7 @@ async fn pull_layers(
             return Err(e);
         }
         summary.unpacked += 1;
+        progress.done(&layer.digest, LayerOutcome::Unpacked);
     }
     Ok(summary)
 }

@@ -741,6 +741,20 @@ fn snapshotter_pull_then_ctr_run_starts_before_the_image_is_downloaded() {
     let image = format!("{MIRROR_HOST}/app:v1");
     let out = snapshotter_pull(&ctd, &berthd, &image);
     assert!(out.contains("3 layer(s) mounted lazily, 0 unpacked"), "{out}");
+    // Again, on a terminal (script(1) gives it one): a line per layer as it is done.
+    let cmdline = format!(
+        "{} pull --containerd {} --namespace {} --berthd {} {image}",
+        crate::support_e2e::snapshotter::snapshotter_bin().display(),
+        ctd.sock.display(),
+        ctd.namespace,
+        berthd.url()
+    );
+    let tty =
+        crate::common::run(Command::new(crate::common::require_tool("script")).args(["-qec", &cmdline, "/dev/null"]));
+    assert_eq!(tty.matches("already present").count(), 4, "three layer lines and the summary:\n{tty}");
+    for l in &img.layers {
+        assert!(tty.contains(&l[..19]), "a line for {l}:\n{tty}");
+    }
     let id = format!("pull-run-{}", std::process::id());
     let out = ctd.ctr_ok(&["run", "--rm", "--snapshotter", "berth", &image, &id, "cat", "/etc/motd", "/etc/keep"]);
     assert_eq!(out, "layer three motd\nkept\n");
