@@ -36,6 +36,8 @@ pub struct Config {
     /// Bytes the background fill leaves free on the root's file system
     /// (default: a tenth of it, at most 2 GiB).
     pub min_free: Option<u64>,
+    /// Where `/metrics` is served (`127.0.0.1:5002`); none by default.
+    pub metrics_address: Option<std::net::SocketAddr>,
 }
 
 impl Default for Config {
@@ -48,6 +50,7 @@ impl Default for Config {
             fill_rate: DEFAULT_FILL_RATE,
             read_timeout: DEFAULT_READ_TIMEOUT,
             min_free: None,
+            metrics_address: None,
         }
     }
 }

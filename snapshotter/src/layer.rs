@@ -243,7 +243,9 @@ impl Layer {
     async fn fetch(&self, i: usize) -> Result<Vec<u8>, ReadError> {
         let _waits = self.reads.enter();
         let start = i as u64 * self.index.chunk_size;
+        let asked = std::time::Instant::now();
         let body = self.berthd.range(&self.layer, start, self.chunk_len(i)).await?;
+        crate::stats::fetched(body.len() as u64, asked.elapsed().as_secs_f64());
         self.keep(i, &body).await?;
         Ok(body.to_vec())
     }
@@ -314,7 +316,10 @@ impl Layer {
         }
         let start = first as u64 * self.index.chunk_size;
         let len: u64 = (first..first + n).map(|i| self.chunk_len(i)).sum();
+        let asked = std::time::Instant::now();
         let body = self.berthd.range(&self.layer, start, len).await?;
+        crate::stats::fetched(len, asked.elapsed().as_secs_f64());
+        crate::stats::filled(len);
         let mut at = 0;
         let mut stored = 0;
         for i in first..first + n {
@@ -361,7 +366,9 @@ impl Layer {
 
     /// `len` bytes of the tar at `offset` (clamped to the end).
     pub async fn read(&self, offset: u64, len: u64) -> Result<Vec<u8>, ReadError> {
-        self.read_raw(offset, len).await
+        let data = self.read_raw(offset, len).await?;
+        crate::stats::read(data.len() as u64);
+        Ok(data)
     }
 
     async fn read_raw(&self, offset: u64, len: u64) -> Result<Vec<u8>, ReadError> {

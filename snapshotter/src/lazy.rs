@@ -142,12 +142,14 @@ impl Lazy {
         }
         if self.is_bad(&layer.digest) {
             tracing::info!(layer = %layer.digest, "this layer was found bad on this node before; pulling normally");
+            crate::stats::fell_back();
             return None;
         }
         let index = match rt.block_on(self.berthd.index(&layer)) {
             Ok((_, raw)) => raw,
             Err(e) => {
                 tracing::info!(layer = %layer.digest, reason = %e, "lazy mount not possible; pulling normally");
+                crate::stats::fell_back();
                 return None;
             }
         };
@@ -178,11 +180,13 @@ impl Lazy {
         match made {
             Ok(()) => {
                 tracing::info!(target = %target, layer = %layer.digest, "layer mounted lazily");
+                crate::stats::mounted();
                 Some(Error::AlreadyExists(target))
             }
             Err(Error::AlreadyExists(t)) => Some(Error::AlreadyExists(t)),
             Err(e) => {
                 tracing::warn!(layer = %layer.digest, error = %e, "lazy mount failed; pulling normally");
+                crate::stats::fell_back();
                 None
             }
         }
@@ -316,9 +320,20 @@ pub fn serve_mount(lazy: &Path, mountpoint: &Path) -> Result<()> {
             .map_err(Error::io(format!("cannot create {}", lazy.join("chunks").display())))?,
     );
     rt.spawn(layer.clone().fill(spec.fill_rate));
+    // Counts for `serve --metrics-address`, which sums every mount's file.
+    let stats_dir = lazy.to_path_buf();
+    rt.spawn(async move {
+        loop {
+            tokio::time::sleep(crate::stats::SAVE_EVERY).await;
+            if let Err(e) = crate::stats::save(&stats_dir) {
+                tracing::debug!(error = %e, "cannot write stats.json");
+            }
+        }
+    });
     let fs = crate::lazyfs::LazyFs::new(layer, rt.handle().clone());
     tracing::info!(layer = %spec.layer.digest, mountpoint = %mountpoint.display(), "serving lazy layer");
     crate::lazyfs::serve(fs, mountpoint).map_err(Error::io(format!("FUSE mount at {}", mountpoint.display())))?;
+    let _ = crate::stats::save(lazy);
     tracing::info!(mountpoint = %mountpoint.display(), "unmounted; exiting");
     Ok(())
 }

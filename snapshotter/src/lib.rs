@@ -27,11 +27,13 @@ pub mod grpc;
 pub mod layer;
 pub mod lazy;
 pub mod lazyfs;
+pub mod metrics;
 pub mod mounts;
 pub mod node_fill;
 pub mod pull;
 pub mod server;
 pub mod snapshots;
+pub mod stats;
 pub mod store;
 pub mod tarheader;
 

@@ -38,6 +38,9 @@ enum Command {
         /// Bytes the background fill leaves free on the root's disk [default: a tenth of it, at most 2 GiB].
         #[arg(long)]
         min_free: Option<u64>,
+        /// Serve Prometheus metrics on this address (`127.0.0.1:5002`) at /metrics [default: none].
+        #[arg(long)]
+        metrics_address: Option<std::net::SocketAddr>,
     },
     /// Pull an image into containerd with lazily mounted layers (for nodes
     /// without Kubernetes), so `ctr run --snapshotter berth` starts at once.
@@ -76,7 +79,7 @@ fn main() -> ExitCode {
         .with_ansi(ansi)
         .init();
     match cli.command {
-        Command::Serve { config, address, root, berthd, fill_rate, read_timeout, min_free } => {
+        Command::Serve { config, address, root, berthd, fill_rate, read_timeout, min_free, metrics_address } => {
             let mut cfg = match config {
                 Some(p) => match Config::load(&p) {
                     Ok(c) => c,
@@ -90,6 +93,7 @@ fn main() -> ExitCode {
             cfg.fill_rate = fill_rate.unwrap_or(cfg.fill_rate);
             cfg.read_timeout = read_timeout.unwrap_or(cfg.read_timeout);
             cfg.min_free = min_free.or(cfg.min_free);
+            cfg.metrics_address = metrics_address.or(cfg.metrics_address);
             let rt = tokio::runtime::Runtime::new().expect("tokio runtime");
             match rt.block_on(berth_snapshotter::server::serve(&cfg, shutdown_signal())) {
                 Ok(()) => ExitCode::SUCCESS,

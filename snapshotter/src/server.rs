@@ -23,6 +23,14 @@ pub async fn serve(config: &Config, shutdown: impl Future<Output = ()> + Send) -
     } else {
         None
     };
+    if let Some(addr) = config.metrics_address {
+        let root = config.root.clone();
+        tokio::spawn(async move {
+            if let Err(e) = crate::metrics::serve(addr, root).await {
+                tracing::error!(error = %e, "the metrics endpoint on {addr} failed");
+            }
+        });
+    }
     let listener = bind(&config.address)?;
     tracing::info!(address = %config.address.display(), root = %config.root.display(), "serving containerd snapshots");
     let incoming = tokio_stream::wrappers::UnixListenerStream::new(listener);

@@ -736,7 +736,12 @@ fn snapshotter_pull_then_ctr_run_starts_before_the_image_is_downloaded() {
     for l in &img.layers {
         wait_index(&berthd, "app", l);
     }
-    let snap = SnapshotterProc::start_with(work.path(), &berthd.url(), &["--fill-rate", "65536"]);
+    let metrics_addr = format!("127.0.0.1:{}", crate::support_e2e::free_port());
+    let snap = SnapshotterProc::start_with(
+        work.path(),
+        &berthd.url(),
+        &["--fill-rate", "65536", "--metrics-address", &metrics_addr],
+    );
     let ctd = Containerd::start_with(&snap.proxy_plugin_toml());
     let image = format!("{MIRROR_HOST}/app:v1");
     let out = snapshotter_pull(&ctd, &berthd, &image);
@@ -758,6 +763,28 @@ fn snapshotter_pull_then_ctr_run_starts_before_the_image_is_downloaded() {
     let id = format!("pull-run-{}", std::process::id());
     let out = ctd.ctr_ok(&["run", "--rm", "--snapshotter", "berth", &image, &id, "cat", "/etc/motd", "/etc/keep"]);
     assert_eq!(out, "layer three motd\nkept\n");
+    // The snapshotter's metrics: its mounts, and the reads and fetches of
+    // the mount processes (which write their counts every 5 s).
+    let metric = |text: &str, name: &str| -> f64 {
+        text.lines().find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok()).unwrap_or(0.0)
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let text = loop {
+        let r = http_get(&format!("http://{metrics_addr}/metrics"));
+        assert_eq!(r.status, 200);
+        let text = String::from_utf8(r.body).unwrap();
+        if metric(&text, "berth_snapshotter_lazy_reads_total") > 0.0 || std::time::Instant::now() > deadline {
+            break text;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    };
+    assert_eq!(metric(&text, "berth_snapshotter_lazy_mounts_total"), 3.0, "{text}");
+    assert_eq!(metric(&text, "berth_snapshotter_fallbacks_total"), 0.0, "{text}");
+    assert!(metric(&text, "berth_snapshotter_lazy_reads_total") > 0.0, "the container's reads: {text}");
+    assert!(metric(&text, "berth_snapshotter_fetched_bytes_total") > 0.0, "{text}");
+    let fetches = metric(&text, "berth_snapshotter_fetches_total");
+    assert!(fetches > 0.0 && metric(&text, "berth_snapshotter_fetch_duration_seconds_count") == fetches, "{text}");
+    assert!(text.contains("# TYPE berth_snapshotter_fetch_duration_seconds histogram"), "{text}");
     assert!(chunks_fetched(&snap.root, &img.layers[1]) <= 2, "the 200 MiB layer was not downloaded to start");
     assert_eq!(ctd.image_digest(&image), img.layout.digest());
     // The tree containerd assembled from the lazy layers equals a full unpack.
