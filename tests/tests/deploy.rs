@@ -608,22 +608,24 @@ fn arm64_entry_serves_from_its_own_files(layout: &Layout, digest: &str, work: &P
         "mount -t proc proc {r}/proc && mount --rbind /dev {r}/dev && exec chroot --userspec={BERTH_UID}:{BERTH_UID} {r} /usr/local/bin/berthd serve"
     );
     let log = work.join("arm64-serve.log");
-    let mut server = Command::new(require_tool("unshare"))
-        .args(["--mount", "--pid", "--fork", "--kill-child", "--", "sh", "-c", &script])
-        .env_clear()
-        .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
-        .env("XDG_DATA_HOME", "/var/lib")
-        .env("REGISTRY_HTTP_ADDR", format!("127.0.0.1:{port}"))
-        .stdout(std::fs::File::create(&log).unwrap())
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .unwrap();
+    let mut server = PidNamespace(
+        Command::new(require_tool("unshare"))
+            .args(["--mount", "--pid", "--fork", "--kill-child", "--", "sh", "-c", &script])
+            .env_clear()
+            .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+            .env("XDG_DATA_HOME", "/var/lib")
+            .env("REGISTRY_HTTP_ADDR", format!("127.0.0.1:{port}"))
+            .stdout(std::fs::File::create(&log).unwrap())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap(),
+    );
     let deadline = Instant::now() + Duration::from_secs(60);
     let status = loop {
         match http("GET", &format!("http://127.0.0.1:{port}/v2/"), &[]) {
             Ok(r) => break r.status,
             Err(e) => {
-                let exited = server.try_wait().unwrap();
+                let exited = server.0.try_wait().unwrap();
                 let text = || std::fs::read_to_string(&log).unwrap_or_default();
                 assert!(exited.is_none(), "the image's arm64 berthd exited ({exited:?}):\n{}", text());
                 assert!(Instant::now() < deadline, "the image's arm64 berthd does not answer: {e}\n{}", text());
@@ -631,9 +633,28 @@ fn arm64_entry_serves_from_its_own_files(layout: &Layout, digest: &str, work: &P
             }
         }
     };
-    let _ = server.kill();
-    let _ = server.wait();
+    drop(server);
     assert_eq!(status, 200, "the image's arm64 berthd serves /v2/");
+}
+
+/// `unshare --pid --fork` and what runs in its namespace. Dropped (also
+/// when a test fails), it kills the namespace's first process, which ends
+/// everything in the namespace, then unshare: `--kill-child` alone does
+/// not reach a child that changed its user (`chroot --userspec` clears the
+/// parent-death signal).
+struct PidNamespace(std::process::Child);
+
+impl Drop for PidNamespace {
+    fn drop(&mut self) {
+        let id = self.0.id();
+        if let Ok(children) = std::fs::read_to_string(format!("/proc/{id}/task/{id}/children")) {
+            for pid in children.split_whitespace() {
+                let _ = Command::new("kill").args(["-KILL", pid]).status();
+            }
+        }
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }
 
 #[test]
