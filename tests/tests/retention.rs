@@ -42,10 +42,9 @@ fn removed_tags(text: &str) -> Vec<String> {
     tags
 }
 
+/// Whether `digest` is still in the bucket: stored, or in the trash.
 fn blob_on_disk(root: &Path, digest: &str) -> bool {
-    let hex = &digest[7..];
-    root.join(format!("docker/registry/v2/blobs/sha256/{}/{hex}/data", &hex[..2])).exists()
-        || root.join(format!("berth/trash/sha256/{hex}/data")).exists()
+    registry_blob_data(root, digest).exists() || root.join(format!("berth/trash/sha256/{}/data", &digest[7..])).exists()
 }
 
 const SECOND: Duration = Duration::from_millis(1100);

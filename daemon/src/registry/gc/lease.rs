@@ -62,19 +62,6 @@ impl Registry {
         Ok(self.driver.put_content(&paths::gc_lease(), Bytes::from(body)).await?)
     }
 
-    /// Who holds the lease now, if anyone does (for metrics and the
-    /// console): holder and since when.
-    pub async fn lease_holder(&self) -> Result<Option<(String, String)>> {
-        match self.driver.get_content(&paths::gc_lease()).await {
-            Ok(body) => Ok(serde_json::from_slice::<Lease>(&body)
-                .ok()
-                .filter(|l| l.expires > epoch_secs(SystemTime::now()))
-                .map(|l| (l.holder, l.since))),
-            Err(e) if e.is_not_found() => Ok(None),
-            Err(e) => Err(e.into()),
-        }
-    }
-
     /// Takes the lease unless another live collector holds it; returns the
     /// storage's time when it was taken (the mark's start).
     pub(super) async fn take_lease(&self, holder: &str) -> Result<SystemTime, GcError> {

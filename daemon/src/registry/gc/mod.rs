@@ -70,14 +70,6 @@ pub struct GcOptions {
     pub retention: Arc<Retention>,
 }
 
-impl GcOptions {
-    /// Options for `holder` with everything else at its default: keep every
-    /// tag and manifest, collect referrers whose subject is gone.
-    pub fn new(dry_run: bool, delay: Duration, holder: String) -> GcOptions {
-        GcOptions { dry_run, delay, holder, delete_untagged: false, retention: Arc::default() }
-    }
-}
-
 /// Why a collection did not run.
 #[derive(Debug, thiserror::Error)]
 pub enum GcError {

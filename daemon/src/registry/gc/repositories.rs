@@ -223,7 +223,7 @@ impl Registry {
 
     /// The digests named by `<dir>/<alg>/<hex>` entries, without reading
     /// their links (only to find candidates).
-    async fn digest_dirs(&self, dir: &str) -> Result<Vec<Digest>> {
+    pub(super) async fn digest_dirs(&self, dir: &str) -> Result<Vec<Digest>> {
         let mut out = Vec::new();
         for alg_dir in self.list_or_empty(dir).await? {
             let alg = alg_dir.rsplit('/').next().unwrap_or_default().to_string();

@@ -52,44 +52,39 @@ impl Registry {
     pub(super) async fn sweep_trash(&self, run: &mut Run<'_>) -> Result<()> {
         let dry_run = run.opts.dry_run;
         let mut deletions = Deletions::default();
-        for alg_dir in self.list_or_empty(&paths::trash_root()).await? {
-            let alg = alg_dir.rsplit('/').next().unwrap_or_default().to_string();
-            for entry in self.list_or_empty(&alg_dir).await? {
-                let hex = entry.rsplit('/').next().unwrap_or_default();
-                let Ok(digest) = format!("{alg}:{hex}").parse::<Digest>() else { continue };
-                let data = match self.driver.stat(&paths::trash_data(&digest)).await {
-                    Ok(st) => Some(st),
-                    Err(e) if e.is_not_found() => None,
-                    Err(e) => return Err(e.into()),
-                };
-                let Some(data) = data else {
-                    // A marker whose move never happened (or was moved back).
-                    if !dry_run {
-                        self.delete_if_exists(&paths::trash_dir(&digest)).await?;
-                    }
-                    continue;
-                };
-                if run.marked.contains(&digest) {
-                    run.report.restored += 1;
-                    if !dry_run {
-                        self.restore_from_trash(&digest).await?;
-                    }
-                    continue;
-                }
-                let trashed = match self.driver.stat(&paths::trashed_at(&digest)).await {
-                    Ok(st) => st.modified,
-                    Err(e) if e.is_not_found() => data.modified,
-                    Err(e) => return Err(e.into()),
-                };
-                if trashed >= run.old_enough {
-                    continue;
-                }
-                run.report.deleted += 1;
-                run.report.deleted_bytes += data.size;
+        for digest in self.digest_dirs(&paths::trash_root()).await? {
+            let data = match self.driver.stat(&paths::trash_data(&digest)).await {
+                Ok(st) => Some(st),
+                Err(e) if e.is_not_found() => None,
+                Err(e) => return Err(e.into()),
+            };
+            let Some(data) = data else {
+                // A marker whose move never happened (or was moved back).
                 if !dry_run {
-                    tracing::info!(%digest, "garbage collection: deleted");
-                    deletions.add(self, [paths::trash_data(&digest), paths::trashed_at(&digest)]).await?;
+                    self.delete_if_exists(&paths::trash_dir(&digest)).await?;
                 }
+                continue;
+            };
+            if run.marked.contains(&digest) {
+                run.report.restored += 1;
+                if !dry_run {
+                    self.restore_from_trash(&digest).await?;
+                }
+                continue;
+            }
+            let trashed = match self.driver.stat(&paths::trashed_at(&digest)).await {
+                Ok(st) => st.modified,
+                Err(e) if e.is_not_found() => data.modified,
+                Err(e) => return Err(e.into()),
+            };
+            if trashed >= run.old_enough {
+                continue;
+            }
+            run.report.deleted += 1;
+            run.report.deleted_bytes += data.size;
+            if !dry_run {
+                tracing::info!(%digest, "garbage collection: deleted");
+                deletions.add(self, [paths::trash_data(&digest), paths::trashed_at(&digest)]).await?;
             }
         }
         deletions.flush(self).await

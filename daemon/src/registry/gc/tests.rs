@@ -56,7 +56,13 @@ async fn what_no_manifest_reaches_is_eligible_and_nothing_changes() {
 }
 
 fn opts(dry_run: bool) -> GcOptions {
-    GcOptions::new(dry_run, Duration::ZERO, "test (pid 1)".into())
+    GcOptions {
+        dry_run,
+        delay: Duration::ZERO,
+        holder: "test (pid 1)".into(),
+        delete_untagged: false,
+        retention: Arc::default(),
+    }
 }
 
 fn exists(dir: &std::path::Path, path: &str) -> bool {
