@@ -112,12 +112,22 @@ impl Node {
         self.fs.run("/opt/berth/berthd", &args)
     }
 
-    /// Removes the image and everything it left in the default namespace.
+    /// Removes the image and everything it left in the default namespace,
+    /// before the next step: `--sync` waits for containerd's garbage
+    /// collection (else it may remove a snapshot the next pull found in
+    /// place), and snapshots go children first, pass after pass.
     fn forget_image(&self) {
-        let _ = self.fs.run("ctr", &["image", "rm", IMAGE]);
-        let snaps = self.ctr(&["snapshot", "--snapshotter", "berth", "ls"]);
-        for key in snaps.lines().skip(1).filter_map(|l| l.split_whitespace().next()) {
-            let _ = self.fs.run("ctr", &["snapshot", "--snapshotter", "berth", "rm", key]);
+        let _ = self.fs.run("ctr", &["image", "rm", "--sync", IMAGE]);
+        loop {
+            let snaps = self.ctr(&["snapshot", "--snapshotter", "berth", "ls"]);
+            let keys: Vec<&str> = snaps.lines().skip(1).filter_map(|l| l.split_whitespace().next()).collect();
+            let removed = keys
+                .iter()
+                .filter(|key| self.fs.run("ctr", &["snapshot", "--snapshotter", "berth", "rm", key]).status.success())
+                .count();
+            if removed == 0 {
+                break;
+            }
         }
         for digest in self.ctr(&["content", "ls", "-q"]).lines() {
             let _ = self.fs.run("ctr", &["content", "rm", digest]);
