@@ -11,6 +11,7 @@ pub mod api;
 pub mod auth;
 pub mod commands;
 pub mod config;
+pub mod console;
 pub mod digest;
 pub mod durable;
 pub mod error;

@@ -219,6 +219,7 @@ pub async fn run(config: Config) -> Result<()> {
     // Bind everything first, so a bad address or certificate stops start-up.
     let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);
     let mut servers = tokio::task::JoinSet::new();
+    let node = Arc::new(crate::console::NodeFacts::from_config(&config));
     for l in &config.listeners {
         let tls = match &l.tls {
             Some(files) => Some(crate::tls::server::server_config(files).map_err(Error::Tls)?),
@@ -237,6 +238,7 @@ pub async fn run(config: Config) -> Result<()> {
             access: l.access,
             body_timeout: config.http.timeouts.body,
             listener: local.to_string(),
+            node: node.clone(),
         });
         let app = api::router(state);
         let stop = wait_for(shutdown_rx.clone());

@@ -161,6 +161,7 @@ impl Snapshotter {
         let rec = self.store.remove(key)?;
         let dir = self.dir(rec.id);
         release_mount(&dir);
+        crate::stats::retire(&self.root, &dir);
         if let Err(e) = std::fs::remove_dir_all(&dir) {
             if e.kind() != std::io::ErrorKind::NotFound {
                 // The record is gone; Cleanup retries the directory.
@@ -232,6 +233,7 @@ impl Snapshotter {
             let owned_dir = name.to_str().and_then(|n| n.parse::<u64>().ok()).is_some_and(|id| owned.contains(&id));
             if !owned_dir {
                 release_mount(&entry.path());
+                crate::stats::retire(&self.root, &entry.path());
                 std::fs::remove_dir_all(entry.path())
                     .map_err(Error::io(format!("cannot remove {}", entry.path().display())))?;
                 removed += 1;

@@ -3,8 +3,9 @@
 //! each keeps its counts in memory and writes them to its snapshot's
 //! `lazy/stats.json` every few seconds and when it exits; `serve` sums
 //! every snapshot's file when scraped, beside its own counts (mounts made,
-//! fallbacks to a normal pull). A removed snapshot takes its counts with
-//! it, which Prometheus reads as a counter reset.
+//! fallbacks to a normal pull). A snapshot about to be removed hands its
+//! counts to `retired-stats.json` in the root first ([`retire`]), so the
+//! sums only ever grow (no false counter reset when an image goes).
 
 use serde::{Deserialize, Serialize};
 use std::path::Path;
@@ -87,15 +88,49 @@ pub fn filled(bytes: u64) {
     with(|s| s.filled_bytes += bytes);
 }
 
+/// Starts this process's counts from what an earlier mount of the same
+/// layer left in `lazy/stats.json` (a mount process killed and started
+/// again must not make the sums go down).
+pub fn resume(lazy: &Path) {
+    if let Some(before) = load(&lazy.join("stats.json")) {
+        with(|s| s.add(&before));
+    }
+}
+
 /// Writes this process's counts to `lazy/stats.json` (whole or not at all).
 pub fn save(lazy: &Path) -> std::io::Result<()> {
     let now = THIS_PROCESS.lock().unwrap().clone().unwrap_or_default();
     now.save_to(lazy)
 }
 
-/// The sum of every snapshot's `lazy/stats.json` under `root`.
+/// The counts of removed snapshots, kept in the root.
+const RETIRED: &str = "retired-stats.json";
+
+fn load(path: &Path) -> Option<LayerStats> {
+    serde_json::from_slice(&std::fs::read(path).ok()?).ok()
+}
+
+/// Adds the counts of `snapshot_dir` (about to be removed) to the root's
+/// retired totals (one remove at a time: the totals are read, added to
+/// and replaced).
+pub fn retire(root: &Path, snapshot_dir: &Path) {
+    static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
+    let Some(gone) = load(&snapshot_dir.join("lazy").join("stats.json")) else { return };
+    let _one = ONE_AT_A_TIME.lock().unwrap();
+    let mut retired = load(&root.join(RETIRED)).unwrap_or_default();
+    retired.add(&gone);
+    let tmp = root.join(format!("{RETIRED}.tmp"));
+    let written = std::fs::write(&tmp, serde_json::to_vec(&retired).expect("stats serialize"))
+        .and_then(|()| std::fs::rename(&tmp, root.join(RETIRED)));
+    if let Err(e) = written {
+        tracing::warn!(error = %e, "cannot keep a removed snapshot's lazy-read counts; the metrics will read as a reset");
+    }
+}
+
+/// The sum of every snapshot's `lazy/stats.json` under `root`, and of the
+/// removed ones.
 pub fn sum(root: &Path) -> LayerStats {
-    let mut total = LayerStats::default();
+    let mut total = load(&root.join(RETIRED)).unwrap_or_default();
     let Ok(snapshots) = std::fs::read_dir(root.join("snapshots")) else { return total };
     for s in snapshots.flatten() {
         if let Ok(raw) = std::fs::read(s.path().join("lazy").join("stats.json")) {
@@ -140,5 +175,11 @@ mod tests {
         assert_eq!((total.reads, total.read_bytes, total.fetches, total.filled_bytes), (2, 200, 4, 16384));
         assert_eq!(total.fetch_buckets[2], 2, "3 ms falls in the 5 ms bucket");
         assert_eq!(total.fetch_buckets[FETCH_BUCKETS.len()], 2, "20 s is above the last bucket");
+        // Removing a snapshot keeps its counts in the sum.
+        let gone = root.path().join("snapshots/1");
+        retire(root.path(), &gone);
+        std::fs::remove_dir_all(&gone).unwrap();
+        retire(root.path(), &root.path().join("snapshots/3"));
+        assert_eq!(sum(root.path()), total, "the sum does not go down when a snapshot goes");
     }
 }

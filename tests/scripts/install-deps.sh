@@ -4,7 +4,8 @@
 # openssl and curl (TLS tests), apache2-utils (htpasswd for an authenticated upstream),
 # protobuf-compiler (containerd's API types are generated at build time) and
 # fuse3 (the snapshotter's lazy mounts) and zstd (multi-frame zstd layers in the
-# layer-index tests).
+# layer-index tests), and chromium with chromium-driver (the console's browser
+# tests, driven through WebDriver).
 #
 # Idempotent: does nothing when everything is already present; otherwise runs
 # `apt-get update` once and installs the missing packages (only those). It never leaves a
@@ -28,6 +29,8 @@ declare -A probe=(
   [protobuf-compiler]=protoc
   [fuse3]=fusermount3
   [zstd]=zstd
+  [chromium]=chromium
+  [chromium-driver]=chromedriver
 )
 
 dpkg_installed() {

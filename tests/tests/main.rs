@@ -12,6 +12,7 @@ mod arm64;
 mod auth;
 mod cli;
 mod conformance;
+mod console;
 mod containerd;
 mod containerd_versions;
 mod deploy;

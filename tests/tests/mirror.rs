@@ -172,6 +172,12 @@ fn containerd_pulls_through_the_mirror_once_per_cluster() {
     let ctd2 = Containerd::start();
     ctd2.ctr_ok(&["image", "pull", "--hosts-dir", &hosts_dir, &image]);
     assert_eq!(ctd2.image_digest(&image), img.manifest_digest);
+    // The console's node page names the mirror, its allow-list and the
+    // failure just seen.
+    let page = String::from_utf8(http_get(&format!("{}/ui/node", node_a.url())).body).unwrap();
+    let mirrors = &page[page.find("id=\"mirrors\"").unwrap()..page.find("id=\"gc\"").unwrap()];
+    assert!(mirrors.contains(&up_addr) && mirrors.contains("library/*"), "{mirrors}");
+    assert!(mirrors.contains("is unreachable"), "the last error is shown: {mirrors}");
 
     // The allow-list and the no-push rule.
     let denied = http_get(&format!("{}/v2/other/app/manifests/v1?ns={}", node_b.url(), up_addr));

@@ -815,6 +815,24 @@ fn snapshotter_pull_then_ctr_run_starts_before_the_image_is_downloaded() {
     let out = ctd.ctr_ok(&["run", "--rm", "--snapshotter", "berth", &image, &id, "cat", "/etc/motd", "/etc/keep"]);
     assert_eq!(out, "layer three motd\nkept\n");
     assert!(snap.log_text().contains("mounting it again"), "{}", snap.log_text());
+
+    // The image removed (containerd removes its snapshots): the counts of
+    // the lazy layers stay in the totals, never read as a counter reset.
+    let reads = metric(
+        &String::from_utf8(http_get(&format!("http://{metrics_addr}/metrics")).body).unwrap(),
+        "berth_snapshotter_lazy_reads_total",
+    );
+    ctd.ctr_ok(&["snapshots", "--snapshotter", "berth", "rm", "pull-view"]);
+    ctd.ctr_ok(&["image", "rm", "--sync", &image]);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !ctd.ctr_ok(&["snapshots", "--snapshotter", "berth", "ls"]).lines().skip(1).all(|l| l.trim().is_empty()) {
+        let left = ctd.ctr_ok(&["snapshots", "--snapshotter", "berth", "ls"]);
+        assert!(std::time::Instant::now() < deadline, "containerd did not remove the image's snapshots:\n{left}");
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    let text = String::from_utf8(http_get(&format!("http://{metrics_addr}/metrics")).body).unwrap();
+    assert!(metric(&text, "berth_snapshotter_lazy_reads_total") >= reads, "reads went down after the remove: {text}");
+    assert!(metric(&text, "berth_snapshotter_fetches_total") >= fetches, "{text}");
 }
 
 /// The `mount-layer` processes serving lazy layers under `root`: (pid,

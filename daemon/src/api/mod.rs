@@ -10,6 +10,7 @@ mod layers;
 mod manifests;
 pub mod range;
 pub mod route;
+mod ui;
 mod uploads;
 
 use crate::auth::{Access, Action, Gate, Identity, Refusal, Scope};
@@ -48,6 +49,8 @@ pub struct AppState {
     pub body_timeout: std::time::Duration,
     /// This listener's address, for its metrics.
     pub listener: String,
+    /// What the console's node page says of this node.
+    pub node: Arc<crate::console::NodeFacts>,
 }
 
 pub type Shared = Arc<AppState>;
@@ -87,12 +90,18 @@ async fn dispatch(State(state): State<Shared>, ConnectInfo(peer): ConnectInfo<Pe
                         .get_or_create(&crate::metrics::RouteLabels { route: label })
                         .clone();
                     let req = req.map(|b| Body::new(b.map_frame(move |f| count(&received, f))));
-                    handle(&state, route, req).await.unwrap_or_else(IntoResponse::into_response)
+                    match route {
+                        Route::Console => ui::page(&state, &user, req).await,
+                        route => handle(&state, route, req).await.unwrap_or_else(IntoResponse::into_response),
+                    }
                 }
                 Err(refusal) => {
                     let listener = crate::metrics::ListenerLabels { listener: state.listener.clone() };
                     crate::metrics::get().auth_failures.get_or_create(&listener).inc();
-                    refusal.into_response()
+                    match route {
+                        Route::Console => ui::refused(&state, refusal),
+                        _ => refusal.into_response(),
+                    }
                 }
             }
         }
@@ -189,6 +198,7 @@ fn scopes(route: &Route, method: &Method, req: &Request) -> Vec<Scope> {
     match route {
         Route::Base => vec![Scope::Base],
         Route::Catalog => vec![Scope::Catalog],
+        Route::Console => vec![ui::scope(req)],
         Route::Tags { repo: r }
         | Route::Referrers { repo: r, .. }
         | Route::LayerIndex { repo: r, .. }
@@ -289,6 +299,8 @@ async fn handle(state: &AppState, route: Route, req: Request) -> ApiResult {
         (Route::Upload { repo, id }, &Method::DELETE) => uploads::cancel(reg, &repo, &id).await,
         (Route::LayerIndex { repo, digest }, &Method::GET) => layers::index(reg, &ns, &repo, &digest).await,
         (Route::LayerTar { repo, digest }, &Method::GET) => layers::tar(reg, &ns, &repo, &digest, req).await,
+        // Served by `ui::page` before this.
+        (Route::Console, _) => Err(not_allowed()),
         _ => Err(not_allowed()),
     }
 }

@@ -33,6 +33,8 @@ pub enum Route {
     LayerIndex { repo: RepoName, digest: Digest },
     /// `/v2/<name>/_berth/layer/<digest>/tar`: uncompressed ranges of a layer.
     LayerTar { repo: RepoName, digest: Digest },
+    /// `/ui/…`: the web console ([`crate::console::Page`] reads the rest).
+    Console,
 }
 
 impl Route {
@@ -47,6 +49,7 @@ impl Route {
             Route::UploadStart { .. } | Route::Upload { .. } => "upload",
             Route::Referrers { .. } => "referrers",
             Route::LayerIndex { .. } | Route::LayerTar { .. } => "layer",
+            Route::Console => "console",
         }
     }
 }
@@ -92,6 +95,9 @@ fn repo(segs: &[&str]) -> Result<RepoName, RouteError> {
 }
 
 pub fn parse(path: &str) -> Result<Route, RouteError> {
+    if crate::console::owns(path) {
+        return Ok(Route::Console);
+    }
     let path = percent_decode(path).ok_or(RouteError::NotFound)?;
     let rest = match path.strip_prefix("/v2") {
         Some("") | Some("/") => return Ok(Route::Base),

@@ -136,8 +136,10 @@ impl Registry {
         match reference {
             Reference::Digest(d) => {
                 if self.exists(&paths::revision_link(&local, d)).await? {
+                    up.activity.hit();
                     return self.get_manifest(&local, reference).await;
                 }
+                up.activity.miss();
                 self.fetch_manifest(up, &local, &remote, reference, d).await?;
                 self.get_manifest(&local, reference).await
             }
@@ -154,8 +156,10 @@ impl Registry {
                     Err(e) => return Err(e.into()),
                 };
                 if fresh {
+                    up.activity.hit();
                     return self.get_manifest(&local, reference).await;
                 }
+                up.activity.miss();
                 match self.refresh_tag(up, &local, &remote, tag).await {
                     Ok(true) => self.get_manifest(&local, reference).await,
                     Ok(false) => Err(Error::ManifestUnknown(format!("{repo}:{tag} (not found at {})", up.name()))),
@@ -234,10 +238,14 @@ impl Registry {
     pub async fn mirrored_blob(&self, up: &Arc<Upstream>, repo: &RepoName, digest: &Digest) -> Result<BlobSource> {
         let (local, remote) = self.mirror_repo(up, repo)?;
         match self.stat_blob(&local, digest).await {
-            Ok(info) => return Ok(BlobSource::Stored(info)),
+            Ok(info) => {
+                up.activity.hit();
+                return Ok(BlobSource::Stored(info));
+            }
             Err(Error::BlobUnknown(_)) => {}
             Err(e) => return Err(e),
         }
+        up.activity.miss();
         let fill = self.mirror_fill(up, local, remote, digest);
         let p = fill.started().await;
         if let Some(Err(e)) = p.done {

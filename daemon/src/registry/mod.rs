@@ -7,6 +7,7 @@ pub mod manifest;
 pub mod paths;
 
 mod blobs;
+pub mod browse;
 mod discovery;
 pub mod fsck;
 pub mod gc;

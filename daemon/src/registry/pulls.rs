@@ -46,6 +46,14 @@ impl PullLog {
         }
     }
 
+    /// Adds the pulls not yet flushed to `into` (the later time wins).
+    pub fn merge_pending(&self, into: &mut PullTimes) {
+        for (k, t) in self.pending.lock().unwrap().iter() {
+            let at = into.entry(k.clone()).or_insert(*t);
+            *at = (*at).max(*t);
+        }
+    }
+
     /// Leaves the pulls recorded since the last flush in the storage as one
     /// batch; returns how many. On failure they are kept for the next try.
     pub async fn flush(&self, driver: &dyn StorageDriver) -> Result<usize> {

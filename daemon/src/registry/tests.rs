@@ -339,3 +339,63 @@ async fn layer_ranges_inflate_a_span_once_and_serve_it_from_memory() {
         Err(Error::RangeNotSatisfiable { size: s }) if s == size
     ));
 }
+
+#[tokio::test]
+async fn the_console_views_summarise_what_a_pull_would_get() {
+    let driver = MemoryDriver::new();
+    let reg = registry(&driver, Policy::default());
+    let r = repo("team/app");
+    let config: &'static [u8] = br#"{"architecture":"arm64","os":"linux","config":{"Cmd":["/bin/app"]}}"#;
+    let cd = push_blob(&reg, &r, config).await;
+    let ld = push_blob(&reg, &r, b"layer").await;
+    let m = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": OCI_MANIFEST,
+        "config": {"mediaType": crate::media_types::OCI_CONFIG, "digest": cd.to_string(), "size": config.len()},
+        "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": ld.to_string(), "size": 5}],
+    })
+    .to_string();
+    let m = Bytes::from(m);
+    for t in ["v1", "v2"] {
+        reg.put_manifest(&r, &Reference::Tag(Tag::parse(t).unwrap()), Some(OCI_MANIFEST), m.clone()).await.unwrap();
+    }
+    let other = repo("other/tool");
+    push_blob(&reg, &other, b"{}").await;
+    push_blob(&reg, &other, b"layer").await;
+    let om = image_manifest(&Digest::sha256_of(b"{}"), &ld, None);
+    reg.put_manifest(&other, &Reference::Tag(Tag::parse("latest").unwrap()), Some(OCI_MANIFEST), om).await.unwrap();
+    let md = Digest::sha256_of(&m);
+    reg.record_pull(&Namespace::Local, &r, &md);
+
+    // The list: search, pages, and each blob counted once per repository.
+    let all = reg.repository_list("", 10, None).await.unwrap();
+    assert_eq!(all.repos.iter().map(|s| s.name.as_str()).collect::<Vec<_>>(), ["other/tool", "team/app"]);
+    let app = &all.repos[1];
+    assert_eq!((app.tags, app.size), (2, (m.len() + config.len() + 5) as u64));
+    let page = reg.repository_list("", 1, None).await.unwrap();
+    assert_eq!((page.repos.len(), page.next.as_deref(), page.matching), (1, Some("other/tool"), 2));
+    let rest = reg.repository_list("", 1, page.next.as_deref()).await.unwrap();
+    assert_eq!((rest.repos[0].name.as_str(), rest.next), ("team/app", None));
+    assert_eq!(reg.repository_list("TOOL", 10, None).await.unwrap().matching, 1, "search ignores case");
+
+    // Tags: digest, platform from the config, the pull this node served.
+    let tags = reg.repository_tags(&r).await.unwrap();
+    assert_eq!(tags.iter().map(|t| t.tag.as_str()).collect::<Vec<_>>(), ["v1", "v2"]);
+    assert_eq!((&tags[0].digest, tags[0].platforms.as_slice()), (&md, &["linux/arm64".to_string()][..]));
+    assert!(tags[0].pulled.is_some(), "the recorded pull shows before any flush");
+    assert!(matches!(reg.repository_tags(&repo("no/such")).await, Err(Error::NameUnknown(_))));
+
+    // The image: tags naming it, its layer, its config.
+    let img = reg.image_view(&r, &Reference::Tag(Tag::parse("v1").unwrap())).await.unwrap();
+    assert_eq!(img.tags, ["v1", "v2"]);
+    assert_eq!(img.layers.iter().map(|l| &l.digest).collect::<Vec<_>>(), [&ld]);
+    assert_eq!(img.config.as_ref().unwrap().config.cmd.as_deref(), Some(&["/bin/app".to_string()][..]));
+
+    // A config altered in the storage is not shown as the image's.
+    driver
+        .put_content(&paths::blob_data(&cd), Bytes::from_static(br#"{"os":"evil","architecture":"x"}"#))
+        .await
+        .unwrap();
+    let img = reg.image_view(&r, &Reference::Digest(md)).await.unwrap();
+    assert!(img.config.is_none(), "a config that does not match its digest is not trusted");
+}

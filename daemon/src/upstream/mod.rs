@@ -126,6 +126,37 @@ pub struct Upstream {
     wants_basic: AtomicBool,
     /// No requests before this (a 429's `Retry-After`).
     paused_until: Mutex<Option<Instant>>,
+    /// What the console shows of this mirror.
+    pub activity: Activity,
+}
+
+/// How a mirror has been serving, since this node started.
+#[derive(Debug, Default)]
+pub struct Activity {
+    /// Requests answered from what the registry already held.
+    pub hits: std::sync::atomic::AtomicU64,
+    /// Requests that had to ask the upstream.
+    pub misses: std::sync::atomic::AtomicU64,
+    last_error: Mutex<Option<(std::time::SystemTime, String)>>,
+}
+
+impl Activity {
+    pub fn hit(&self) {
+        self.hits.fetch_add(1, Relaxed);
+    }
+
+    pub fn miss(&self) {
+        self.misses.fetch_add(1, Relaxed);
+    }
+
+    /// The last failure talking to the upstream, and when.
+    pub fn last_error(&self) -> Option<(std::time::SystemTime, String)> {
+        self.last_error.lock().unwrap().clone()
+    }
+
+    fn failed(&self, message: String) {
+        *self.last_error.lock().unwrap() = Some((std::time::SystemTime::now(), message));
+    }
 }
 
 /// Reads a response body, refusing more than `limit` bytes (announced or
@@ -187,6 +218,7 @@ impl Upstream {
             client,
             tokens: Mutex::default(),
             wants_basic: AtomicBool::new(false),
+            activity: Activity::default(),
             paused_until: Mutex::default(),
         })
     }
@@ -282,8 +314,16 @@ impl Upstream {
         let mirror = crate::metrics::MirrorLabels { mirror: self.cfg.name.clone() };
         m.upstream_requests.get_or_create(&mirror).inc();
         m.upstream_duration.get_or_create(&mirror).observe(started.elapsed().as_secs_f64());
-        if res.as_ref().map_or(true, |r| r.status().is_server_error()) {
-            m.upstream_errors.get_or_create(&mirror).inc();
+        match res {
+            Err(e) => {
+                m.upstream_errors.get_or_create(&mirror).inc();
+                self.activity.failed(e.to_string());
+            }
+            Ok(r) if r.status().is_server_error() => {
+                m.upstream_errors.get_or_create(&mirror).inc();
+                self.activity.failed(format!("{} answered {}", self.cfg.url, r.status()));
+            }
+            Ok(_) => {}
         }
     }
 

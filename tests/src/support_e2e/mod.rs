@@ -8,6 +8,7 @@
 //! * compares OCI layouts / registry roots byte for byte.
 
 pub mod arm64;
+pub mod browser;
 pub mod containerd;
 pub mod debian_root;
 pub mod pki;
