@@ -20,6 +20,7 @@ pub mod fill;
 pub mod layerindex;
 pub mod listen;
 pub mod logging;
+pub mod lru;
 pub mod media_types;
 pub mod metrics;
 pub mod names;

@@ -67,6 +67,11 @@ impl Registry {
 
     pub async fn get_manifest(&self, repo: &RepoName, reference: &Reference) -> Result<StoredManifest> {
         let digest = self.resolve(repo, reference).await?;
+        // Still a revision of `repo` (checked just now): its bytes may come
+        // from memory, verified when they were read.
+        if let Some(c) = self.manifests.get(&digest) {
+            return Ok(StoredManifest { digest, media_type: c.media_type, body: c.body });
+        }
         let path = paths::blob_data(&digest);
         let body = match self.driver.get_content(&path).await {
             Ok(b) => b,
@@ -85,6 +90,8 @@ impl Registry {
             )));
         }
         let media_type = Manifest::parse_stored(&body)?.media_type;
+        let cached = super::manifest_cache::Cached { media_type: media_type.clone(), body: body.clone() };
+        self.manifests.insert(digest.clone(), cached);
         Ok(StoredManifest { digest, media_type, body })
     }
 

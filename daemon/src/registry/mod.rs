@@ -14,6 +14,7 @@ pub mod gc;
 mod integrity;
 mod lazy_layers;
 mod maintenance;
+mod manifest_cache;
 mod manifests;
 pub mod mirror;
 mod namespace;
@@ -63,6 +64,8 @@ pub struct Registry {
     index_key: Option<crate::layerindex::signing::IndexKey>,
     /// Pulls this node served since it last left them in the storage.
     pulls: pulls::PullLog,
+    /// Verified manifests by digest, for the pull hot path.
+    manifests: manifest_cache::ManifestCache,
     /// This registry, for background work that outlives a request.
     me: std::sync::Weak<Registry>,
 }
@@ -93,6 +96,7 @@ impl Registry {
             indexer: lazy_layers::Indexer::new(),
             index_key,
             pulls: pulls::PullLog::default(),
+            manifests: manifest_cache::ManifestCache::default(),
             me: me.clone(),
         })
     }

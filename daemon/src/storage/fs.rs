@@ -11,14 +11,12 @@ use super::{check_path, ByteStream, FileInfo, FileWriter, Result, StorageDriver,
 use crate::durable;
 use async_trait::async_trait;
 use bytes::{Bytes, BytesMut};
-use futures_util::StreamExt;
 use std::io::Write;
 use std::path::PathBuf;
 use tokio::fs;
-use tokio::io::AsyncSeekExt;
 
-/// Read buffer size for streamed objects.
-const CHUNK: usize = 256 * 1024;
+/// Objects up to this size are read inline by `get_content`.
+const INLINE_READ: u64 = 64 * 1024;
 /// Bytes a writer gathers before each write(2), done on the blocking pool.
 const WRITE_BATCH: usize = 1024 * 1024;
 
@@ -56,9 +54,26 @@ impl StorageDriver for FsDriver {
     }
 
     async fn get_content(&self, path: &str) -> Result<Bytes> {
+        use std::io::Read;
         let full = self.full(path)?;
-        let data = fs::read(&full).await.map_err(|e| StorageError::io(path, e))?;
-        Ok(Bytes::from(data))
+        // Small objects (links, manifests, configs) are read where the
+        // request runs: from the page cache that costs less than the hop
+        // to the blocking pool and back that tokio's file calls make, and
+        // it is the pull hot path. Larger ones are read on the pool.
+        let io = |e| StorageError::io(path, e);
+        let mut f = std::fs::File::open(&full).map_err(io)?;
+        let len = f.metadata().map_err(io)?.len();
+        if len <= INLINE_READ {
+            let mut buf = Vec::with_capacity(len as usize + 1);
+            f.read_to_end(&mut buf).map_err(io)?;
+            return Ok(Bytes::from(buf));
+        }
+        blocking(path, move || {
+            let mut buf = Vec::with_capacity(len as usize + 1);
+            f.read_to_end(&mut buf)?;
+            Ok(Bytes::from(buf))
+        })
+        .await
     }
 
     async fn put_content(&self, path: &str, content: Bytes) -> Result<()> {
@@ -68,15 +83,12 @@ impl StorageDriver for FsDriver {
 
     async fn reader(&self, path: &str, offset: u64) -> Result<ByteStream> {
         let full = self.full(path)?;
-        let mut f = fs::File::open(&full).await.map_err(|e| StorageError::io(path, e))?;
-        let size = f.metadata().await.map_err(|e| StorageError::io(path, e))?.len();
+        let f = std::fs::File::open(&full).map_err(|e| StorageError::io(path, e))?;
+        let size = f.metadata().map_err(|e| StorageError::io(path, e))?.len();
         if offset > size {
             return Err(StorageError::InvalidOffset { path: path.to_string(), offset });
         }
-        if offset > 0 {
-            f.seek(std::io::SeekFrom::Start(offset)).await.map_err(|e| StorageError::io(path, e))?;
-        }
-        Ok(tokio_util::io::ReaderStream::with_capacity(f, CHUNK).boxed())
+        Ok(super::read_ahead::stream(f, offset, size))
     }
 
     async fn writer(&self, path: &str, append: bool) -> Result<Box<dyn FileWriter>> {
@@ -103,7 +115,8 @@ impl StorageDriver for FsDriver {
 
     async fn stat(&self, path: &str) -> Result<FileInfo> {
         let full = self.full(path)?;
-        let md = fs::metadata(&full).await.map_err(|e| StorageError::io(path, e))?;
+        // A stat is answered from the inode cache: inline, as small reads.
+        let md = std::fs::metadata(&full).map_err(|e| StorageError::io(path, e))?;
         Ok(FileInfo {
             path: path.to_string(),
             size: if md.is_dir() { 0 } else { md.len() },

@@ -24,6 +24,7 @@ pub mod cache;
 pub mod fs;
 pub mod instrumented;
 pub mod memory;
+pub mod read_ahead;
 pub mod s3;
 pub mod suite;
 

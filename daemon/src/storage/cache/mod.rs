@@ -22,24 +22,22 @@
 //! - Metadata reads (links, tags) that fail because the backend is
 //!   unreachable are answered from the last value seen ([`remembered`]).
 
-mod lru;
 mod remembered;
 
 use super::{ByteStream, FileInfo, FileWriter, Result, StorageDriver, StorageError};
 use crate::digest::Digest;
-use crate::fill::{Fill, FillError, Producer, READ_CHUNK};
+use crate::fill::{Fill, FillError, Producer};
+use crate::lru::Lru;
 use crate::metrics;
 use async_trait::async_trait;
 use bytes::Bytes;
 use futures_util::StreamExt;
-use lru::Lru;
 use remembered::Remembered;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
-use tokio::io::AsyncSeekExt;
 
 /// Maps a storage path to the digest of its content, if it is
 /// content-addressed.
@@ -206,11 +204,7 @@ impl CachedDriver {
         let m = metrics::get();
         m.cache_hits.inc();
         m.cache_hit_bytes.inc_by(size - offset);
-        let mut file = tokio::fs::File::from_std(file);
-        Some(Ok(async_stream_from(async move {
-            file.seek(std::io::SeekFrom::Start(offset)).await?;
-            Ok(tokio_util::io::ReaderStream::with_capacity(file, READ_CHUNK))
-        })))
+        Some(Ok(super::read_ahead::stream(file, offset, size)))
     }
 
     /// Reads a fill from `offset`; when the fill fails for a local reason
@@ -269,20 +263,6 @@ impl CachedDriver {
         })
         .boxed()
     }
-}
-
-/// Turns a future producing a stream into a stream (errors become items).
-fn async_stream_from<F, S>(fut: F) -> ByteStream
-where
-    F: std::future::Future<Output = std::io::Result<S>> + Send + 'static,
-    S: futures_util::Stream<Item = std::io::Result<Bytes>> + Send + 'static,
-{
-    futures_util::stream::once(fut)
-        .flat_map(|r| match r {
-            Ok(s) => s.boxed(),
-            Err(e) => futures_util::stream::once(async move { Err(e) }).boxed(),
-        })
-        .boxed()
 }
 
 impl Shared {

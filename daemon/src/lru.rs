@@ -1,21 +1,23 @@
-//! The cache's index: which digests are on disk, their sizes, and the order
-//! they were last used in. Rebuilt from the directory at start.
+//! A size-bounded least-recently-used index of digests: which are held,
+//! their sizes, and the order they were last used in. The node cache keeps
+//! its files' index in one (rebuilt from its directory at start), the
+//! registry its in-memory manifests; each holds the data itself.
 
 use crate::digest::Digest;
 use std::collections::{BTreeMap, HashMap};
 
 #[derive(Default)]
-pub(super) struct Lru {
+pub struct Lru {
     /// digest → (size, tick of last use)
     entries: HashMap<Digest, (u64, u64)>,
     order: BTreeMap<u64, Digest>,
-    pub(super) total: u64,
+    pub total: u64,
     tick: u64,
 }
 
 impl Lru {
     /// Marks `d` used; its size when present.
-    pub(super) fn touch(&mut self, d: &Digest) -> Option<u64> {
+    pub fn touch(&mut self, d: &Digest) -> Option<u64> {
         let (size, old) = *self.entries.get(d)?;
         self.order.remove(&old);
         self.tick += 1;
@@ -25,11 +27,11 @@ impl Lru {
     }
 
     /// Its size, without marking it used.
-    pub(super) fn size_of(&self, d: &Digest) -> Option<u64> {
+    pub fn size_of(&self, d: &Digest) -> Option<u64> {
         self.entries.get(d).map(|e| e.0)
     }
 
-    pub(super) fn insert(&mut self, d: Digest, size: u64) {
+    pub fn insert(&mut self, d: Digest, size: u64) {
         if self.entries.contains_key(&d) {
             self.touch(&d);
             return;
@@ -40,7 +42,7 @@ impl Lru {
         self.total += size;
     }
 
-    pub(super) fn remove(&mut self, d: &Digest) -> Option<u64> {
+    pub fn remove(&mut self, d: &Digest) -> Option<u64> {
         let (size, tick) = self.entries.remove(d)?;
         self.order.remove(&tick);
         self.total -= size;
@@ -48,7 +50,7 @@ impl Lru {
     }
 
     /// Least recently used entries to drop so that `total <= max`.
-    pub(super) fn over(&mut self, max: u64) -> Vec<Digest> {
+    pub fn over(&mut self, max: u64) -> Vec<Digest> {
         let mut out = Vec::new();
         while self.total > max {
             let Some(d) = self.oldest() else { break };
@@ -58,7 +60,7 @@ impl Lru {
     }
 
     /// Drops the least recently used entry.
-    pub(super) fn oldest(&mut self) -> Option<Digest> {
+    pub fn oldest(&mut self) -> Option<Digest> {
         let (_, d) = self.order.pop_first()?;
         if let Some((size, _)) = self.entries.remove(&d) {
             self.total -= size;
