@@ -21,7 +21,6 @@ use bytes::{Bytes, BytesMut};
 use futures_util::{Stream, StreamExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use tokio::io::{AsyncReadExt, AsyncSeekExt};
 use tokio::sync::watch;
 
 /// Bytes gathered before each write of a download.
@@ -154,7 +153,7 @@ impl Fill {
         struct St {
             fill: Arc<Fill>,
             rx: watch::Receiver<Progress>,
-            file: Option<tokio::fs::File>,
+            file: Option<Arc<std::fs::File>>,
             pos: u64,
             failed: bool,
         }
@@ -167,8 +166,8 @@ impl Fill {
                 let p = st.rx.borrow_and_update().clone();
                 if p.readable() > st.pos {
                     if st.file.is_none() {
-                        match st.fill.open_at(st.pos).await {
-                            Ok(f) => st.file = Some(f),
+                        match st.fill.open() {
+                            Ok(f) => st.file = Some(Arc::new(f)),
                             Err(e) => {
                                 st.failed = true;
                                 return Some((Err(e), st));
@@ -176,14 +175,30 @@ impl Fill {
                         }
                     }
                     let n = (p.readable() - st.pos).min(READ_CHUNK as u64) as usize;
-                    let mut buf = vec![0u8; n];
-                    let file = st.file.as_mut().expect("opened above");
-                    if let Err(e) = file.read_exact(&mut buf).await {
-                        st.failed = true;
-                        return Some((Err(e), st));
+                    let file = st.file.clone().expect("opened above");
+                    let read = match read_at(file, st.pos, n).await {
+                        Ok(Ok(b)) if b.len() == n => Ok(b),
+                        Ok(Ok(b)) => Err(std::io::Error::new(
+                            std::io::ErrorKind::UnexpectedEof,
+                            format!(
+                                "the download's file ended at {} of {}",
+                                st.pos + b.len() as u64,
+                                st.pos + n as u64
+                            ),
+                        )),
+                        Ok(Err(e)) => Err(e),
+                        Err(e) => Err(std::io::Error::other(e)),
+                    };
+                    match read {
+                        Ok(b) => {
+                            st.pos += n as u64;
+                            return Some((Ok(b), st));
+                        }
+                        Err(e) => {
+                            st.failed = true;
+                            return Some((Err(e), st));
+                        }
                     }
-                    st.pos += n as u64;
-                    return Some((Ok(Bytes::from(buf)), st));
                 }
                 if p.verified && p.total.is_none_or(|t| st.pos >= t) && p.readable() <= st.pos {
                     return None;
@@ -204,17 +219,40 @@ impl Fill {
         })
     }
 
-    async fn open_at(&self, pos: u64) -> std::io::Result<tokio::fs::File> {
-        let mut f = match tokio::fs::File::open(&self.tmp).await {
-            Ok(f) => f,
+    /// The download's file: the temporary one, or where it was moved.
+    fn open(&self) -> std::io::Result<std::fs::File> {
+        match std::fs::File::open(&self.tmp) {
+            Ok(f) => Ok(f),
             Err(e) => match &self.final_path {
-                Some(p) => tokio::fs::File::open(p).await?,
-                None => return Err(e),
+                Some(p) => std::fs::File::open(p),
+                None => Err(e),
             },
-        };
-        f.seek(std::io::SeekFrom::Start(pos)).await?;
-        Ok(f)
+        }
     }
+}
+
+/// Reads `len` bytes of `f` at `pos` on the blocking pool, by `pread`
+/// straight into the buffer that is handed on (fewer than `len` only at
+/// the end of the file). The buffer is allocated by the caller's thread:
+/// with glibc each thread allocates from its own arena, and buffers made on
+/// many short-lived blocking threads but freed on the runtime's workers
+/// would spread the heap over as many arenas.
+pub fn read_at(f: Arc<std::fs::File>, pos: u64, len: usize) -> tokio::task::JoinHandle<std::io::Result<Bytes>> {
+    let mut buf = vec![0u8; len];
+    tokio::task::spawn_blocking(move || {
+        use std::os::unix::fs::FileExt;
+        let mut filled = 0;
+        while filled < len {
+            match f.read_at(&mut buf[filled..], pos + filled as u64) {
+                Ok(0) => break,
+                Ok(n) => filled += n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        buf.truncate(filled);
+        Ok(Bytes::from(buf))
+    })
 }
 
 impl Drop for Fill {
@@ -244,8 +282,10 @@ impl Producer {
     }
 
     /// Writes `source` into `tmp` while hashing it, and checks it against
-    /// `digest` (and `total`, when known). Returns the file, synced, once
-    /// verified; readers get the last byte once the producer calls
+    /// `digest` (and `total`, when known). Returns the file once verified,
+    /// not yet synced: whoever keeps it syncs it, after letting readers
+    /// finish (their bytes are right whether or not the copy is on disk
+    /// yet). Readers get the last byte once the producer calls
     /// [`release`](Self::release). A blocking thread writes batches while
     /// this task keeps reading and hashing, so network, hash and disk
     /// overlap.
@@ -312,10 +352,6 @@ impl Producer {
                 total.map(|t| format!(" ({t} bytes expected)")).unwrap_or_default()
             )));
         }
-        let file = tokio::task::spawn_blocking(move || file.sync_all().map(|()| file))
-            .await
-            .map_err(|e| FillError::Other(e.to_string()))?
-            .map_err(FillError::local)?;
         self.tx.send_modify(|p| p.total = Some(written));
         Ok(file)
     }

@@ -5,36 +5,11 @@
 //! and the node cache.
 
 use super::ByteStream;
-use bytes::Bytes;
 use futures_util::StreamExt;
 use std::sync::Arc;
 
 /// Bytes per read (and per chunk handed to the socket).
 pub const CHUNK: usize = 256 * 1024;
-
-/// Reads one chunk at `pos` on the blocking pool (`pread`: straight into
-/// the buffer that goes to the socket, no second copy).
-fn read_chunk(f: Arc<std::fs::File>, pos: u64, len: usize) -> tokio::task::JoinHandle<std::io::Result<Bytes>> {
-    // Allocated here, on a runtime worker, not on the blocking thread: with
-    // glibc each thread allocates from its own arena, and buffers made on
-    // many short-lived blocking threads but freed on the workers would
-    // spread the process's memory over as many arenas.
-    let mut buf = vec![0u8; len];
-    tokio::task::spawn_blocking(move || {
-        use std::os::unix::fs::FileExt;
-        let mut filled = 0;
-        while filled < len {
-            match f.read_at(&mut buf[filled..], pos + filled as u64) {
-                Ok(0) => break,
-                Ok(n) => filled += n,
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(e),
-            }
-        }
-        buf.truncate(filled);
-        Ok(Bytes::from(buf))
-    })
-}
 
 /// The bytes of `f` from `offset` to `size` (its size when opened), one
 /// chunk read ahead: the next chunk is read from disk while the current
@@ -42,7 +17,7 @@ fn read_chunk(f: Arc<std::fs::File>, pos: u64, len: usize) -> tokio::task::JoinH
 pub fn stream(f: std::fs::File, offset: u64, size: u64) -> ByteStream {
     let f = Arc::new(f);
     let chunk = move |pos: u64| (size - pos).min(CHUNK as u64) as usize;
-    let first = (offset < size).then(|| read_chunk(f.clone(), offset, chunk(offset)));
+    let first = (offset < size).then(|| crate::fill::read_at(f.clone(), offset, chunk(offset)));
     futures_util::stream::unfold((f, offset, first), move |(f, pos, pending)| async move {
         let bytes = match pending?.await {
             Ok(Ok(b)) => b,
@@ -54,7 +29,7 @@ pub fn stream(f: std::fs::File, offset: u64, size: u64) -> ByteStream {
             return None;
         }
         let next = pos + bytes.len() as u64;
-        let ahead = (next < size).then(|| read_chunk(f.clone(), next, chunk(next)));
+        let ahead = (next < size).then(|| crate::fill::read_at(f.clone(), next, chunk(next)));
         Some((Ok(bytes), (f, next, ahead)))
     })
     .boxed()
@@ -63,6 +38,7 @@ pub fn stream(f: std::fs::File, offset: u64, size: u64) -> ByteStream {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use bytes::Bytes;
     use futures_util::TryStreamExt;
 
     #[tokio::test]

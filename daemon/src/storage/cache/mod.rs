@@ -303,11 +303,11 @@ impl Shared {
         let res = async {
             let stream = self.inner.reader(path, 0).await.map_err(to_fill_error)?;
             let file = producer.download(stream, d, Some(size), tmp).await?;
-            drop(file);
-            // Verified: readers may finish before the file is in place.
+            // Verified: readers may finish before the file is on disk and
+            // in place (the sync of a large layer takes a while).
             producer.release();
             let (src, dest) = (tmp.to_path_buf(), cache_path(&self.dir, d));
-            tokio::task::spawn_blocking(move || crate::durable::rename(&src, &dest))
+            tokio::task::spawn_blocking(move || file.sync_all().and_then(|()| crate::durable::rename(&src, &dest)))
                 .await
                 .map_err(|e| FillError::Other(e.to_string()))?
                 .map_err(|e| FillError::Other(format!("cannot move a verified fill into the cache: {e}")))
