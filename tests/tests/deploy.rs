@@ -751,7 +751,7 @@ fn image_builds_offline_and_runs_under_containerd() {
     ctd.ctr_ok(&["images", "pull", &snap, "--hosts-dir", hosts, &image]);
     assert_eq!(ctd.image_digest(&image), index_digest, "containerd resolved the index");
     let id = format!("{}-version", ctd.namespace);
-    let version = ctd.ctr_ok(&["run", "--rm", "--net-host", &snap, &image, &id, "/usr/local/bin/berthd", "--version"]);
+    let version = version_in(&ctd, &snap, &image, &id, work.path());
     assert_eq!(version.trim(), format!("berthd {}", berthd::VERSION), "berthd --version in the image");
 
     // Without a registry: one platform's image as an archive, imported into
@@ -766,8 +766,7 @@ fn image_builds_offline_and_runs_under_containerd() {
     ctd.ctr_ok(&["images", "import", &snap, archive.to_str().unwrap()]);
     assert_eq!(ctd.image_digest(&imported), digest, "the imported image is the amd64 one");
     let id = format!("{}-imported", ctd.namespace);
-    let version =
-        ctd.ctr_ok(&["run", "--rm", "--net-host", &snap, &imported, &id, "/usr/local/bin/berthd", "--version"]);
+    let version = version_in(&ctd, &snap, &imported, &id, work.path());
     assert_eq!(version.trim(), format!("berthd {}", berthd::VERSION), "berthd --version in the imported image");
 
     // The image's own command (`serve`), as its user, in 64 MiB; its
@@ -881,4 +880,25 @@ fn image_builds_offline_and_runs_under_containerd() {
     let rm_err = String::from_utf8_lossy(&rm.stderr);
     assert!(rm.status.success() && !rm_err.contains("exit code"), "berthd's exit: {rm_err}\nlog:\n{}", log_text());
     ctd.ctr_ok(&["containers", "rm", &id]);
+}
+
+/// `berthd --version` run in a container of `image`. The output goes to a
+/// file the process writes itself (`--log-uri file://`): ctr's own stdout
+/// copy can lose what a process prints just before it exits (containerd#770).
+fn version_in(ctd: &Containerd, snap: &str, image: &str, id: &str, dir: &Path) -> String {
+    let log = dir.join(format!("{id}.out"));
+    let uri = format!("file://{}", log.display());
+    ctd.ctr_ok(&[
+        "run",
+        "--rm",
+        "--net-host",
+        snap,
+        "--log-uri",
+        &uri,
+        image,
+        id,
+        "/usr/local/bin/berthd",
+        "--version",
+    ]);
+    std::fs::read_to_string(&log).unwrap_or_else(|e| panic!("no output of berthd --version in {image}: {e}"))
 }
