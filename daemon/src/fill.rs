@@ -177,8 +177,7 @@ impl Fill {
                     let n = (p.readable() - st.pos).min(READ_CHUNK as u64) as usize;
                     let file = st.file.clone().expect("opened above");
                     let read = match read_at(file, st.pos, n).await {
-                        Ok(Ok(b)) if b.len() == n => Ok(b),
-                        Ok(Ok(b)) => Err(std::io::Error::new(
+                        Ok(b) if b.len() < n => Err(std::io::Error::new(
                             std::io::ErrorKind::UnexpectedEof,
                             format!(
                                 "the download's file ended at {} of {}",
@@ -186,8 +185,7 @@ impl Fill {
                                 st.pos + n as u64
                             ),
                         )),
-                        Ok(Err(e)) => Err(e),
-                        Err(e) => Err(std::io::Error::other(e)),
+                        other => other,
                     };
                     match read {
                         Ok(b) => {
@@ -237,9 +235,15 @@ impl Fill {
 /// with glibc each thread allocates from its own arena, and buffers made on
 /// many short-lived blocking threads but freed on the runtime's workers
 /// would spread the heap over as many arenas.
-pub fn read_at(f: Arc<std::fs::File>, pos: u64, len: usize) -> tokio::task::JoinHandle<std::io::Result<Bytes>> {
+/// The read starts at once (so a caller may hold the future as a read
+/// ahead).
+pub fn read_at(
+    f: Arc<std::fs::File>,
+    pos: u64,
+    len: usize,
+) -> impl std::future::Future<Output = std::io::Result<Bytes>> + Send + 'static {
     let mut buf = vec![0u8; len];
-    tokio::task::spawn_blocking(move || {
+    let read = tokio::task::spawn_blocking(move || {
         use std::os::unix::fs::FileExt;
         let mut filled = 0;
         while filled < len {
@@ -252,7 +256,8 @@ pub fn read_at(f: Arc<std::fs::File>, pos: u64, len: usize) -> tokio::task::Join
         }
         buf.truncate(filled);
         Ok(Bytes::from(buf))
-    })
+    });
+    async move { read.await.map_err(std::io::Error::other)? }
 }
 
 impl Drop for Fill {

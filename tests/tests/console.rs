@@ -11,36 +11,10 @@ use crate::support_e2e::*;
 use std::path::Path;
 use std::process::Command;
 
-/// Uploads `data` as a blob of `repo` in one request; returns its digest.
-fn upload(base: &str, repo: &str, data: &[u8]) -> String {
-    let digest = sha256(data);
-    let r = http_with_body("POST", &format!("{base}/v2/{repo}/blobs/uploads/?digest={digest}"), &[], data.to_vec())
-        .unwrap();
-    assert_eq!(r.status, 201, "upload: {}", String::from_utf8_lossy(&r.body));
-    digest
-}
-
-/// Pushes an SBOM artifact whose subject is `subject` (the referrers API's
-/// way); returns its digest.
+/// Pushes an SBOM whose subject is `subject` (the referrers API's way).
 fn push_sbom(base: &str, repo: &str, subject: &str, subject_size: usize) -> String {
-    let empty = upload(base, repo, b"{}");
-    let sbom_body = br#"{"spdxVersion":"SPDX-2.3","name":"app"}"#;
-    let sbom = upload(base, repo, sbom_body);
-    let manifest = serde_json::json!({
-        "schemaVersion": 2,
-        "mediaType": OCI_MANIFEST,
-        "artifactType": "application/spdx+json",
-        "config": {"mediaType": "application/vnd.oci.empty.v1+json", "digest": empty, "size": 2},
-        "layers": [{"mediaType": "application/spdx+json", "digest": sbom, "size": sbom_body.len()}],
-        "subject": {"mediaType": OCI_MANIFEST, "digest": subject, "size": subject_size},
-    });
-    let body = serde_json::to_vec(&manifest).unwrap();
-    let digest = sha256(&body);
-    let r =
-        http_with_body("PUT", &format!("{base}/v2/{repo}/manifests/{digest}"), &[("content-type", OCI_MANIFEST)], body)
-            .unwrap();
-    assert_eq!(r.status, 201, "referrer push: {}", String::from_utf8_lossy(&r.body));
-    digest
+    let sbom = ("application/spdx+json", &br#"{"spdxVersion":"SPDX-2.3","name":"app"}"#[..]);
+    push_artifact(base, repo, "application/spdx+json", sbom, (subject, subject_size))
 }
 
 fn manifest_status(base: &str, repo: &str, reference: &str) -> u16 {

@@ -130,33 +130,8 @@ fn each_retention_rule_removes_tags_and_what_only_they_held() {
 /// Pushes a signature-like artifact whose subject is `subject` (a
 /// manifest of `repo`) by digest; returns its digest.
 fn push_referrer(base: &str, repo: &str, subject: &str, text: &str) -> String {
-    let upload = |data: &[u8]| {
-        let d = sha256(data);
-        let url = format!("{base}/v2/{repo}/blobs/uploads/?digest={d}");
-        let r = http_with_body("POST", &url, &[("content-type", "application/octet-stream")], data.to_vec()).unwrap();
-        assert_eq!(r.status, 201, "{}", String::from_utf8_lossy(&r.body));
-        d
-    };
-    let (empty, payload) = (upload(b"{}"), upload(text.as_bytes()));
-    let body = serde_json::json!({
-        "schemaVersion": 2,
-        "mediaType": OCI_MANIFEST,
-        "artifactType": "application/vnd.example.signature",
-        "config": {"mediaType": "application/vnd.oci.empty.v1+json", "digest": empty, "size": 2},
-        "layers": [{"mediaType": "application/octet-stream", "digest": payload, "size": text.len()}],
-        "subject": {"mediaType": OCI_MANIFEST, "digest": subject, "size": 1},
-    })
-    .to_string();
-    let d = sha256(body.as_bytes());
-    let r = http_with_body(
-        "PUT",
-        &format!("{base}/v2/{repo}/manifests/{d}"),
-        &[("content-type", OCI_MANIFEST)],
-        body.into_bytes(),
-    )
-    .unwrap();
-    assert_eq!(r.status, 201, "{}", String::from_utf8_lossy(&r.body));
-    d
+    let layer = ("application/octet-stream", text.as_bytes());
+    push_artifact(base, repo, "application/vnd.example.signature", layer, (subject, 1))
 }
 
 fn referrer_count(base: &str, repo: &str, subject: &str) -> usize {

@@ -24,27 +24,28 @@ pub fn bytes(n: u64) -> String {
     format!("{v:.digits$} {}", UNITS[unit])
 }
 
-/// How long ago `t` was, in the largest whole unit (`3 h ago`); a time in
-/// the future (another node's clock) reads as `just now`.
+/// A span of at least a minute in its largest whole unit (`3 h`); `None`
+/// below a minute.
+fn span(secs: u64) -> Option<String> {
+    match secs {
+        0..=59 => None,
+        60..=3599 => Some(format!("{} min", secs / 60)),
+        3600..=86_399 => Some(format!("{} h", secs / 3600)),
+        _ => Some(format!("{} d", secs / 86_400)),
+    }
+}
+
+/// How long ago `t` was (`3 h ago`); a time in the future (another node's
+/// clock) reads as `just now`.
 pub fn ago(t: SystemTime, now: SystemTime) -> String {
     let secs = now.duration_since(t).map(|d| d.as_secs()).unwrap_or(0);
-    match secs {
-        0..=59 => "just now".into(),
-        60..=3599 => format!("{} min ago", secs / 60),
-        3600..=86_399 => format!("{} h ago", secs / 3600),
-        _ => format!("{} d ago", secs / 86_400),
-    }
+    span(secs).map_or_else(|| "just now".into(), |s| format!("{s} ago"))
 }
 
 /// How far ahead `t` is (`in 3 h`).
 pub fn until(t: SystemTime, now: SystemTime) -> String {
     let secs = t.duration_since(now).map(|d| d.as_secs()).unwrap_or(0);
-    match secs {
-        0..=59 => "within a minute".into(),
-        60..=3599 => format!("in {} min", secs / 60),
-        3600..=86_399 => format!("in {} h", secs / 3600),
-        _ => format!("in {} d", secs / 86_400),
-    }
+    span(secs).map_or_else(|| "within a minute".into(), |s| format!("in {s}"))
 }
 
 /// An absolute time, for a title beside a relative one.

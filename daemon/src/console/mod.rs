@@ -213,11 +213,11 @@ fn deletes_off(reg: &Registry) -> String {
 /// The tags a delete of `reference` removes (a tag: itself; a digest:
 /// every tag naming it), after checking the manifest exists.
 async fn confirm_target(reg: &Registry, repo: &RepoName, reference: &Reference) -> Result<Vec<String>, Error> {
-    let img = reg.image_view(repo, reference).await?;
-    Ok(match reference {
-        Reference::Tag(t) => vec![t.as_str().to_string()],
-        Reference::Digest(_) => img.tags,
-    })
+    let digest = reg.resolve(repo, reference).await?;
+    match reference {
+        Reference::Tag(t) => Ok(vec![t.as_str().to_string()]),
+        Reference::Digest(_) => reg.tags_naming(repo, &digest).await,
+    }
 }
 
 /// What the user must type to confirm deleting `reference`: the tag, or

@@ -6,7 +6,7 @@
 
 use super::manifest::Manifest;
 use super::pulls::{self, PullTimes};
-use super::{paths, Error, Registry, Result};
+use super::{paths, Error, Registry, Result, StoredManifest};
 use crate::digest::Digest;
 use crate::names::{Reference, RepoName, Tag};
 use futures_util::{stream, StreamExt, TryStreamExt};
@@ -198,7 +198,8 @@ impl Registry {
     /// The repositories whose name contains `search`, a page of `limit`
     /// after `last`, each summarised.
     pub async fn repository_list(&self, search: &str, limit: usize, last: Option<&str>) -> Result<RepoList> {
-        let all = self.catalog(Some(usize::MAX), None).await?.items;
+        // Every name, not a catalog page (those stop at 1000).
+        let all = self.repository_names().await?;
         let needle = search.to_ascii_lowercase();
         let matching: Vec<String> = all.into_iter().filter(|n| n.contains(&needle)).collect();
         let start = last.map_or(0, |l| matching.partition_point(|n| n.as_str() <= l));
@@ -218,19 +219,18 @@ impl Registry {
         let mut seen = HashSet::new();
         let mut size = 0;
         for tag in &tags {
-            let Ok(d) = self.resolve(&repo, &Reference::Tag(tag.clone())).await else { continue };
-            size += self.closure_size(&repo, &d, &mut seen).await?;
+            let Ok(m) = self.get_manifest(&repo, &Reference::Tag(tag.clone())).await else { continue };
+            size += self.closure_size(&repo, &m, &mut seen).await?;
         }
         Ok(RepoSummary { name: name.to_string(), tags: tags.len(), size })
     }
 
-    /// Bytes of manifest `d` and what it references that `seen` does not
+    /// Bytes of manifest `top` and what it references that `seen` does not
     /// hold yet (each blob counts once per repository).
-    async fn closure_size(&self, repo: &RepoName, d: &Digest, seen: &mut HashSet<Digest>) -> Result<u64> {
-        let mut size = 0;
-        let mut todo = vec![d.clone()];
+    async fn closure_size(&self, repo: &RepoName, top: &StoredManifest, seen: &mut HashSet<Digest>) -> Result<u64> {
+        let (mut size, mut todo) = count_once(top, seen)?;
         while let Some(d) = todo.pop() {
-            if !seen.insert(d.clone()) {
+            if seen.contains(&d) {
                 continue;
             }
             let m = match self.get_manifest(repo, &Reference::Digest(d)).await {
@@ -239,16 +239,22 @@ impl Registry {
                 Err(Error::ManifestUnknown(_)) => continue,
                 Err(e) => return Err(e),
             };
-            size += m.body.len() as u64;
-            let parsed = Manifest::parse_stored(&m.body)?;
-            for b in parsed.blobs {
-                if seen.insert(b.digest) {
-                    size += b.size.max(0) as u64;
-                }
-            }
-            todo.extend(parsed.children.into_iter().map(|c| c.digest));
+            let (more, children) = count_once(&m, seen)?;
+            size += more;
+            todo.extend(children);
         }
         Ok(size)
+    }
+
+    /// The tags of `repo` that name manifest `d` now, sorted.
+    pub async fn tags_naming(&self, repo: &RepoName, d: &Digest) -> Result<Vec<String>> {
+        let mut tags = Vec::new();
+        for tag in self.all_tags(repo).await? {
+            if self.read_link(&paths::tag_current_link(repo, &tag)).await?.as_ref() == Some(d) {
+                tags.push(tag.as_str().to_string());
+            }
+        }
+        Ok(tags)
     }
 
     /// The tags of `repo` with what they name, sorted by tag.
@@ -275,12 +281,11 @@ impl Registry {
             Err(e) if e.is_not_found() => return Ok(None), // untagged meanwhile
             Err(e) => return Err(e.into()),
         };
-        let digest = match self.resolve(repo, &Reference::Tag(tag.clone())).await {
-            Ok(d) => d,
+        let m = match self.get_manifest(repo, &Reference::Tag(tag.clone())).await {
+            Ok(m) => m,
             Err(Error::ManifestUnknown(_)) => return Ok(None),
             Err(e) => return Err(e),
         };
-        let m = self.get_manifest(repo, &Reference::Digest(digest.clone())).await?;
         let parsed = Manifest::parse_stored(&m.body)?;
         let platforms = if parsed.children.is_empty() {
             self.config_of(&parsed).await.and_then(|c| config_platform(&c)).into_iter().collect()
@@ -290,12 +295,12 @@ impl Registry {
             p.dedup();
             p
         };
-        let size = self.closure_size(repo, &digest, &mut HashSet::new()).await?;
-        let pulled = pulled.get(&(repo.as_str().to_string(), digest.clone())).map(|s| pulls::time_of(*s));
+        let size = self.closure_size(repo, &m, &mut HashSet::new()).await?;
+        let pulled = pulled.get(&(repo.as_str().to_string(), m.digest.clone())).map(|s| pulls::time_of(*s));
         Ok(Some(TagRow {
             tag: tag.as_str().to_string(),
             media_type: m.media_type,
-            digest,
+            digest: m.digest,
             size,
             platforms,
             pushed,
@@ -355,12 +360,7 @@ impl Registry {
                 platform: platforms.get(&c.digest.to_string()).cloned(),
             })
             .collect();
-        let mut tags = Vec::new();
-        for tag in self.all_tags(repo).await? {
-            if self.read_link(&paths::tag_current_link(repo, &tag)).await?.as_ref() == Some(&m.digest) {
-                tags.push(tag.as_str().to_string());
-            }
-        }
+        let tags = self.tags_naming(repo, &m.digest).await?;
         let referrers = self.referrers(&super::Namespace::Local, repo, &m.digest, None).await?;
         let annotations = parsed
             .annotations
@@ -407,6 +407,22 @@ impl Registry {
     pub fn layer_indexes_enabled(&self) -> bool {
         self.index_key.is_some()
     }
+}
+
+/// Bytes of manifest `m` itself and of the blobs it names that `seen`
+/// does not hold yet, and its children; nothing if `seen` holds `m`.
+fn count_once(m: &StoredManifest, seen: &mut HashSet<Digest>) -> Result<(u64, Vec<Digest>)> {
+    if !seen.insert(m.digest.clone()) {
+        return Ok((0, Vec::new()));
+    }
+    let parsed = Manifest::parse_stored(&m.body)?;
+    let mut size = m.body.len() as u64;
+    for b in parsed.blobs {
+        if seen.insert(b.digest) {
+            size += b.size.max(0) as u64;
+        }
+    }
+    Ok((size, parsed.children.into_iter().map(|c| c.digest).collect()))
 }
 
 fn is_image_config(media_type: &str) -> bool {

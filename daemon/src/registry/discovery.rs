@@ -75,9 +75,10 @@ impl Registry {
         Ok(paginate(all, n, last, usize::MAX))
     }
 
-    /// All repositories: directories under `repositories/` that have a
-    /// `_manifests` directory, found by walking the tree like registry:2.
-    pub async fn catalog(&self, n: Option<usize>, last: Option<&str>) -> Result<Page> {
+    /// Every repository, sorted: directories under `repositories/` that
+    /// have a `_manifests` directory, found by walking the tree like
+    /// registry:2.
+    pub(super) async fn repository_names(&self) -> Result<Vec<String>> {
         let prefix = format!("{}/", paths::repositories());
         let mut found: Vec<String> = self
             .repository_tree()
@@ -87,7 +88,12 @@ impl Registry {
             .filter_map(|(dir, _)| dir.strip_prefix(&prefix).map(str::to_string))
             .collect();
         found.sort();
-        Ok(paginate(found, n, last, MAX_CATALOG_PAGE))
+        Ok(found)
+    }
+
+    /// A page of [`Registry::repository_names`].
+    pub async fn catalog(&self, n: Option<usize>, last: Option<&str>) -> Result<Page> {
+        Ok(paginate(self.repository_names().await?, n, last, MAX_CATALOG_PAGE))
     }
 
     /// Manifests in `repo` whose `subject` is `subject`, optionally only

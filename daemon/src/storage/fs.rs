@@ -54,26 +54,23 @@ impl StorageDriver for FsDriver {
     }
 
     async fn get_content(&self, path: &str) -> Result<Bytes> {
-        use std::io::Read;
         let full = self.full(path)?;
         // Small objects (links, manifests, configs) are read where the
         // request runs: from the page cache that costs less than the hop
         // to the blocking pool and back that tokio's file calls make, and
         // it is the pull hot path. Larger ones are read on the pool.
         let io = |e| StorageError::io(path, e);
-        let mut f = std::fs::File::open(&full).map_err(io)?;
+        let f = std::fs::File::open(&full).map_err(io)?;
         let len = f.metadata().map_err(io)?.len();
-        if len <= INLINE_READ {
+        let read_all = move || {
             let mut buf = Vec::with_capacity(len as usize + 1);
-            f.read_to_end(&mut buf).map_err(io)?;
-            return Ok(Bytes::from(buf));
-        }
-        blocking(path, move || {
-            let mut buf = Vec::with_capacity(len as usize + 1);
-            f.read_to_end(&mut buf)?;
+            std::io::Read::read_to_end(&mut &f, &mut buf)?;
             Ok(Bytes::from(buf))
-        })
-        .await
+        };
+        if len <= INLINE_READ {
+            return read_all().map_err(io);
+        }
+        blocking(path, read_all).await
     }
 
     async fn put_content(&self, path: &str, content: Bytes) -> Result<()> {

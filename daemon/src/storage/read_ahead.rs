@@ -20,9 +20,8 @@ pub fn stream(f: std::fs::File, offset: u64, size: u64) -> ByteStream {
     let first = (offset < size).then(|| crate::fill::read_at(f.clone(), offset, chunk(offset)));
     futures_util::stream::unfold((f, offset, first), move |(f, pos, pending)| async move {
         let bytes = match pending?.await {
-            Ok(Ok(b)) => b,
-            Ok(Err(e)) => return Some((Err(e), (f, size, None))),
-            Err(e) => return Some((Err(std::io::Error::other(e)), (f, size, None))),
+            Ok(b) => b,
+            Err(e) => return Some((Err(e), (f, size, None))),
         };
         if bytes.is_empty() {
             // Shorter than when it was opened: the reader sees the end.

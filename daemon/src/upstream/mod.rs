@@ -314,16 +314,14 @@ impl Upstream {
         let mirror = crate::metrics::MirrorLabels { mirror: self.cfg.name.clone() };
         m.upstream_requests.get_or_create(&mirror).inc();
         m.upstream_duration.get_or_create(&mirror).observe(started.elapsed().as_secs_f64());
-        match res {
-            Err(e) => {
-                m.upstream_errors.get_or_create(&mirror).inc();
-                self.activity.failed(e.to_string());
-            }
-            Ok(r) if r.status().is_server_error() => {
-                m.upstream_errors.get_or_create(&mirror).inc();
-                self.activity.failed(format!("{} answered {}", self.cfg.url, r.status()));
-            }
-            Ok(_) => {}
+        let failure = match res {
+            Err(e) => Some(e.to_string()),
+            Ok(r) if r.status().is_server_error() => Some(format!("{} answered {}", self.cfg.url, r.status())),
+            Ok(_) => None,
+        };
+        if let Some(message) = failure {
+            m.upstream_errors.get_or_create(&mirror).inc();
+            self.activity.failed(message);
         }
     }
 

@@ -567,6 +567,43 @@ pub fn http_get(url: &str) -> HttpResponse {
     http("GET", url, &[]).unwrap_or_else(|e| panic!("{e}"))
 }
 
+/// Uploads `data` as a blob of `repo` in one request; returns its digest.
+pub fn upload_blob(base: &str, repo: &str, data: &[u8]) -> String {
+    let d = crate::common::sha256(data);
+    let url = format!("{base}/v2/{repo}/blobs/uploads/?digest={d}");
+    let r = http_with_body("POST", &url, &[("content-type", "application/octet-stream")], data.to_vec()).unwrap();
+    assert_eq!(r.status, 201, "upload: {}", String::from_utf8_lossy(&r.body));
+    d
+}
+
+/// Pushes by digest an artifact of `artifact_type` with one layer
+/// (`layer`: media type and bytes) whose subject is `subject` (a manifest
+/// of `repo`: digest and size), as signers and SBOM tools do; returns its
+/// digest.
+pub fn push_artifact(
+    base: &str,
+    repo: &str,
+    artifact_type: &str,
+    layer: (&str, &[u8]),
+    subject: (&str, usize),
+) -> String {
+    let (empty, payload) = (upload_blob(base, repo, b"{}"), upload_blob(base, repo, layer.1));
+    let body = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": OCI_MANIFEST,
+        "artifactType": artifact_type,
+        "config": {"mediaType": "application/vnd.oci.empty.v1+json", "digest": empty, "size": 2},
+        "layers": [{"mediaType": layer.0, "digest": payload, "size": layer.1.len()}],
+        "subject": {"mediaType": OCI_MANIFEST, "digest": subject.0, "size": subject.1},
+    })
+    .to_string();
+    let d = crate::common::sha256(body.as_bytes());
+    let url = format!("{base}/v2/{repo}/manifests/{d}");
+    let r = http_with_body("PUT", &url, &[("content-type", OCI_MANIFEST)], body.into_bytes()).unwrap();
+    assert_eq!(r.status, 201, "artifact push: {}", String::from_utf8_lossy(&r.body));
+    d
+}
+
 /// `GET /v2/<repo>/tags/list`, tags sorted.
 pub fn tags_list(base_url: &str, repo: &str) -> Vec<String> {
     let r = http_get(&format!("{base_url}/v2/{repo}/tags/list"));
