@@ -17,7 +17,7 @@
 //!   it ended.
 
 use crate::digest::{Digest, Hasher};
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use futures_util::{Stream, StreamExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -306,22 +306,40 @@ impl Producer {
             p.total = total.or(p.total);
             p.begun = true;
         });
-        let (batches, mut rx) = tokio::sync::mpsc::channel::<Bytes>(4);
+        // A batch is the source's own chunks, up to WRITE_BATCH bytes: the
+        // writer hands them to the kernel as they came, without copying
+        // them into one buffer first.
+        let (batches, mut rx) = tokio::sync::mpsc::channel::<Vec<Bytes>>(4);
         let progress = self.tx.clone();
         let writer = tokio::task::spawn_blocking(move || -> std::io::Result<(std::fs::File, u64)> {
             use std::io::Write;
             let mut file = file;
             let mut written = 0u64;
             while let Some(batch) = rx.blocking_recv() {
-                file.write_all(&batch)?;
-                written += batch.len() as u64;
+                // One `writev` for the batch (more only when the kernel
+                // takes part of it).
+                let mut slices: Vec<std::io::IoSlice> = batch.iter().map(|c| std::io::IoSlice::new(c)).collect();
+                let mut left = &mut slices[..];
+                while !left.is_empty() {
+                    // (std passes at most IOV_MAX slices per call.)
+                    match file.write_vectored(left) {
+                        Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
+                        Ok(n) => {
+                            written += n as u64;
+                            std::io::IoSlice::advance_slices(&mut left, n);
+                        }
+                        Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                        Err(e) => return Err(e),
+                    }
+                }
                 progress.send_modify(|p| p.written = written);
             }
             file.flush()?;
             Ok((file, written))
         });
         let mut hasher = Hasher::new(digest.algorithm());
-        let mut pending = BytesMut::with_capacity(WRITE_BATCH);
+        let mut pending: Vec<Bytes> = Vec::new();
+        let mut pending_len = 0;
         let mut read = 0u64;
         let fetched: Result<(), FillError> = async {
             while let Some(chunk) = source.next().await {
@@ -335,13 +353,17 @@ impl Producer {
                     )));
                 }
                 hasher.update(&chunk);
-                pending.extend_from_slice(&chunk);
-                if pending.len() >= WRITE_BATCH && batches.send(pending.split().freeze()).await.is_err() {
-                    break; // the writer failed; its error is reported below
+                pending_len += chunk.len();
+                pending.push(chunk);
+                if pending_len >= WRITE_BATCH {
+                    pending_len = 0;
+                    if batches.send(std::mem::take(&mut pending)).await.is_err() {
+                        break; // the writer failed; its error is reported below
+                    }
                 }
             }
             if !pending.is_empty() {
-                let _ = batches.send(pending.split().freeze()).await;
+                let _ = batches.send(pending).await;
             }
             Ok(())
         }
@@ -418,6 +440,20 @@ mod tests {
             assert!(got.is_err(), "the reader sees an error, not a clean end");
             assert!(matches!(res, Err(FillError::Mismatch(_))), "{res:?}");
         }
+    }
+
+    /// A source of tiny chunks fills write batches of more slices than one
+    /// `writev` takes (IOV_MAX): every byte still lands, in order.
+    #[tokio::test]
+    async fn a_source_of_tiny_chunks_is_written_whole() {
+        let data: Vec<u8> = (0..600_000u32).map(|i| (i % 241) as u8).collect();
+        let chunks: Vec<std::io::Result<Bytes>> = data.chunks(100).map(|c| Ok(Bytes::copy_from_slice(c))).collect();
+        let dir = tempfile::tempdir().unwrap();
+        let tmp = dir.path().join("fill");
+        let (_fill, producer) = Fill::new(tmp.clone(), None);
+        let d = Digest::sha256_of(&data);
+        producer.download(futures_util::stream::iter(chunks), &d, Some(data.len() as u64), &tmp).await.unwrap();
+        assert_eq!(std::fs::read(&tmp).unwrap(), data);
     }
 
     /// A reader that does not read does not hold the download back.

@@ -42,6 +42,8 @@ pub enum ClientError {
     Status { status: u16, body: String },
     #[error("index is not valid JSON: {0}")]
     IndexJson(#[source] serde_json::Error),
+    #[error("prefetch list is not valid JSON: {0}")]
+    PrefetchJson(#[source] serde_json::Error),
     #[error("invalid layer index: {0}")]
     BadIndex(String),
     #[error("berthd sent the index of {got} for {want}")]
@@ -183,21 +185,68 @@ impl Berthd {
             req = req.header(hyper::header::ACCEPT, accept);
         }
         let req = req.body(Empty::<Bytes>::new()).map_err(ClientError::Request)?;
-        let resp = match &self.target {
+        self.send(req).await
+    }
+
+    /// Connects and sends `req`; the answer's body is still to be read.
+    async fn send<B>(&self, req: hyper::Request<B>) -> Result<hyper::Response<Incoming>, ClientError>
+    where
+        B: hyper::body::Body + Send + 'static,
+        B::Data: Send,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        match &self.target {
             Target::Tcp(addr) => {
                 let s = tokio::net::TcpStream::connect(addr)
                     .await
                     .map_err(|source| ClientError::Unreachable { target: addr.clone(), source })?;
-                send(TokioIo::new(s), req).await?
+                send(TokioIo::new(s), req).await
             }
             Target::Unix(p) => {
                 let s = tokio::net::UnixStream::connect(p)
                     .await
                     .map_err(|source| ClientError::Unreachable { target: p.display().to_string(), source })?;
-                send(TokioIo::new(s), req).await?
+                send(TokioIo::new(s), req).await
+            }
+        }
+    }
+
+    /// The layer's prefetch list: the chunk numbers a first start read, in
+    /// the order it read them; `None` when none is recorded yet.
+    pub async fn prefetch_list(&self, layer: &LayerRef) -> Result<Option<Vec<u32>>, ClientError> {
+        let (status, body) = self.get(&layer.path("prefetch"), None).await?;
+        match status {
+            200 => {
+                let list: PrefetchList = serde_json::from_slice(&body).map_err(ClientError::PrefetchJson)?;
+                Ok(Some(list.chunks))
+            }
+            404 => Ok(None),
+            _ => Err(ClientError::Status { status, body: String::from_utf8_lossy(&body).into_owned() }),
+        }
+    }
+
+    /// Records the layer's prefetch list (berthd checks it against the index).
+    pub async fn put_prefetch_list(&self, layer: &LayerRef, chunks: Vec<u32>) -> Result<(), ClientError> {
+        let host = match &self.target {
+            Target::Tcp(h) => h.clone(),
+            Target::Unix(_) => "localhost".to_string(),
+        };
+        let body = serde_json::to_vec(&PrefetchList { chunks }).expect("a list serializes");
+        let req = hyper::Request::put(layer.path("prefetch"))
+            .header(hyper::header::HOST, host)
+            .header(hyper::header::CONTENT_TYPE, "application/json")
+            .body(http_body_util::Full::new(Bytes::from(body)))
+            .map_err(ClientError::Request)?;
+        let fut = async {
+            let resp = self.send(req).await?;
+            let status = resp.status().as_u16();
+            let body = resp.into_body().collect().await.map_err(ClientError::BadBody)?.to_bytes();
+            match status {
+                200..=299 => Ok(()),
+                _ => Err(ClientError::Status { status, body: String::from_utf8_lossy(&body).into_owned() }),
             }
         };
-        Ok(resp)
+        tokio::time::timeout(self.timeout, fut).await.map_err(|_| ClientError::Timeout(self.timeout))?
     }
 
     /// The layer's index, validated.
@@ -267,9 +316,18 @@ impl Streaming {
     }
 }
 
-async fn send<IO>(io: IO, req: hyper::Request<Empty<Bytes>>) -> Result<hyper::Response<Incoming>, ClientError>
+/// berthd's prefetch list format (its `registry/prefetch.rs`).
+#[derive(serde::Serialize, serde::Deserialize)]
+struct PrefetchList {
+    chunks: Vec<u32>,
+}
+
+async fn send<IO, B>(io: IO, req: hyper::Request<B>) -> Result<hyper::Response<Incoming>, ClientError>
 where
     IO: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+    B: hyper::body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     let (mut sender, conn) = hyper::client::conn::http1::handshake(io).await.map_err(ClientError::Handshake)?;
     tokio::spawn(conn);

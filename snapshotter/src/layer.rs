@@ -103,7 +103,7 @@ impl Default for Guards {
 /// end, so one 2 MiB request reads the compressed layer once where chunk
 /// by chunk requests could read a span from storage twice or more. A slow
 /// `rate` shortens runs to what it allows in a second, down to one chunk.
-const FILL_RUN: usize = 4;
+pub const FILL_RUN: usize = 4;
 
 pub struct Layer {
     pub index: LayerIndex,
@@ -127,6 +127,17 @@ pub struct Layer {
     headers_checked: Mutex<HashSet<u64>>,
     /// Whether a chunk could not be kept for lack of space (logged once).
     disk_short: std::sync::atomic::AtomicBool,
+    /// The chunks container reads fetched, in order, while this mount
+    /// records the layer's prefetch list ([`crate::prefetch`]).
+    recording: Mutex<Option<Recording>>,
+}
+
+/// What a mount records for the layer's prefetch list.
+#[derive(Default, Debug)]
+pub struct Recording {
+    pub chunks: Vec<u32>,
+    /// When the last chunk was added.
+    pub last: Option<Instant>,
 }
 
 /// Beside the chunks: why the layer was refused.
@@ -160,6 +171,7 @@ impl Layer {
             failed: Mutex::default(),
             headers_checked: Mutex::default(),
             disk_short: Default::default(),
+            recording: Mutex::default(),
         })
     }
 
@@ -187,6 +199,11 @@ impl Layer {
     fn chunk_len(&self, i: usize) -> u64 {
         let start = i as u64 * self.index.chunk_size;
         self.index.chunk_size.min(self.index.size - start)
+    }
+
+    /// Whether chunk `i` is on disk.
+    pub fn has_chunk(&self, i: usize) -> bool {
+        self.chunk_path(i).exists()
     }
 
     /// Chunks already on disk.
@@ -242,6 +259,12 @@ impl Layer {
 
     async fn fetch(&self, i: usize) -> Result<Vec<u8>, ReadError> {
         let _waits = self.reads.enter();
+        if let Some(r) = self.recording.lock().unwrap().as_mut() {
+            if !r.chunks.contains(&(i as u32)) {
+                r.chunks.push(i as u32); // a failed fetch may be asked again
+            }
+            r.last = Some(Instant::now());
+        }
         let start = i as u64 * self.index.chunk_size;
         let asked = std::time::Instant::now();
         let body = self.berthd.range(&self.layer, start, self.chunk_len(i)).await?;
@@ -296,6 +319,34 @@ impl Layer {
         if !self.disk_short.swap(true, std::sync::atomic::Ordering::Relaxed) {
             tracing::error!(layer = %self.layer.digest, dir = %self.dir.display(), "cannot keep chunks on disk ({why}); reads are served from berthd and the background fill waits for space");
         }
+    }
+
+    /// Starts recording the chunks container reads fetch.
+    pub fn record(&self) {
+        *self.recording.lock().unwrap() = Some(Recording::default());
+    }
+
+    /// What was recorded so far (`None`: not recording).
+    pub fn recorded(&self) -> Option<(usize, Option<Instant>)> {
+        self.recording.lock().unwrap().as_ref().map(|r| (r.chunks.len(), r.last))
+    }
+
+    /// Stops recording; returns what was recorded.
+    pub fn take_recording(&self) -> Option<Recording> {
+        self.recording.lock().unwrap().take()
+    }
+
+    /// The layer as berthd names it, and the client to reach it.
+    pub fn source(&self) -> (&Berthd, &LayerRef) {
+        (&self.berthd, &self.layer)
+    }
+
+    /// Fetches the missing chunks among `first..first + n` ahead of the
+    /// container's reads (a prefetch list's run): like a read, it makes the
+    /// node's background fills wait.
+    pub async fn fetch_ahead(&self, first: usize, n: usize) -> Result<(usize, u64), ReadError> {
+        let _waits = self.reads.enter();
+        self.fetch_run(first, n).await
     }
 
     /// Fetches the missing chunks among `first..first + n` with one request

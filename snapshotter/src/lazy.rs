@@ -320,6 +320,7 @@ pub fn serve_mount(lazy: &Path, mountpoint: &Path) -> Result<()> {
             .map_err(Error::io(format!("cannot create {}", lazy.join("chunks").display())))?,
     );
     rt.spawn(layer.clone().fill(spec.fill_rate));
+    rt.spawn(crate::prefetch::run(layer.clone()));
     // Counts for `serve --metrics-address`, which sums every mount's file;
     // a layer mounted again goes on from its earlier counts.
     crate::stats::resume(lazy);

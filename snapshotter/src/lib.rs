@@ -30,6 +30,7 @@ pub mod lazyfs;
 pub mod metrics;
 pub mod mounts;
 pub mod node_fill;
+pub mod prefetch;
 pub mod pull;
 pub mod server;
 pub mod snapshots;

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Lazy container start benchmark (issue 9): CRI PullImage + first output,
-# berth-snapshotter lazy vs normal, S3 (SeaweedFS) behind 100 and 20 Mbit/s.
+# berth-snapshotter lazy vs normal, S3 (SeaweedFS) behind 100 Mbit/s with 0, 20 and 50 ms added RTT.
 # Usage: bash tests/bench/lazy.sh   (root; about 12-15 minutes on 2 cores)
-#   BENCH_RUNS (default 3), BENCH_MBITS (default 100,20), BENCH_BIG_MIB
+#   BENCH_RUNS (default 3), BENCH_LINKS (default 100/0,100/20,100/50: Mbit/s / added RTT ms), BENCH_BIG_MIB
 #   (default 200), BENCH_FILL_RATE, BENCH_DEBIAN_TAR tune it
 #   (tests/benches/lazy_start.rs).
 # Rewrites the "Lazy container start" section at the end of

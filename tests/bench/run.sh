@@ -24,8 +24,7 @@ out=$PWD/target/bench
 mkdir -p "$out"
 export BENCH_OUT=$out
 cargo bench --locked -p berth-tests --bench registry
-cargo bench --locked -p berth-tests --bench s3_cache | tee "$out/s3.txt"
-grep '^|' "$out/s3.txt" > "$out/s3.md"
+cargo bench --locked -p berth-tests --bench s3_cache # writes $out/s3.md
 cargo bench --locked -p berth-tests --bench gc | tee "$out/gc.txt"
 grep '^|' "$out/gc.txt" > "$out/gc.md"
 bash tests/bench/lazy.sh --no-docs

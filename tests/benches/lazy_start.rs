@@ -1,21 +1,24 @@
 //! Benchmark: container start time — CRI `PullImage` plus the first output
 //! of `ctr run` — with berth-snapshotter's lazy layers against a normal
 //! pull, berthd's storage an S3 server (SeaweedFS) behind a link throttled
-//! to 100 Mbit/s and to 20 Mbit/s.
+//! to 100 Mbit/s, with 0, 20 and 50 ms of added round-trip time.
 //!
 //! * SeaweedFS runs in a network namespace this benchmark makes
 //!   (`berth-lazybench`, a veth pair 10.250.77.1 ↔ 10.250.77.2) with a
 //!   `tc tbf` qdisc on its side of the pair: everything S3 sends is shaped.
 //!   berthd, containerd and berth-snapshotter run in the host namespace.
+//!   Round-trip time is added by a relay in front of S3
+//!   ([`support_e2e::latency`]): this kernel has no `netem`.
 //! * Normal and lazy use the same berth-snapshotter binary; the normal runs
 //!   give it `lazy: false` (`--config`), so laziness is the only difference.
 //! * Every run is cold: a new berthd with an empty node cache, a new
 //!   snapshotter root and a new containerd root. The layers' seek indexes
 //!   are built once, before any timing (unthrottled).
-//! * Two images: the 200 MiB three-layer busybox image of the snapshotter
-//!   tests (`cat /etc/motd`), and a Debian bookworm minbase root file system
+//! * Three images: the 200 MiB three-layer busybox image of the snapshotter
+//!   tests (`cat /etc/motd`), a Debian bookworm minbase root file system
 //!   made by `mmdebstrap`, one layer as Debian's own images have
-//!   (`cat /etc/os-release`).
+//!   (`cat /etc/os-release`), and the same with Debian's `python3`
+//!   (`python3 -c 'import json, http.server'`).
 //!
 //! Needs root (network namespace, tc, containerd, FUSE). Run it with
 //! `bash tests/bench/lazy.sh` (installs what it needs, builds release
@@ -23,12 +26,14 @@
 //! `cargo bench -p berth-tests --bench lazy_start` after
 //! `cargo build --release -p berthd -p berth-snapshotter`.
 //!
-//! `BENCH_RUNS` (default 3) repetitions per cell, `BENCH_MBITS` (default
-//! `100,20`), `BENCH_BIG_MIB` (default 200), `BENCH_FILL_RATE` (bytes/s for
+//! `BENCH_RUNS` (default 3) repetitions per cell, `BENCH_LINKS` (default
+//! `100/0,100/20,100/50`: Mbit/s and added round-trip ms), `BENCH_BIG_MIB`
+//! (default 200), `BENCH_FILL_RATE` (bytes/s for
 //! the lazy runs; default: the snapshotter's default, 8 MiB/s),
 //! `BENCH_DEBIAN_TAR` (a root file system tarball to use instead of running
 //! mmdebstrap; by default mmdebstrap's output is kept as
-//! `$BENCH_OUT/debian-bookworm-minbase.tar` and reused). Writes
+//! `$BENCH_OUT/debian-bookworm-minbase.tar` and reused, likewise
+//! `BENCH_PYTHON_TAR` and `debian-bookworm-python3.tar`). Writes
 //! `$BENCH_OUT/lazy.md` (default `target/bench`).
 
 use berth_tests::common;
@@ -36,20 +41,17 @@ use berth_tests::support_e2e;
 use berth_tests::support_s3;
 
 use common::{require_tool, run, Berthd};
-use std::io::{BufRead, BufReader, Read};
+use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 use support_e2e::containerd::{Containerd, MIRROR_HOST};
+use support_e2e::latency::LatencyRelay;
+use support_e2e::netns::ShapedLink;
 use support_e2e::snapshotter::{cri_config, cri_pull, SnapshotterProc};
-use support_e2e::{build_layered_image, free_port, http_get, Layout, Skopeo};
-use support_s3::{Seaweed, ACCESS_KEY, BUCKET, SECRET_KEY};
+use support_e2e::{build_layered_image, http_get, Layout, Skopeo};
+use support_s3::Seaweed;
 
-const NS: &str = "berth-lazybench";
-const VETH_HOST: &str = "blb-host";
-const VETH_NS: &str = "blb-s3";
-const HOST_IP: &str = "10.250.77.1";
-const NS_IP: &str = "10.250.77.2";
 /// berth-snapshotter's default background fill rate (snapshotter/src/config.rs).
 const DEFAULT_FILL_RATE: u64 = 8 << 20;
 const MIB: f64 = 1024.0 * 1024.0;
@@ -64,189 +66,10 @@ fn median(v: &[f64]) -> f64 {
     v[v.len() / 2]
 }
 
-/// Runs `args` (the program first), ignoring failure.
-fn quiet(args: &[&str]) {
-    let _ = Command::new(args[0]).args(&args[1..]).stdout(Stdio::null()).stderr(Stdio::null()).status();
-}
-
-fn sh(args: &[&str]) -> String {
-    run(Command::new(args[0]).args(&args[1..]))
-}
-
 // ---------------------------------------------------------------------------
 // The throttled network namespace and SeaweedFS in it
 // ---------------------------------------------------------------------------
 
-/// The namespace and veth pair; both removed on drop.
-struct Netns;
-
-impl Netns {
-    fn create() -> Netns {
-        Netns::remove(); // what a killed earlier run left
-        sh(&["ip", "netns", "add", NS]);
-        let ns = Netns;
-        sh(&["ip", "link", "add", VETH_HOST, "type", "veth", "peer", "name", VETH_NS, "netns", NS]);
-        sh(&["ip", "addr", "add", &format!("{HOST_IP}/30"), "dev", VETH_HOST]);
-        sh(&["ip", "link", "set", VETH_HOST, "up"]);
-        sh(&["ip", "netns", "exec", NS, "ip", "addr", "add", &format!("{NS_IP}/30"), "dev", VETH_NS]);
-        sh(&["ip", "netns", "exec", NS, "ip", "link", "set", VETH_NS, "up"]);
-        sh(&["ip", "netns", "exec", NS, "ip", "link", "set", "lo", "up"]);
-        ns
-    }
-
-    fn remove() {
-        quiet(&["ip", "netns", "del", NS]);
-        quiet(&["ip", "link", "del", VETH_HOST]);
-    }
-
-    /// Shapes what the namespace sends (S3 responses) to `mbit` Mbit/s;
-    /// 0 removes the limit.
-    fn limit(&self, mbit: u64) {
-        if mbit == 0 {
-            quiet(&["ip", "netns", "exec", NS, "tc", "qdisc", "del", "dev", VETH_NS, "root"]);
-            return;
-        }
-        let rate = format!("{mbit}mbit");
-        let tc = ["ip", "netns", "exec", NS, "tc", "qdisc", "replace", "dev", VETH_NS, "root", "tbf", "rate"];
-        sh(&[&tc[..], &[rate.as_str(), "burst", "128kb", "latency", "100ms"]].concat());
-    }
-
-    /// Bytes the host has received from the namespace so far.
-    fn rx_bytes(&self) -> u64 {
-        let p = format!("/sys/class/net/{VETH_HOST}/statistics/rx_bytes");
-        std::fs::read_to_string(p).unwrap().trim().parse().unwrap()
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        Netns::remove();
-    }
-}
-
-/// `weed mini` inside the namespace, listening on its veth address.
-struct NsWeed {
-    child: Option<Child>,
-    dir: tempfile::TempDir,
-    ports: Vec<(&'static str, u16)>,
-}
-
-impl NsWeed {
-    fn start(_ns: &Netns) -> NsWeed {
-        require_tool("weed");
-        let dir = tempfile::Builder::new().prefix("berth-weed").tempdir().unwrap();
-        for d in ["data", "log"] {
-            std::fs::create_dir_all(dir.path().join(d)).unwrap();
-        }
-        let identities = dir.path().join("identities.json");
-        std::fs::write(
-            &identities,
-            format!(
-                r#"{{"identities":[{{"name":"berth","credentials":[{{"accessKey":"{ACCESS_KEY}","secretKey":"{SECRET_KEY}"}}],"actions":["Admin","Read","Write","List","Tagging"]}}]}}"#
-            ),
-        )
-        .unwrap();
-        // The namespace has every port free, but weed names unix sockets in
-        // the shared /tmp after its ports: ports free on the host avoid a
-        // clash with a test's weed there.
-        let mut ports: Vec<(&'static str, u16)> = [
-            "master.port",
-            "master.port.grpc",
-            "volume.port",
-            "volume.port.grpc",
-            "filer.port",
-            "filer.port.grpc",
-            "s3.port",
-            "s3.port.grpc",
-            "metricsPort",
-        ]
-        .iter()
-        .map(|k| (*k, free_port()))
-        .collect();
-        let admin = loop {
-            let p = free_port();
-            if p < 55000 && std::net::TcpListener::bind(("127.0.0.1", p + 10000)).is_ok() {
-                break p;
-            }
-        };
-        ports.push(("admin.port", admin));
-        ports.push(("admin.port.grpc", admin + 10000));
-        let d = dir.path();
-        let mut cmd = Command::new("ip");
-        cmd.args(["netns", "exec", NS, "weed"])
-            .arg(format!("-logdir={}", d.join("log").display()))
-            .arg("mini")
-            .arg(format!("-dir={}", d.join("data").display()))
-            .arg(format!("-ip={NS_IP}"))
-            .arg("-ip.bind=0.0.0.0");
-        for (k, p) in &ports {
-            cmd.arg(format!("-{k}={p}"));
-        }
-        cmd.args([
-            "-s3.port.iceberg=0",
-            "-s3.port.lance=0",
-            "-webdav=false",
-            "-admin.ui=false",
-            "-master.telemetry=false",
-            "-volume.preStopSeconds=0",
-            "-s3.autoCreateBucket=false",
-        ])
-        .arg(format!("-s3.config={}", identities.display()))
-        .arg(format!("-bucket={BUCKET}"))
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-        let mut child = cmd.spawn().expect("spawn weed mini in the namespace");
-        let (tx, rx) = std::sync::mpsc::channel();
-        for stream in
-            [Box::new(child.stderr.take().unwrap()) as Box<dyn Read + Send>, Box::new(child.stdout.take().unwrap())]
-        {
-            let tx = tx.clone();
-            std::thread::spawn(move || {
-                for line in BufReader::new(stream).lines().map_while(Result::ok) {
-                    if line.contains("ready to use") {
-                        let _ = tx.send(());
-                    }
-                }
-            });
-        }
-        let mut w = NsWeed { child: Some(child), dir, ports };
-        let deadline = Instant::now() + Duration::from_secs(90);
-        while rx.recv_timeout(Duration::from_millis(200)).is_err() {
-            let exited = matches!(w.child.as_mut().unwrap().try_wait(), Ok(Some(_)));
-            assert!(
-                !exited && Instant::now() < deadline,
-                "SeaweedFS in the namespace did not start; logs in {}",
-                w.dir.path().join("log").display()
-            );
-        }
-        // Signed requests can still fail for a moment after "ready".
-        std::thread::sleep(Duration::from_millis(700));
-        w
-    }
-
-    fn endpoint(&self) -> String {
-        let s3 = self.ports.iter().find(|(k, _)| *k == "s3.port").unwrap().1;
-        format!("http://{NS_IP}:{s3}")
-    }
-}
-
-impl Drop for NsWeed {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-        for (_, p) in &self.ports {
-            for kind in ["master", "volume", "filer", "s3"] {
-                let _ = std::fs::remove_file(format!("/tmp/seaweedfs-{kind}-{p}.sock"));
-            }
-        }
-    }
-}
-
-/// A berthd node on the bucket behind the throttled link, with an empty
-/// node cache.
 fn node(endpoint: &str) -> Berthd {
     let dir = tempfile::tempdir().unwrap();
     let cache = dir.path().join("cache");
@@ -305,33 +128,74 @@ fn large_image(work: &Path, big_mib: u64) -> Image {
     }
 }
 
-/// Debian's root file system as a tarball: `$BENCH_DEBIAN_TAR`, or
-/// mmdebstrap's minbase output, kept in `out` for the next run.
-fn debian_tar(out: &Path) -> PathBuf {
-    if let Ok(p) = std::env::var("BENCH_DEBIAN_TAR") {
+/// A Debian bookworm root file system as a tarball: `$env_var`, or
+/// mmdebstrap's minbase output with `include`d packages, kept in `out` as
+/// `name.tar` for the next run.
+fn debian_tar(out: &Path, env_var: &str, name: &str, include: &str) -> PathBuf {
+    if let Ok(p) = std::env::var(env_var) {
         return PathBuf::from(p);
     }
-    let tar = out.join("debian-bookworm-minbase.tar");
+    let tar = out.join(format!("{name}.tar"));
     if tar.is_file() {
         return tar;
     }
-    let tmp = out.join("debian-bookworm-minbase.tar.part");
-    eprintln!("lazy_start: mmdebstrap --variant=minbase bookworm (about a minute, once)");
-    run(Command::new(require_tool("mmdebstrap"))
-        .args(["--variant=minbase", "--mode=root", "--format=tar", "bookworm"])
-        .arg(&tmp)
-        .stdin(Stdio::null()));
+    let tmp = out.join(format!("{name}.tar.part"));
+    eprintln!("lazy_start: mmdebstrap --variant=minbase bookworm {include} (about a minute, once)");
+    let mut cmd = Command::new(require_tool("mmdebstrap"));
+    cmd.args(["--variant=minbase", "--mode=root", "--format=tar"]);
+    if !include.is_empty() {
+        cmd.arg(format!("--include={include}"));
+    }
+    run(cmd.arg("bookworm").arg(&tmp).stdin(Stdio::null()));
     std::fs::rename(&tmp, &tar).unwrap();
     tar
 }
 
-/// One layer holding the Debian tree (device nodes left out: runtimes
+/// What a Debian image is built from and runs.
+struct DebianSpec {
+    name: &'static str,
+    repo: &'static str,
+    env_var: &'static str,
+    tar_name: &'static str,
+    include: &'static str,
+    cmd: Vec<&'static str>,
+    /// What the command prints, from the unpacked tree.
+    expected: fn(&Path) -> String,
+}
+
+fn debian_minbase() -> DebianSpec {
+    DebianSpec {
+        name: "Debian bookworm minbase",
+        repo: "bench/debian",
+        env_var: "BENCH_DEBIAN_TAR",
+        tar_name: "debian-bookworm-minbase",
+        include: "",
+        cmd: vec!["/bin/cat", "/etc/os-release"],
+        expected: |rootfs| std::fs::read_to_string(rootfs.join("etc/os-release")).expect("/etc/os-release"),
+    }
+}
+
+/// A Python start: the interpreter, its standard library's `json` and
+/// `http.server` (with what they import) read from the image.
+fn debian_python() -> DebianSpec {
+    DebianSpec {
+        name: "Debian bookworm python3",
+        repo: "bench/python",
+        env_var: "BENCH_PYTHON_TAR",
+        tar_name: "debian-bookworm-python3",
+        include: "python3",
+        cmd: vec!["/usr/bin/python3", "-c", "import json, http.server; print('imported')"],
+        expected: |_| "imported\n".to_string(),
+    }
+}
+
+/// One layer holding a Debian tree (device nodes left out: runtimes
 /// mount /dev), made with umoci like the test images.
-fn debian_image(work: &Path, out: &Path) -> Image {
-    let tar = debian_tar(out);
+fn debian_image(work: &Path, out: &Path, spec: DebianSpec) -> Image {
+    let tar = debian_tar(out, spec.env_var, spec.tar_name, spec.include);
     let umoci = require_tool("umoci");
-    let dir = work.join("debian");
-    let bundle = work.join("debian-bundle");
+    let dir = work.join(spec.tar_name);
+    let bundle = work.join(format!("{}-bundle", spec.tar_name));
     let image = format!("{}:latest", dir.display());
     run(Command::new(&umoci).arg("init").arg("--layout").arg(&dir));
     run(Command::new(&umoci).args(["new", "--image", &image]));
@@ -342,7 +206,7 @@ fn debian_image(work: &Path, out: &Path) -> Image {
         .arg(&tar)
         .arg("-C")
         .arg(&rootfs));
-    let expected = std::fs::read_to_string(rootfs.join("etc/os-release")).expect("the tarball has /etc/os-release");
+    let expected = (spec.expected)(&rootfs);
     run(Command::new(&umoci).args(["repack", "--image", &image]).arg(&bundle));
     run(Command::new(&umoci).args(["config", "--image", &image, "--config.cmd=/bin/bash"]));
     run(Command::new(&umoci).arg("gc").arg("--layout").arg(&dir));
@@ -350,16 +214,35 @@ fn debian_image(work: &Path, out: &Path) -> Image {
     let layout = Layout { dir, tag: "latest".into() };
     let (layers, compressed) = manifest_layers(&layout);
     Image {
-        name: "Debian bookworm minbase",
-        repo: "bench/debian",
+        name: spec.name,
+        repo: spec.repo,
         layout,
         layers,
         compressed,
         uncompressed: 0,
         entries: 0,
         index_bytes: 0,
-        cmd: vec!["/bin/cat", "/etc/os-release"],
+        cmd: spec.cmd,
         expected,
+    }
+}
+
+/// Waits (up to 10 s) until the layers of `img` that the first start read
+/// have a prefetch list; returns how many have one. A layer the command
+/// never reads gets none.
+fn wait_prefetch_lists(endpoint: &str, img: &Image) -> usize {
+    let reader = node(endpoint);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let listed = img
+            .layers
+            .iter()
+            .filter(|l| http_get(&format!("{}/v2/{}/_berth/layer/{l}/prefetch", reader.url(), img.repo)).status == 200)
+            .count();
+        if listed == img.layers.len() || Instant::now() > deadline {
+            return listed;
+        }
+        std::thread::sleep(Duration::from_millis(500));
     }
 }
 
@@ -434,7 +317,7 @@ fn start_once(
     img: &Image,
     mode: Mode,
     endpoint: &str,
-    ns: &Netns,
+    ns: &ShapedLink,
     rt: &tokio::runtime::Runtime,
     fill_rate: u64,
     id: &str,
@@ -502,8 +385,21 @@ fn start_once(
 // Report
 // ---------------------------------------------------------------------------
 
-struct Cell {
+/// The link between berthd and S3.
+#[derive(Clone, Copy)]
+struct Link {
     mbit: u64,
+    rtt_ms: u64,
+}
+
+impl std::fmt::Display for Link {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} Mbit/s, +{} ms", self.mbit, self.rtt_ms)
+    }
+}
+
+struct Cell {
+    link: Link,
     image: usize,
     normal: Vec<Sample>,
     lazy: Vec<Sample>,
@@ -531,7 +427,14 @@ fn loadavg() -> String {
         .join(" ")
 }
 
-fn report(images: &[Image], cells: &[Cell], runs: u64, fill_rate: u64, load: (&str, &str)) -> String {
+fn report(
+    images: &[Image],
+    cells: &[Cell],
+    first_starts: &[(f64, usize)],
+    runs: u64,
+    fill_rate: u64,
+    load: (&str, &str),
+) -> String {
     let mut s = String::new();
     let fill = if fill_rate == DEFAULT_FILL_RATE {
         format!("{} MiB/s, the default", fill_rate >> 20)
@@ -543,17 +446,23 @@ fn report(images: &[Image], cells: &[Cell], runs: u64, fill_rate: u64, load: (&s
     s += &format!(
         "Time from CRI `PullImage` until the container's first output (`ctr -n k8s.io run --rm --snapshotter berth \
          IMAGE ID CMD`), berth-snapshotter with lazy layers against the same snapshotter with `lazy: false`; \
-         berthd on SeaweedFS, whose replies cross a veth pair shaped by `tc tbf` in a network namespace. Every \
+         berthd on SeaweedFS, whose replies cross a veth pair shaped by `tc tbf` in a network namespace; \
+         \"+N ms\" is round-trip time added by a relay in front of S3 (`tests/src/support_e2e/latency.rs`; this \
+         kernel has no `netem`), paid by every request and by a new connection's handshake. Every \
          run is cold: new berthd with an empty node cache, new snapshotter root, new containerd root (indexes \
          were built after the push, before timing). Background fill of lazy layers: {fill}, for the node (the \
          layers' fills take turns). \"Fill held back\" runs pass `--fill-rate 1`: the fill fetches one chunk, \
-         then waits for days, so what is fetched is what the container read. Median of {runs} runs.\n\n"
+         then waits for days, so what is fetched is what the container read. Median of {runs} runs. \
+         Before timing, one lazy start of each image on the first link found no prefetch list and recorded one \
+         (as a cluster's first node does); every timed lazy start fetches its list's chunks at mount.\n\n"
     );
-    s += "| image | layers | compressed | uncompressed | files | command | seek indexes (stored) |\n";
-    s += "|---|---|---|---|---|---|---|\n";
-    for img in images {
+    s += "| image | layers | compressed | uncompressed | files | command | seek indexes (stored) | first lazy start, \
+          recording the list: first output (layers listed) |\n";
+    s += "|---|---|---|---|---|---|---|---|\n";
+    for (i, img) in images.iter().enumerate() {
+        let first = first_starts.get(i).map_or("—".to_string(), |(t, listed)| format!("{t:.2} s ({listed})"));
         s += &format!(
-            "| {} | {} | {:.0} MiB | {:.0} MiB | {} | `{}` | {:.2} MiB |\n",
+            "| {} | {} | {:.0} MiB | {:.0} MiB | {} | `{}` | {:.2} MiB | {first} |\n",
             img.name,
             img.layers.len(),
             img.compressed as f64 / MIB,
@@ -571,10 +480,10 @@ fn report(images: &[Image], cells: &[Cell], runs: u64, fill_rate: u64, load: (&s
         let (lp, lf) = (med(&c.lazy, |x| x.pull), med(&c.lazy, |x| x.first_output));
         let hf = med(&c.nofill, |x| x.first_output);
         s += &format!(
-            "| {} | {} Mbit/s | {np:.2} s / **{nf:.2} s** | {lp:.2} s / **{lf:.2} s** | **{:.1}×** | {} | {hf:.2} s | \
+            "| {} | {} | {np:.2} s / **{nf:.2} s** | {lp:.2} s / **{lf:.2} s** | **{:.1}×** | {} | {hf:.2} s | \
              {:.1}× |\n",
             img.name,
-            c.mbit,
+            c.link,
             nf / lf,
             if nf / lf >= 5.0 { "yes" } else { "no" },
             nf / hf
@@ -593,16 +502,16 @@ fn report(images: &[Image], cells: &[Cell], runs: u64, fill_rate: u64, load: (&s
         let chunks = med(&c.lazy, |x| x.fill.unwrap().0) / MIB;
         let link = med(&c.lazy, |x| x.fill.unwrap().1) * 8.0 / 1e6;
         s += &format!(
-            "| {} | {} Mbit/s | {:.1} / {:.1} / {:.1} MiB | {:.1} MiB ({:.1} %) | {chunks:.1} MiB/s / {link:.0} Mbit/s \
+            "| {} | {} | {:.1} / {:.1} / {:.1} MiB | {:.1} MiB ({:.1} %) | {chunks:.1} MiB/s / {link:.0} Mbit/s \
              ({:.0} %) |\n",
             img.name,
-            c.mbit,
+            c.link,
             mb(&c.normal),
             mb(&c.lazy),
             mb(&c.nofill),
             fetched / MIB,
             100.0 * fetched / img.uncompressed as f64,
-            100.0 * link / c.mbit as f64
+            100.0 * link / c.link.mbit as f64
         );
     }
     s += "\nEvery run (seconds to first output): ";
@@ -611,9 +520,9 @@ fn report(images: &[Image], cells: &[Cell], runs: u64, fill_rate: u64, load: (&s
         .map(|c| {
             let list = |v: &[Sample]| v.iter().map(|x| format!("{:.2}", x.first_output)).collect::<Vec<_>>().join(", ");
             format!(
-                "{} at {} Mbit/s: normal {}; lazy {}; fill held back {}",
+                "{} at {}: normal {}; lazy {}; fill held back {}",
                 images[c.image].name,
-                c.mbit,
+                c.link,
                 list(&c.normal),
                 list(&c.lazy),
                 list(&c.nofill)
@@ -661,22 +570,31 @@ fn main() {
     std::fs::create_dir_all(&tmp).unwrap();
     std::env::set_var("TMPDIR", &tmp);
     let runs = env_num("BENCH_RUNS", 3).max(1);
-    let mbits: Vec<u64> = std::env::var("BENCH_MBITS")
-        .unwrap_or_else(|_| "100,20".into())
+    let links: Vec<Link> = std::env::var("BENCH_LINKS")
+        .unwrap_or_else(|_| "100/0,100/20,100/50".into())
         .split(',')
-        .map(|m| m.trim().parse().expect("BENCH_MBITS: comma-separated Mbit/s"))
+        .map(|l| {
+            let (mbit, rtt) = l.trim().split_once('/').unwrap_or((l.trim(), "0"));
+            let num = |v: &str| v.parse().expect("BENCH_LINKS: comma-separated MBIT/RTT_MS, e.g. 100/20");
+            Link { mbit: num(mbit), rtt_ms: num(rtt) }
+        })
         .collect();
     let fill_rate = env_num("BENCH_FILL_RATE", DEFAULT_FILL_RATE);
     let rt = tokio::runtime::Runtime::new().unwrap();
     let bench_started = Instant::now();
+    let mut n = 0;
     let load_start = loadavg();
 
     let work = tempfile::tempdir().unwrap();
-    let mut images = vec![large_image(work.path(), env_num("BENCH_BIG_MIB", 200)), debian_image(work.path(), &out)];
+    let mut images = vec![
+        large_image(work.path(), env_num("BENCH_BIG_MIB", 200)),
+        debian_image(work.path(), &out, debian_minbase()),
+        debian_image(work.path(), &out, debian_python()),
+    ];
     eprintln!("lazy_start: images built ({:.0} s)", bench_started.elapsed().as_secs_f64());
 
-    let ns = Netns::create();
-    let weed = NsWeed::start(&ns);
+    let ns = ShapedLink::create("berth-lazybench", "blb", 77);
+    let weed = Seaweed::start_in(&ns);
     let endpoint = weed.endpoint();
     {
         // Push and index, unthrottled.
@@ -694,11 +612,35 @@ fn main() {
     eprintln!("lazy_start: pushed and indexed ({:.0} s)", bench_started.elapsed().as_secs_f64());
 
     let mut cells = Vec::new();
-    let mut n = 0;
-    for &mbit in &mbits {
-        ns.limit(mbit);
+    let mut first_starts = Vec::new();
+    for &link in &links {
+        ns.limit(link.mbit);
+        // berthd reaches S3 through a relay adding the round trip, or directly.
+        let relay = (link.rtt_ms > 0).then(|| {
+            let target = endpoint.trim_start_matches("http://");
+            LatencyRelay::start(target, Duration::from_millis(link.rtt_ms))
+        });
+        let endpoint = relay.as_ref().map_or(endpoint.clone(), LatencyRelay::url);
+        if first_starts.is_empty() {
+            // The first lazy start of each image finds no prefetch list and
+            // records one, as a cluster's first node does; every timed start
+            // finds it.
+            for img in &images {
+                n += 1;
+                let s = start_once(img, Mode::Lazy, &endpoint, &ns, &rt, fill_rate, &format!("lazybench-rec-{n}"));
+                let listed = wait_prefetch_lists(&endpoint, img);
+                eprintln!(
+                    "lazy_start: {} first start at {link} (records the prefetch list): first output {:.2} s; \
+                     lists for {listed} of {} layers",
+                    img.name,
+                    s.first_output,
+                    img.layers.len()
+                );
+                first_starts.push((s.first_output, listed));
+            }
+        }
         for (i, img) in images.iter().enumerate() {
-            let mut cell = Cell { mbit, image: i, normal: vec![], lazy: vec![], nofill: vec![] };
+            let mut cell = Cell { link, image: i, normal: vec![], lazy: vec![], nofill: vec![] };
             for r in 0..runs {
                 for mode in [Mode::Normal, Mode::Lazy, Mode::LazyNoFill] {
                     n += 1;
@@ -713,7 +655,7 @@ fn main() {
                         format!(", then fill {:.1} MiB/s of chunks, {:.0} Mbit/s over the link", c / MIB, l * 8.0 / 1e6)
                     });
                     eprintln!(
-                        "lazy_start: {} at {mbit} Mbit/s, run {}, {name}: pull {:.2} s, first output {:.2} s, \
+                        "lazy_start: {} at {link}, run {}, {name}: pull {:.2} s, first output {:.2} s, \
                          {:.1} MiB over the link, {:.1} MiB fetched lazily{fill} ({:.0} s in)",
                         img.name,
                         r + 1,
@@ -736,7 +678,7 @@ fn main() {
     ns.limit(0);
     drop(weed);
     drop(ns);
-    let text = report(&images, &cells, runs, fill_rate, (&load_start, &loadavg()));
+    let text = report(&images, &cells, &first_starts, runs, fill_rate, (&load_start, &loadavg()));
     std::fs::write(out.join("lazy.md"), &text).unwrap();
     println!("{text}");
     println!("wrote {} ({:.0} s)", out.join("lazy.md").display(), bench_started.elapsed().as_secs_f64());

@@ -374,6 +374,10 @@ fn main() {
     std::thread::sleep(Duration::from_secs(1));
     for (ti, t) in targets.iter().enumerate() {
         let idle_rss = proc_status_kib(t.pid, "VmRSS:") / 1024.0;
+        // What the process itself allocated, without the pages of its
+        // binary and libraries that it shares with the page cache (which
+        // the kernel can drop and read again at any time).
+        let idle_anon = proc_status_kib(t.pid, "RssAnon:") / 1024.0;
         let mono: Vec<f64> = (0..runs).map(|_| push_monolithic(t, "bench/blob", &blob, &digest)).collect();
         let chunked: Vec<f64> = (0..runs).map(|_| push_chunked(t, "bench/chunked", &blob, &digest, 16 << 20)).collect();
         let pull1: Vec<f64> = (0..runs)
@@ -428,6 +432,7 @@ fn main() {
         ];
         row.extend(manifest);
         row.push(idle_rss);
+        row.push(idle_anon);
         row.push(peak_rss);
         results.push(row);
     }
@@ -529,10 +534,17 @@ fn main() {
         higher_better: false,
     });
     rows.push(Row {
-        what: "resident memory, peak under the loads above".into(),
+        what: "of which anonymous (not the binary's pages), idle".into(),
         unit: "MiB",
         berthd: b[19],
         registry2: r[19],
+        higher_better: false,
+    });
+    rows.push(Row {
+        what: "resident memory, peak under the loads above".into(),
+        unit: "MiB",
+        berthd: b[20],
+        registry2: r[20],
         higher_better: false,
     });
     rows.push(Row {

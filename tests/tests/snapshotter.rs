@@ -1118,3 +1118,90 @@ fn a_stalled_berthd_fails_a_read_within_the_timeout() {
     let out = ctd.ctr_ok(&["run", "--rm", "--snapshotter", "berth", &image, &id, "cat", "/etc/keep"]);
     assert_eq!(out, "kept\n");
 }
+
+/// Whether chunk `i` of `layer` is on disk under the snapshotter's root.
+fn has_chunk(root: &Path, layer: &str, i: usize) -> bool {
+    std::fs::read_dir(root.join("snapshots")).unwrap().flatten().any(|d| {
+        std::fs::read_to_string(d.path().join("lazy/layer.json")).unwrap_or_default().contains(layer)
+            && d.path().join("lazy/chunks").join(i.to_string()).exists()
+    })
+}
+
+/// The first lazy start of an image records which chunks its reads
+/// fetched; a later lazy mount on another node (here a fresh snapshotter
+/// and containerd) fetches them at mount, before any container reads.
+#[test]
+fn a_first_lazy_start_records_a_prefetch_list_that_later_mounts_fetch_at_once() {
+    let img = layered_image();
+    let berthd = Berthd::start("");
+    Skopeo::new().push(&img.layout, &berthd.addr, "app:v1", &[]);
+    let big = &img.layers[1];
+    let mut last = 0;
+    for l in &img.layers {
+        let idx = wait_index(&berthd, "app", l);
+        if l == big {
+            last = idx["chunks"].as_array().unwrap().len() - 1;
+        }
+    }
+    let list_url = format!("{}/v2/app/_berth/layer/{big}/prefetch", berthd.url());
+    let none = http_get(&list_url);
+    assert_eq!(none.status, 404, "{}", String::from_utf8_lossy(&none.body));
+    // A list that does not fit the layer is refused with a clear error.
+    let bad = http_with_body("PUT", &list_url, &[], br#"{"chunks":[999999]}"#.to_vec()).unwrap();
+    assert_eq!(bad.status, 400);
+    assert!(String::from_utf8_lossy(&bad.body).contains("PREFETCH_INVALID"), "{}", String::from_utf8_lossy(&bad.body));
+
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let image = format!("{MIRROR_HOST}/app:v1");
+    // `--fill-rate 1`: the background fill fetches one chunk, then waits,
+    // so every other chunk on disk was read or prefetched.
+    let fill_held = ["--fill-rate", "1"];
+    let cmd = ["/bin/busybox", "sh", "-c", "tail -c 16 /data/big.bin | wc -c"];
+    {
+        let work = tempfile::tempdir().unwrap();
+        let snap = SnapshotterProc::start_with(work.path(), &berthd.url(), &fill_held);
+        let ctd = Containerd::start_cri(&cri_config(work.path(), &snap, &berthd.addr));
+        cri_pull(&ctd, &rt, &image, &snap);
+        let id = format!("record-{}", std::process::id());
+        let out = ctr_k8s_ok(&ctd, &[&["run", "--rm", "--snapshotter", "berth", &image, &id][..], &cmd].concat());
+        assert_eq!(out.trim(), "16");
+        assert!(has_chunk(&snap.root, big, last), "the read fetched the big layer's last chunk");
+        // The list is stored once the reads have been quiet for a moment.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        loop {
+            let r = http_get(&list_url);
+            if r.status == 200 {
+                let list: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+                let chunks: Vec<u64> = list["chunks"].as_array().unwrap().iter().map(|c| c.as_u64().unwrap()).collect();
+                assert!(chunks.contains(&(last as u64)), "the list names the chunk read: {chunks:?}");
+                assert!(chunks.len() <= 3, "only what the start read: {chunks:?}");
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no prefetch list was recorded; snapshotter log:\n{}",
+                snap.log_text()
+            );
+            std::thread::sleep(std::time::Duration::from_millis(300));
+        }
+    }
+
+    // Another node: the pull mounts the layers, and the listed chunk arrives
+    // without any container reading it.
+    let work = tempfile::tempdir().unwrap();
+    let snap = SnapshotterProc::start_with(work.path(), &berthd.url(), &fill_held);
+    let ctd = Containerd::start_cri(&cri_config(work.path(), &snap, &berthd.addr));
+    cri_pull(&ctd, &rt, &image, &snap);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while !has_chunk(&snap.root, big, last) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the list was not prefetched; snapshotter log:\n{}",
+            snap.log_text()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    let id = format!("prefetched-{}", std::process::id());
+    let out = ctr_k8s_ok(&ctd, &[&["run", "--rm", "--snapshotter", "berth", &image, &id][..], &cmd].concat());
+    assert_eq!(out.trim(), "16");
+}

@@ -89,6 +89,7 @@ fn registry_status(e: &Error) -> StatusCode {
         | Error::ManifestInvalid(_)
         | Error::NameInvalid(_)
         | Error::TagInvalid(_)
+        | Error::PrefetchInvalid(_)
         | Error::SizeInvalid(_) => StatusCode::BAD_REQUEST,
         Error::UploadOutOfOrder { .. } | Error::RangeNotSatisfiable { .. } => StatusCode::RANGE_NOT_SATISFIABLE,
         Error::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,

@@ -2,14 +2,17 @@
 //! `GET /v2/<name>/_berth/layer/<digest>/index` (the seek index, JSON) and
 //! `GET /v2/<name>/_berth/layer/<digest>/tar` with `Range: bytes=a-b`
 //! (uncompressed bytes of the layer's tar). Both need pull access to the
-//! repository, like the blob itself. See docs/api.md.
+//! repository, like the blob itself. `GET`/`PUT
+//! /v2/<name>/_berth/layer/<digest>/prefetch`: the layer's prefetch list
+//! (pull to read, push to record). See docs/api.md.
 
 use super::range::{parse_range, RangeRequest};
 use super::{json_response, set, ApiError, ApiResult};
 use crate::digest::Digest;
 use crate::layerindex::MAX_RANGE;
 use crate::names::RepoName;
-use crate::registry::{Namespace, Registry};
+use crate::registry::prefetch::MAX_PREFETCH_BODY;
+use crate::registry::{Error, Namespace, Registry};
 use axum::http::request::Parts;
 use axum::http::{header, StatusCode};
 use axum::response::Response;
@@ -46,5 +49,33 @@ pub async fn tar(reg: &Registry, ns: &Namespace, repo: &RepoName, digest: &Diges
     set(r.headers_mut(), header::CONTENT_LENGTH, &n.to_string());
     set(r.headers_mut(), header::CONTENT_RANGE, &format!("bytes {start}-{end}/{size}"));
     set(r.headers_mut(), header::CONTENT_TYPE, "application/x-tar");
+    Ok(r)
+}
+
+pub async fn prefetch(reg: &Registry, ns: &Namespace, repo: &RepoName, digest: &Digest) -> ApiResult {
+    match reg.layer_prefetch(ns, repo, digest).await? {
+        Some(list) => {
+            let body = serde_json::to_string(&list).expect("a list serializes");
+            Ok(json_response(StatusCode::OK, body, "application/json"))
+        }
+        None => Err(ApiError::NotFound(format!(
+            "no prefetch list is recorded for {digest} yet; the first lazy start of the layer records one"
+        ))),
+    }
+}
+
+pub async fn put_prefetch(
+    reg: &Registry,
+    ns: &Namespace,
+    repo: &RepoName,
+    digest: &Digest,
+    body: axum::body::Body,
+) -> ApiResult {
+    let body = axum::body::to_bytes(body, MAX_PREFETCH_BODY).await.map_err(|_| {
+        Error::TooLarge(format!("a prefetch list is at most {MAX_PREFETCH_BODY} bytes (or the body broke off)"))
+    })?;
+    reg.put_layer_prefetch(ns, repo, digest, &body).await?;
+    let mut r = Response::new(axum::body::Body::empty());
+    *r.status_mut() = StatusCode::CREATED;
     Ok(r)
 }

@@ -203,13 +203,14 @@ fn scopes(route: &Route, method: &Method, req: &Request) -> Vec<Scope> {
         | Route::Referrers { repo: r, .. }
         | Route::LayerIndex { repo: r, .. }
         | Route::LayerTar { repo: r, .. } => vec![repo(r, Action::Pull)],
-        Route::Manifest { repo: r, .. } | Route::BadManifestRef { repo: r, .. } | Route::Blob { repo: r, .. } => {
-            match *method {
-                Method::GET | Method::HEAD => vec![repo(r, Action::Pull)],
-                Method::DELETE => vec![repo(r, Action::Delete)],
-                _ => vec![repo(r, Action::Push)],
-            }
-        }
+        Route::Manifest { repo: r, .. }
+        | Route::BadManifestRef { repo: r, .. }
+        | Route::Blob { repo: r, .. }
+        | Route::LayerPrefetch { repo: r, .. } => match *method {
+            Method::GET | Method::HEAD => vec![repo(r, Action::Pull)],
+            Method::DELETE => vec![repo(r, Action::Delete)],
+            _ => vec![repo(r, Action::Push)],
+        },
         Route::Upload { repo: r, .. } => vec![repo(r, Action::Push)],
         Route::UploadStart { repo: r } => {
             let mut s = vec![repo(r, Action::Push)];
@@ -299,6 +300,10 @@ async fn handle(state: &AppState, route: Route, req: Request) -> ApiResult {
         (Route::Upload { repo, id }, &Method::DELETE) => uploads::cancel(reg, &repo, &id).await,
         (Route::LayerIndex { repo, digest }, &Method::GET) => layers::index(reg, &ns, &repo, &digest).await,
         (Route::LayerTar { repo, digest }, &Method::GET) => layers::tar(reg, &ns, &repo, &digest, req).await,
+        (Route::LayerPrefetch { repo, digest }, &Method::GET) => layers::prefetch(reg, &ns, &repo, &digest).await,
+        (Route::LayerPrefetch { repo, digest }, &Method::PUT) => {
+            layers::put_prefetch(reg, &ns, &repo, &digest, body).await
+        }
         // Served by `ui::page` before this.
         (Route::Console, _) => Err(not_allowed()),
         _ => Err(not_allowed()),

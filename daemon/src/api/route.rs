@@ -33,6 +33,8 @@ pub enum Route {
     LayerIndex { repo: RepoName, digest: Digest },
     /// `/v2/<name>/_berth/layer/<digest>/tar`: uncompressed ranges of a layer.
     LayerTar { repo: RepoName, digest: Digest },
+    /// `/v2/<name>/_berth/layer/<digest>/prefetch`: what lazy starts read first.
+    LayerPrefetch { repo: RepoName, digest: Digest },
     /// `/ui/…`: the web console ([`crate::console::Page`] reads the rest).
     Console,
 }
@@ -48,7 +50,7 @@ impl Route {
             Route::Blob { .. } => "blob",
             Route::UploadStart { .. } | Route::Upload { .. } => "upload",
             Route::Referrers { .. } => "referrers",
-            Route::LayerIndex { .. } | Route::LayerTar { .. } => "layer",
+            Route::LayerIndex { .. } | Route::LayerTar { .. } | Route::LayerPrefetch { .. } => "layer",
             Route::Console => "console",
         }
     }
@@ -126,6 +128,7 @@ pub fn parse(path: &str) -> Result<Route, RouteError> {
         match segs[n - 1] {
             "index" => return Ok(Route::LayerIndex { repo, digest }),
             "tar" => return Ok(Route::LayerTar { repo, digest }),
+            "prefetch" => return Ok(Route::LayerPrefetch { repo, digest }),
             _ => return Err(RouteError::NotFound),
         }
     }
@@ -195,6 +198,7 @@ mod tests {
             Route::LayerIndex { repo, .. } if repo.as_str() == "a/b"
         ));
         assert!(matches!(parse(&format!("/v2/a/_berth/layer/{}/tar", d())).unwrap(), Route::LayerTar { .. }));
+        assert!(matches!(parse(&format!("/v2/a/_berth/layer/{}/prefetch", d())).unwrap(), Route::LayerPrefetch { .. }));
         assert!(matches!(parse(&format!("/v2/a/_berth/layer/{}/other", d())), Err(RouteError::NotFound)));
         // A repository may itself contain a segment called `manifests`.
         assert!(

@@ -49,6 +49,9 @@ pub enum Error {
     /// the snapshotter falls back to a normal pull.
     #[error("{0}")]
     IndexUnavailable(String),
+    /// A prefetch list that does not fit the layer's index.
+    #[error("{0}")]
+    PrefetchInvalid(String),
     #[error("{0}")]
     Upstream(String),
     /// An upstream asked for a pause; clients should wait `retry_after` s.
@@ -78,6 +81,7 @@ impl Error {
             Error::Denied(_) => "DENIED",
             Error::UpstreamUnavailable(_) => "UNAVAILABLE",
             Error::IndexUnavailable(_) => "INDEX_UNAVAILABLE",
+            Error::PrefetchInvalid(_) => "PREFETCH_INVALID",
             Error::Upstream(_) => "UNKNOWN",
             Error::TooManyRequests { .. } => "TOOMANYREQUESTS",
             Error::Storage(StorageError::Unavailable { .. }) => "UNAVAILABLE",

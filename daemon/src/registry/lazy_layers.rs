@@ -129,7 +129,7 @@ impl Indexer {
         u.truncate(REMEMBERED_UNINDEXABLE);
     }
 
-    fn cached(&self, d: &Digest) -> Option<Arc<LayerIndex>> {
+    pub(super) fn cached(&self, d: &Digest) -> Option<Arc<LayerIndex>> {
         let mut c = self.cache.lock().unwrap();
         let i = c.iter().position(|(k, _)| k == d)?;
         let hit = c.remove(i);
@@ -216,16 +216,31 @@ impl Registry {
         offset: u64,
         len: u64,
     ) -> Result<(Bytes, u64)> {
-        let idx = self.layer_index(ns, repo, digest).await?;
+        let known = self.index_key.as_ref().and_then(|_| self.indexer.cached(digest));
+        let Some(idx) = known else {
+            let idx = self.layer_index(ns, repo, digest).await?;
+            return self.index_range(&idx, digest, offset, len).await;
+        };
+        // The index is in memory: the repository's access check and the
+        // read go to storage at once, so a lazy read waits for one round
+        // trip, not two. The bytes are dropped unless the check passes.
+        let stored = self.stored_repo(ns, repo)?;
+        let (access, read) = tokio::join!(self.stat_blob(&stored, digest), self.index_range(&idx, digest, offset, len));
+        access?;
+        read
+    }
+
+    /// `len` bytes at `offset` of the tar that `idx` indexes.
+    async fn index_range(&self, idx: &LayerIndex, digest: &Digest, offset: u64, len: u64) -> Result<(Bytes, u64)> {
         if offset >= idx.size {
             return Err(Error::RangeNotSatisfiable { size: idx.size });
         }
-        match layerindex::span_of(&idx, offset, len) {
+        match layerindex::span_of(idx, offset, len) {
             Some((start, end)) if end - start <= MAX_CACHED_SPAN => {
                 let span = match lru_get(&self.indexer.spans, digest, start) {
                     Some(s) => s,
                     None => {
-                        let s = Arc::new(self.inflate(&idx, digest, start, end - start).await?);
+                        let s = Arc::new(self.inflate(idx, digest, start, end - start).await?);
                         lru_put(&self.indexer.spans, digest, start, s.clone(), CACHED_SPANS);
                         s
                     }
@@ -234,7 +249,7 @@ impl Registry {
                 let to = (offset + len).min(end) - start;
                 Ok((Bytes::copy_from_slice(&span[from..to as usize]), idx.size))
             }
-            _ => Ok((Bytes::from(self.inflate(&idx, digest, offset, len).await?), idx.size)),
+            _ => Ok((Bytes::from(self.inflate(idx, digest, offset, len).await?), idx.size)),
         }
     }
 
@@ -242,12 +257,22 @@ impl Registry {
     /// checkpoint before it, reading only that part of the blob.
     async fn inflate(&self, idx: &LayerIndex, digest: &Digest, offset: u64, len: u64) -> Result<Vec<u8>> {
         let mut plan = layerindex::plan(idx, offset, len).map_err(|_| Error::RangeNotSatisfiable { size: idx.size })?;
-        if let Some((at, window_len)) = plan.window_needed() {
-            let window = self.index_window(digest, at, window_len).await?;
+        // The checkpoint's window and the compressed span are fetched at once
+        // (one round trip to storage, not two).
+        let window = async {
+            match plan.window_needed() {
+                Some((at, window_len)) => self.index_window(digest, at, window_len).await.map(Some),
+                None => Ok(None),
+            }
+        };
+        let data = paths::blob_data(digest);
+        let span = self.driver.read_range(&data, plan.blob_offset, plan.blob_len);
+        let (window, blob) = tokio::join!(window, span);
+        if let Some(window) = window? {
             plan.set_window(window.to_vec())
                 .map_err(|e| Error::IndexUnavailable(format!("index windows of {digest} are damaged: {e}")))?;
         }
-        let blob = match self.driver.read_range(&paths::blob_data(digest), plan.blob_offset, plan.blob_len).await {
+        let blob = match blob {
             Ok(s) => s,
             Err(e) if e.is_not_found() => return Err(Error::BlobUnknown(digest.clone())),
             Err(e) => return Err(e.into()),

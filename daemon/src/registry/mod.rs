@@ -18,6 +18,7 @@ mod manifest_cache;
 mod manifests;
 pub mod mirror;
 mod namespace;
+pub mod prefetch;
 pub mod pulls;
 pub mod retention;
 mod uploads;

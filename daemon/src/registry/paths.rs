@@ -72,6 +72,12 @@ pub fn layer_index_windows(d: &Digest) -> String {
     format!("{}/windows", layer_index_dir(d))
 }
 
+/// What lazy starts of layer blob `d` read first: a prefetch hint (see
+/// `registry::prefetch`), beside its seek index and deleted with it.
+pub fn layer_prefetch(d: &Digest) -> String {
+    format!("{}/prefetch.json", layer_index_dir(d))
+}
+
 /// Where a stored object that did not hash to its digest is moved (see
 /// `registry::integrity`), one name per quarantine so none overwrites
 /// another.

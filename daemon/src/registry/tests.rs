@@ -338,6 +338,12 @@ async fn layer_ranges_inflate_a_span_once_and_serve_it_from_memory() {
         reg.layer_range(&Namespace::Local, &r, &layer, size, 1).await,
         Err(Error::RangeNotSatisfiable { size: s }) if s == size
     ));
+    // The index is in memory now, and a read no longer waits for the
+    // access check before it starts; a repository that does not hold the
+    // layer still gets no byte of it.
+    assert!(reg.indexer.cached(&layer).is_some());
+    let refused = reg.layer_range(&Namespace::Local, &repo("other"), &layer, c1, 100).await;
+    assert!(matches!(&refused, Err(Error::BlobUnknown(d)) if *d == layer), "{refused:?}");
 }
 
 #[tokio::test]
@@ -398,4 +404,45 @@ async fn the_console_views_summarise_what_a_pull_would_get() {
         .unwrap();
     let img = reg.image_view(&r, &Reference::Digest(md)).await.unwrap();
     assert!(img.config.is_none(), "a config that does not match its digest is not trusted");
+}
+
+#[tokio::test]
+async fn prefetch_lists_fit_the_index_and_a_tampered_one_is_ignored() {
+    let driver = MemoryDriver::new();
+    let reg = registry(&driver, Policy::default());
+    let r = repo("app");
+    let mut tar = tar::Builder::new(Vec::new());
+    let mut h = tar::Header::new_gnu();
+    h.set_size(6);
+    h.set_mode(0o644);
+    h.set_uid(0);
+    h.set_gid(0);
+    h.set_mtime(0);
+    h.set_cksum();
+    tar.append_data(&mut h, "etc/motd", &b"hello\n"[..]).unwrap();
+    let tar: &'static [u8] = Vec::leak(tar.into_inner().unwrap());
+    let layer = push_blob(&reg, &r, tar).await;
+    let chunks = settled_index(&reg, &r, &layer).await.unwrap().chunks.len();
+    assert_eq!(reg.layer_prefetch(&Namespace::Local, &r, &layer).await.unwrap(), None, "none recorded yet");
+
+    // Lists that do not fit the index are refused and store nothing.
+    for bad in
+        [&b"[0]"[..], br#"{"chunks":[]}"#, br#"{"chunks":[0,0]}"#, br#"{"chunks":[99]}"#, br#"{"chunks":[0],"x":1}"#]
+    {
+        let err = reg.put_layer_prefetch(&Namespace::Local, &r, &layer, bad).await.unwrap_err();
+        assert!(matches!(err, Error::PrefetchInvalid(_)), "{err:?}");
+    }
+    assert!(driver.get_content(&paths::layer_prefetch(&layer)).await.is_err());
+
+    // A good one is read back by another node.
+    let last = (chunks - 1) as u32;
+    reg.put_layer_prefetch(&Namespace::Local, &r, &layer, format!("{{\"chunks\":[{last}]}}").as_bytes()).await.unwrap();
+    let other_node = registry(&driver, Policy::default());
+    let list = other_node.layer_prefetch(&Namespace::Local, &r, &layer).await.unwrap().unwrap();
+    assert_eq!(list.chunks, vec![last]);
+    // A repository without the layer gets neither.
+    assert!(matches!(reg.layer_prefetch(&Namespace::Local, &repo("other"), &layer).await, Err(Error::BlobUnknown(_))));
+    // Changed in storage to name chunks the layer lacks: ignored, not served.
+    driver.put_content(&paths::layer_prefetch(&layer), Bytes::from_static(br#"{"chunks":[7,7]}"#)).await.unwrap();
+    assert_eq!(reg.layer_prefetch(&Namespace::Local, &r, &layer).await.unwrap(), None);
 }

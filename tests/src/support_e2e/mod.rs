@@ -11,6 +11,8 @@ pub mod arm64;
 pub mod browser;
 pub mod containerd;
 pub mod debian_root;
+pub mod latency;
+pub mod netns;
 pub mod pki;
 pub mod snapshotter;
 pub mod token;

@@ -40,19 +40,30 @@ pub struct Seaweed {
     /// HTTPS S3 port, with the certificate and key it serves.
     https_port: Option<u16>,
     tls_files: Option<(PathBuf, PathBuf)>,
+    /// The network namespace it runs in, if not the host's, and the
+    /// address it listens on.
+    netns: Option<String>,
+    host: String,
 }
 
 impl Seaweed {
     pub fn start() -> Seaweed {
-        Self::start_with(None)
+        Self::start_with(None, None)
     }
 
     /// Also serves S3 over HTTPS with `cert`/`key` (PEM).
     pub fn start_tls(cert: PathBuf, key: PathBuf) -> Seaweed {
-        Self::start_with(Some((cert, key)))
+        Self::start_with(Some((cert, key)), None)
     }
 
-    fn start_with(tls_files: Option<(PathBuf, PathBuf)>) -> Seaweed {
+    /// Runs in `link`'s namespace, so what it sends crosses the shaped link
+    /// (benchmarks). Its ports are picked free on the host too: weed names
+    /// unix sockets in the shared /tmp after them.
+    pub fn start_in(link: &crate::support_e2e::netns::ShapedLink) -> Seaweed {
+        Self::start_with(None, Some((link.ns.clone(), link.ns_ip.clone())))
+    }
+
+    fn start_with(tls_files: Option<(PathBuf, PathBuf)>, netns: Option<(String, String)>) -> Seaweed {
         require_tool("weed");
         let dir = tempfile::Builder::new().prefix("berth-weed").tempdir().unwrap();
         std::fs::create_dir_all(dir.path().join("data")).unwrap();
@@ -84,7 +95,11 @@ impl Seaweed {
         let get = |k: &str| ports.iter().find(|(n, _)| n == k).unwrap().1;
         let (s3_port, metrics_port) = (get("s3.port"), get("metricsPort"));
         let https_port = tls_files.as_ref().map(|_| free_port());
-        let mut w = Seaweed { child: None, dir, ports, s3_port, metrics_port, https_port, tls_files };
+        let (netns, host) = match netns {
+            Some((ns, ip)) => (Some(ns), ip),
+            None => (None, "127.0.0.1".to_string()),
+        };
+        let mut w = Seaweed { child: None, dir, ports, s3_port, metrics_port, https_port, tls_files, netns, host };
         w.spawn();
         w
     }
@@ -125,11 +140,19 @@ impl Seaweed {
 
     fn try_spawn(&mut self) -> Result<(), String> {
         let d = self.dir.path();
-        let mut cmd = Command::new("weed");
+        let mut cmd = match &self.netns {
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns, "weed"]); // exec: the child is weed
+                c
+            }
+            None => Command::new("weed"),
+        };
         cmd.arg(format!("-logdir={}", d.join("log").display()))
             .arg("mini")
             .arg(format!("-dir={}", d.join("data").display()))
-            .args(["-ip=127.0.0.1", "-ip.bind=127.0.0.1"]);
+            .arg(format!("-ip={}", self.host))
+            .arg(format!("-ip.bind={}", self.host));
         for (k, p) in &self.ports {
             cmd.arg(format!("-{k}={p}"));
         }
@@ -187,7 +210,7 @@ impl Seaweed {
     }
 
     pub fn endpoint(&self) -> String {
-        format!("http://127.0.0.1:{}", self.s3_port)
+        format!("http://{}:{}", self.host, self.s3_port)
     }
 
     /// Stops the server (SIGTERM, as an outage would look to clients).
@@ -222,7 +245,7 @@ impl Seaweed {
     /// Bytes SeaweedFS's S3 gateway sent for GETs from the test bucket.
     pub fn bytes_sent(&self) -> u64 {
         let out = Command::new("curl")
-            .args(["-sf", &format!("http://127.0.0.1:{}/metrics", self.metrics_port)])
+            .args(["-sf", &format!("http://{}:{}/metrics", self.host, self.metrics_port)])
             .output()
             .unwrap();
         let text = String::from_utf8_lossy(&out.stdout);
@@ -242,12 +265,17 @@ impl Seaweed {
 
     /// The HTTPS endpoint, when started with [`Seaweed::start_tls`].
     pub fn https_endpoint(&self) -> String {
-        format!("https://127.0.0.1:{}", self.https_port.expect("started with TLS"))
+        format!("https://{}:{}", self.host, self.https_port.expect("started with TLS"))
     }
 
     /// The credentials as berthd reads them in the seeds: from the environment.
     pub fn env() -> [(&'static str, &'static str); 2] {
         [("REGISTRY_STORAGE_S3_ACCESSKEY", ACCESS_KEY), ("REGISTRY_STORAGE_S3_SECRETKEY", SECRET_KEY)]
+    }
+
+    /// Process id of the running server.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
     }
 
     pub fn data_dir(&self) -> PathBuf {

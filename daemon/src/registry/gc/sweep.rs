@@ -41,7 +41,12 @@ impl Registry {
             Err(e) if e.is_not_found() => return Ok(()),
             Err(e) => return Err(e.into()),
         }
-        let index = [paths::layer_index_auth(digest), paths::layer_index(digest), paths::layer_index_windows(digest)];
+        let index = [
+            paths::layer_index_auth(digest),
+            paths::layer_index(digest),
+            paths::layer_index_windows(digest),
+            paths::layer_prefetch(digest),
+        ];
         self.driver.delete_objects(&index).await?;
         tracing::info!(%digest, "garbage collection: moved to the trash");
         Ok(())
