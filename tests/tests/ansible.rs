@@ -467,7 +467,14 @@ impl Node {
             .and_then(|l| l.split_whitespace().find(|w| w.starts_with("sha256:")))
             .unwrap_or_else(|| panic!("{image} not in ctr images ls:\n{list}"))
             .to_string();
-        let out = self.ok(&[&["ctr", "-n", "berth-test", "run", "--rm"], ctr_args, &[&image, name], command].concat());
+        // The output goes to a file the container's process writes itself:
+        // ctr's own stdout copy can lose what a process prints just before
+        // it exits (containerd#770).
+        let log = format!("/var/tmp/{name}.out");
+        let uri = format!("file://{log}");
+        self.ok(&[&["ctr", "-n", "berth-test", "run", "--rm", "--log-uri", &uri], ctr_args, &[&image, name], command]
+            .concat());
+        let out = std::fs::read_to_string(self.path(&log)).unwrap_or_else(|e| panic!("no output of {name}: {e}"));
         (digest, out)
     }
 
