@@ -2,7 +2,7 @@
 # Runs the benchmarks (berthd against Debian's docker-registry, the S3
 # node cache, and lazy container start through berth-snapshotter) and
 # rewrites docs/benchmarks.md and docs/benchmarks.svg.
-# Usage: bash tests/bench/run.sh   (root; about 20-25 minutes on 2 cores)
+# Usage: bash tests/bench/run.sh   (root; about 40 minutes on 2 cores)
 # BENCH_RUNS (default 3), BENCH_BLOB_MIB (default 1024), BENCH_MIB (S3 layer,
 # default 512) tune it; tests/bench/lazy.sh lists the lazy benchmark's knobs
 # and runs that one alone.
