@@ -173,11 +173,7 @@ impl Berthd {
         range: Option<(u64, u64)>,
         accept: &str,
     ) -> Result<hyper::Response<Incoming>, ClientError> {
-        let host = match &self.target {
-            Target::Tcp(h) => h.clone(),
-            Target::Unix(_) => "localhost".to_string(),
-        };
-        let mut req = hyper::Request::get(path).header(hyper::header::HOST, host);
+        let mut req = hyper::Request::get(path).header(hyper::header::HOST, self.host());
         if let Some((start, end)) = range {
             req = req.header(hyper::header::RANGE, format!("bytes={start}-{end}"));
         }
@@ -186,6 +182,14 @@ impl Berthd {
         }
         let req = req.body(Empty::<Bytes>::new()).map_err(ClientError::Request)?;
         self.send(req).await
+    }
+
+    /// The `Host` header for berthd.
+    fn host(&self) -> String {
+        match &self.target {
+            Target::Tcp(h) => h.clone(),
+            Target::Unix(_) => "localhost".to_string(),
+        }
     }
 
     /// Connects and sends `req`; the answer's body is still to be read.
@@ -227,13 +231,9 @@ impl Berthd {
 
     /// Records the layer's prefetch list (berthd checks it against the index).
     pub async fn put_prefetch_list(&self, layer: &LayerRef, chunks: Vec<u32>) -> Result<(), ClientError> {
-        let host = match &self.target {
-            Target::Tcp(h) => h.clone(),
-            Target::Unix(_) => "localhost".to_string(),
-        };
         let body = serde_json::to_vec(&PrefetchList { chunks }).expect("a list serializes");
         let req = hyper::Request::put(layer.path("prefetch"))
-            .header(hyper::header::HOST, host)
+            .header(hyper::header::HOST, self.host())
             .header(hyper::header::CONTENT_TYPE, "application/json")
             .body(http_body_util::Full::new(Bytes::from(body)))
             .map_err(ClientError::Request)?;
