@@ -56,7 +56,7 @@ fn console_lists_navigates_and_deletes_in_chromium() {
     // The keyboard: "/" focuses the search, Enter submits it.
     b.press("/");
     assert_eq!(b.focused_id(), "q", "'/' focuses the search box");
-    b.type_into("#q", "tool\u{E007}");
+    b.to_new_page(|b| b.type_into("#q", "tool\u{E007}"));
     assert_eq!(b.texts("#repositories tbody td:first-child a"), ["other/tool"]);
     assert!(b.text("[data-test=count]").contains("matching"));
 
@@ -103,7 +103,7 @@ fn console_lists_navigates_and_deletes_in_chromium() {
 
     // Delete v2: confirmation, wrong word, right word.
     b.goto(&format!("{base}/ui/repo?name=team/app"));
-    b.click("a.danger[href*='ref=v2']");
+    b.to_new_page(|b| b.click("a.danger[href*='ref=v2']"));
     assert!(b.text("h1").contains("team/app:v2"), "{}", b.text("h1"));
     assert!(!b.enabled("form.confirm button[type=submit]"), "Delete waits for the word");
     b.type_into("#confirm", "v1");
@@ -111,7 +111,7 @@ fn console_lists_navigates_and_deletes_in_chromium() {
     b.type_into("#confirm", "v2");
     b.screenshot("delete-confirm");
     assert!(b.enabled("form.confirm button[type=submit]"));
-    b.click("form.confirm button[type=submit]");
+    b.to_new_page(|b| b.click("form.confirm button[type=submit]"));
     assert!(b.url().contains("deleted=v2"), "back on the repository: {}", b.url());
     assert!(b.text(".notice").contains("Deleted v2"));
     assert_eq!(b.texts("#tags tbody td:first-child a"), ["multi", "v1"]);

@@ -111,11 +111,28 @@ impl Browser {
             .unwrap_or_else(|e| panic!("click {css}: {e}\n{}", self.source()));
     }
 
-    /// Clicks the link whose text is `text`.
+    /// Clicks the link whose text is `text`, and waits for the page it opens.
     pub fn click_link(&self, text: &str) {
-        self.rt
-            .block_on(async { self.c().find(Locator::LinkText(text)).await?.click().await })
-            .unwrap_or_else(|e| panic!("click link {text:?}: {e}\n{}", self.source()));
+        self.to_new_page(|b| {
+            b.rt.block_on(async { b.c().find(Locator::LinkText(text)).await?.click().await })
+                .unwrap_or_else(|e| panic!("click link {text:?}: {e}\n{}", b.source()))
+        });
+    }
+
+    /// Runs `act`, which opens another page (a click on a link or a submit
+    /// button, Enter in a form), and waits until that page has loaded:
+    /// WebDriver does not always wait for a navigation that a click or a
+    /// key starts, and a check run too soon reads the old page.
+    pub fn to_new_page(&self, act: impl FnOnce(&Self)) {
+        self.eval("window.__berthOldPage = true; return null;");
+        act(self);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let js = "return window.__berthOldPage !== true && document.readyState === 'complete';";
+        // Errors while the browser is between pages mean: not yet.
+        while !matches!(self.rt.block_on(self.c().execute(js, vec![])), Ok(serde_json::Value::Bool(true))) {
+            assert!(Instant::now() < deadline, "no new page within 10 s; still at {}", self.url());
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
 
     /// Types `keys` into the element `css` selects, as a user would.
