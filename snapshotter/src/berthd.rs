@@ -52,6 +52,13 @@ pub enum ClientError {
     ShortRange { got: usize, want: u64 },
 }
 
+impl ClientError {
+    /// berthd answered `status` with `body` where something else was due.
+    fn status(status: u16, body: &[u8]) -> ClientError {
+        ClientError::Status { status, body: String::from_utf8_lossy(body).into_owned() }
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 enum Target {
     Tcp(String),
@@ -151,8 +158,19 @@ impl Berthd {
         range: Option<(u64, u64)>,
         accept: &str,
     ) -> Result<(u16, String, Bytes), ClientError> {
+        self.exchange(self.get_request(path, range, accept)?).await
+    }
+
+    /// Sends `req` and reads the whole answer within the timeout: the
+    /// status, the Content-Type and the body.
+    async fn exchange<B>(&self, req: hyper::Request<B>) -> Result<(u16, String, Bytes), ClientError>
+    where
+        B: hyper::body::Body + Send + 'static,
+        B::Data: Send,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
         let fut = async {
-            let resp = self.head(path, range, accept).await?;
+            let resp = self.send(req).await?;
             let status = resp.status().as_u16();
             let ctype = resp
                 .headers()
@@ -166,13 +184,22 @@ impl Berthd {
         tokio::time::timeout(self.timeout, fut).await.map_err(|_| ClientError::Timeout(self.timeout))?
     }
 
-    /// Sends the request; the answer's body is still to be read.
+    /// Sends a GET; the answer's body is still to be read.
     async fn head(
         &self,
         path: &str,
         range: Option<(u64, u64)>,
         accept: &str,
     ) -> Result<hyper::Response<Incoming>, ClientError> {
+        self.send(self.get_request(path, range, accept)?).await
+    }
+
+    fn get_request(
+        &self,
+        path: &str,
+        range: Option<(u64, u64)>,
+        accept: &str,
+    ) -> Result<hyper::Request<Empty<Bytes>>, ClientError> {
         let mut req = hyper::Request::get(path).header(hyper::header::HOST, self.host());
         if let Some((start, end)) = range {
             req = req.header(hyper::header::RANGE, format!("bytes={start}-{end}"));
@@ -180,8 +207,7 @@ impl Berthd {
         if !accept.is_empty() {
             req = req.header(hyper::header::ACCEPT, accept);
         }
-        let req = req.body(Empty::<Bytes>::new()).map_err(ClientError::Request)?;
-        self.send(req).await
+        req.body(Empty::<Bytes>::new()).map_err(ClientError::Request)
     }
 
     /// The `Host` header for berthd.
@@ -225,7 +251,7 @@ impl Berthd {
                 Ok(Some(list.chunks))
             }
             404 => Ok(None),
-            _ => Err(ClientError::Status { status, body: String::from_utf8_lossy(&body).into_owned() }),
+            _ => Err(ClientError::status(status, &body)),
         }
     }
 
@@ -237,23 +263,18 @@ impl Berthd {
             .header(hyper::header::CONTENT_TYPE, "application/json")
             .body(http_body_util::Full::new(Bytes::from(body)))
             .map_err(ClientError::Request)?;
-        let fut = async {
-            let resp = self.send(req).await?;
-            let status = resp.status().as_u16();
-            let body = resp.into_body().collect().await.map_err(ClientError::BadBody)?.to_bytes();
-            match status {
-                200..=299 => Ok(()),
-                _ => Err(ClientError::Status { status, body: String::from_utf8_lossy(&body).into_owned() }),
-            }
-        };
-        tokio::time::timeout(self.timeout, fut).await.map_err(|_| ClientError::Timeout(self.timeout))?
+        let (status, _, body) = self.exchange(req).await?;
+        match status {
+            200..=299 => Ok(()),
+            _ => Err(ClientError::status(status, &body)),
+        }
     }
 
     /// The layer's index, validated.
     pub async fn index(&self, layer: &LayerRef) -> Result<(LayerIndex, Bytes), ClientError> {
         let (status, body) = self.get(&layer.path("index"), None).await?;
         if status != 200 {
-            return Err(ClientError::Status { status, body: String::from_utf8_lossy(&body).into_owned() });
+            return Err(ClientError::status(status, &body));
         }
         let idx: LayerIndex = serde_json::from_slice(&body).map_err(ClientError::IndexJson)?;
         idx.validate().map_err(ClientError::BadIndex)?;
@@ -267,7 +288,7 @@ impl Berthd {
     pub async fn range(&self, layer: &LayerRef, offset: u64, len: u64) -> Result<Bytes, ClientError> {
         let (status, body) = self.get(&layer.path("tar"), Some((offset, offset + len - 1))).await?;
         if status != 206 {
-            return Err(ClientError::Status { status, body: String::from_utf8_lossy(&body).into_owned() });
+            return Err(ClientError::status(status, &body));
         }
         if body.len() as u64 != len {
             return Err(ClientError::ShortRange { got: body.len(), want: len });

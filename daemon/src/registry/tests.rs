@@ -216,6 +216,20 @@ async fn abandoned_uploads_are_purged_by_age() {
     assert!(matches!(reg.upload_status(&r, &up.id).await, Err(Error::BlobUploadUnknown(_))));
 }
 
+/// A plain tar layer holding `etc/motd` ("hello\n").
+fn motd_layer() -> &'static [u8] {
+    let mut tar = tar::Builder::new(Vec::new());
+    let mut h = tar::Header::new_gnu();
+    h.set_size(6);
+    h.set_mode(0o644);
+    h.set_uid(0);
+    h.set_gid(0);
+    h.set_mtime(0);
+    h.set_cksum();
+    tar.append_data(&mut h, "etc/motd", &b"hello\n"[..]).unwrap();
+    Vec::leak(tar.into_inner().unwrap())
+}
+
 /// Asks for the index of `d` until the background build has settled.
 async fn settled_index(reg: &Registry, r: &RepoName, d: &Digest) -> Result<Arc<crate::layerindex::LayerIndex>> {
     for _ in 0..200 {
@@ -236,16 +250,7 @@ async fn index_requests_build_once_and_remember_blobs_that_cannot_have_one() {
     let r = repo("app");
 
     // A plain tar layer: the first request starts a build, a later one gets it.
-    let mut tar = tar::Builder::new(Vec::new());
-    let mut h = tar::Header::new_gnu();
-    h.set_size(6);
-    h.set_mode(0o644);
-    h.set_uid(0);
-    h.set_gid(0);
-    h.set_mtime(0);
-    h.set_cksum();
-    tar.append_data(&mut h, "etc/motd", &b"hello\n"[..]).unwrap();
-    let tar: &'static [u8] = Vec::leak(tar.into_inner().unwrap());
+    let tar = motd_layer();
     let layer = push_blob(&reg, &r, tar).await;
     let first = reg.layer_index(&Namespace::Local, &r, &layer).await.unwrap_err();
     assert!(matches!(&first, Error::IndexUnavailable(m) if m.contains("being built")), "{first:?}");
@@ -411,16 +416,7 @@ async fn prefetch_lists_fit_the_index_and_a_tampered_one_is_ignored() {
     let driver = MemoryDriver::new();
     let reg = registry(&driver, Policy::default());
     let r = repo("app");
-    let mut tar = tar::Builder::new(Vec::new());
-    let mut h = tar::Header::new_gnu();
-    h.set_size(6);
-    h.set_mode(0o644);
-    h.set_uid(0);
-    h.set_gid(0);
-    h.set_mtime(0);
-    h.set_cksum();
-    tar.append_data(&mut h, "etc/motd", &b"hello\n"[..]).unwrap();
-    let tar: &'static [u8] = Vec::leak(tar.into_inner().unwrap());
+    let tar = motd_layer();
     let layer = push_blob(&reg, &r, tar).await;
     let chunks = settled_index(&reg, &r, &layer).await.unwrap().chunks.len();
     assert_eq!(reg.layer_prefetch(&Namespace::Local, &r, &layer).await.unwrap(), None, "none recorded yet");
