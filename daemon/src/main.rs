@@ -138,6 +138,7 @@ enum ContainerdCommand {
 }
 
 fn main() -> ExitCode {
+    berthd::allocator::limit_arenas();
     let cli = Cli::parse();
     match cli.command {
         Command::Serve { config, config_positional } => serve(config.or(config_positional)),

@@ -99,7 +99,7 @@ impl Default for Guards {
 
 /// Chunks the background fill asks berthd for at once, aligned to runs of
 /// this many: berthd decompresses a range from the checkpoint before it
-/// (every 1 MiB of tar, 2 MiB in older indexes) straight through to its
+/// (every 512 KiB of tar, 1 or 2 MiB in older indexes) straight through to its
 /// end, so one 2 MiB request reads the compressed layer once where chunk
 /// by chunk requests could read a span from storage twice or more. A slow
 /// `rate` shortens runs to what it allows in a second, down to one chunk.

@@ -3,7 +3,7 @@
 # berth-snapshotter lazy vs normal, S3 (SeaweedFS) behind 100 Mbit/s with 0, 20 and 50 ms added RTT.
 # Usage: bash tests/bench/lazy.sh   (root; about 12-15 minutes on 2 cores)
 #   BENCH_RUNS (default 3), BENCH_LINKS (default 100/0,100/20,100/50: Mbit/s / added RTT ms), BENCH_BIG_MIB
-#   (default 200), BENCH_FILL_RATE, BENCH_DEBIAN_TAR tune it
+#   (default 200), BENCH_FILL_RATE, BENCH_DEBIAN_TAR, BENCH_IMAGES (e.g. python: only that image) tune it
 #   (tests/benches/lazy_start.rs).
 # Rewrites the "Lazy container start" section at the end of
 # docs/benchmarks.md (everything from its heading on), keeping the
@@ -66,9 +66,7 @@ if ((${#need[@]})); then
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}"
 fi
 
-cargo build --release --locked -p berthd -p berth-snapshotter
-export BERTHD_BIN=$PWD/target/release/berthd
-export BERTH_SNAPSHOTTER_BIN=$PWD/target/release/berth-snapshotter
+source tests/bench/shipped.sh
 mkdir -p "$out"
 cargo bench --locked -p berth-tests --bench lazy_start
 

@@ -33,7 +33,9 @@
 //! `BENCH_DEBIAN_TAR` (a root file system tarball to use instead of running
 //! mmdebstrap; by default mmdebstrap's output is kept as
 //! `$BENCH_OUT/debian-bookworm-minbase.tar` and reused, likewise
-//! `BENCH_PYTHON_TAR` and `debian-bookworm-python3.tar`). Writes
+//! `BENCH_PYTHON_TAR` and `debian-bookworm-python3.tar`), `BENCH_IMAGES`
+//! (comma-separated words; only images whose name contains one run, e.g.
+//! `python`: for trying a change on one image). Writes
 //! `$BENCH_OUT/lazy.md` (default `target/bench`).
 
 use berth_tests::common;
@@ -100,6 +102,8 @@ struct Image {
     uncompressed: u64,
     entries: usize,
     index_bytes: u64,
+    /// The checkpoints' windows, stored beside the indexes.
+    window_bytes: u64,
     cmd: Vec<&'static str>,
     expected: String,
 }
@@ -123,6 +127,7 @@ fn large_image(work: &Path, big_mib: u64) -> Image {
         uncompressed: 0,
         entries: 0,
         index_bytes: 0,
+        window_bytes: 0,
         cmd: vec!["/bin/cat", "/etc/motd"],
         expected: "layer three motd\n".into(),
     }
@@ -222,6 +227,7 @@ fn debian_image(work: &Path, out: &Path, spec: DebianSpec) -> Image {
         uncompressed: 0,
         entries: 0,
         index_bytes: 0,
+        window_bytes: 0,
         cmd: spec.cmd,
         expected,
     }
@@ -456,20 +462,21 @@ fn report(
          Before timing, one lazy start of each image on the first link found no prefetch list and recorded one \
          (as a cluster's first node does); every timed lazy start fetches its list's chunks at mount.\n\n"
     );
-    s += "| image | layers | compressed | uncompressed | files | command | seek indexes (stored) | first lazy start, \
+    s += "| image | layers | compressed | uncompressed | files | command | seek indexes + their windows (stored) | first lazy start, \
           recording the list: first output (layers listed) |\n";
     s += "|---|---|---|---|---|---|---|---|\n";
     for (i, img) in images.iter().enumerate() {
         let first = first_starts.get(i).map_or("—".to_string(), |(t, listed)| format!("{t:.2} s ({listed})"));
         s += &format!(
-            "| {} | {} | {:.0} MiB | {:.0} MiB | {} | `{}` | {:.2} MiB | {first} |\n",
+            "| {} | {} | {:.0} MiB | {:.0} MiB | {} | `{}` | {:.2} + {:.1} MiB | {first} |\n",
             img.name,
             img.layers.len(),
             img.compressed as f64 / MIB,
             img.uncompressed as f64 / MIB,
             img.entries,
             img.cmd.join(" "),
-            img.index_bytes as f64 / MIB
+            img.index_bytes as f64 / MIB,
+            img.window_bytes as f64 / MIB
         );
     }
     s += "\n| image | S3 link | normal: pull / first output | lazy: pull / first output | speed-up | ≥ 5×? | \
@@ -591,6 +598,11 @@ fn main() {
         debian_image(work.path(), &out, debian_minbase()),
         debian_image(work.path(), &out, debian_python()),
     ];
+    if let Ok(only) = std::env::var("BENCH_IMAGES") {
+        let words: Vec<String> = only.split(',').map(|w| w.trim().to_lowercase()).filter(|w| !w.is_empty()).collect();
+        images.retain(|i| words.iter().any(|w| i.name.to_lowercase().contains(w)));
+        assert!(!images.is_empty(), "BENCH_IMAGES={only} names none of the images");
+    }
     eprintln!("lazy_start: images built ({:.0} s)", bench_started.elapsed().as_secs_f64());
 
     let ns = ShapedLink::create("berth-lazybench", "blb", 77);
@@ -606,6 +618,12 @@ fn main() {
                 img.uncompressed += idx["size"].as_u64().unwrap();
                 img.entries += idx["entries"].as_array().unwrap().len();
                 img.index_bytes += bytes;
+                img.window_bytes += idx["checkpoints"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|c| c["window_len"].as_u64().unwrap_or(0))
+                    .sum::<u64>();
             }
         }
     }

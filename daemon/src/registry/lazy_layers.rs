@@ -157,14 +157,23 @@ impl Registry {
                     .into(),
             ));
         };
-        self.stat_blob(&repo, digest).await?;
         if let Some(idx) = self.indexer.cached(digest) {
+            self.stat_blob(&repo, digest).await?;
             return Ok(idx);
         }
-        let stored = self.driver.get_content(&paths::layer_index(digest)).await;
+        // The access check and both stored objects are asked at once: a
+        // layer's first lazy mount waits one round trip to storage, not
+        // three. What was read is dropped unless the check passes.
+        let (index_path, tag_path) = (paths::layer_index(digest), paths::layer_index_auth(digest));
+        let (access, stored, tag) = tokio::join!(
+            self.stat_blob(&repo, digest),
+            self.driver.get_content(&index_path),
+            self.driver.get_content(&tag_path),
+        );
+        access?;
         match stored {
             Ok(bytes) => {
-                let tag = match self.driver.get_content(&paths::layer_index_auth(digest)).await {
+                let tag = match tag {
                     Ok(t) => t,
                     Err(e) if e.is_not_found() => {
                         // Built before indexes were signed: build it again.

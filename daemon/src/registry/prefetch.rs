@@ -58,8 +58,12 @@ impl Registry {
         repo: &RepoName,
         digest: &Digest,
     ) -> Result<Option<PrefetchList>> {
-        let idx = self.layer_index(ns, repo, digest).await?;
-        let stored = match self.driver.get_content(&paths::layer_prefetch(digest)).await {
+        // The list is read beside the index and its access check (one round
+        // trip, not two); it is dropped unless both succeed.
+        let path = paths::layer_prefetch(digest);
+        let (idx, stored) = tokio::join!(self.layer_index(ns, repo, digest), self.driver.get_content(&path));
+        let idx = idx?;
+        let stored = match stored {
             Ok(b) => b,
             Err(e) if e.is_not_found() => return Ok(None),
             Err(e) => return Err(e.into()),
