@@ -208,7 +208,7 @@ impl Layer {
 
     /// Chunks already on disk.
     pub fn present(&self) -> usize {
-        (0..self.index.chunks.len()).filter(|i| self.chunk_path(*i).exists()).count()
+        (0..self.index.chunks.len()).filter(|&i| self.has_chunk(i)).count()
     }
 
     fn hot_get(&self, i: usize) -> Option<Arc<Vec<u8>>> {
@@ -361,7 +361,7 @@ impl Layer {
             guards.push(l.lock().await);
         }
         // Chunks a reader fetched meanwhile end the run early.
-        let n = (first..first + n).take_while(|i| !self.chunk_path(*i).exists()).count();
+        let n = (first..first + n).take_while(|&i| !self.has_chunk(i)).count();
         if n == 0 {
             return Ok((0, 0));
         }
@@ -452,13 +452,13 @@ impl Layer {
         let mut i = 0;
         while i < total {
             loop {
-                if self.chunk_path(i).exists() {
+                if self.has_chunk(i) {
                     i += 1;
                     break;
                 }
                 // The missing chunks from `i` to the end of its aligned run.
                 let run_end = ((i / run + 1) * run).min(total);
-                let n = (i..run_end).take_while(|c| !self.chunk_path(*c).exists()).count();
+                let n = (i..run_end).take_while(|&c| !self.has_chunk(c)).count();
                 let turn = match &self.fill_lock {
                     Some(path) => NodeTurn::take(path).await,
                     None => None,
